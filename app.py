@@ -1,0 +1,45 @@
+"""PRISM control plane: Chalice app. Wiring only; behaviour lives in chalicelib."""
+
+import time
+
+from chalice import Chalice, Response
+
+from chalicelib.logs import logger
+from chalicelib.routes import deployments, marketplace, meta
+
+app = Chalice(app_name="prism")
+app.register_blueprint(deployments.bp)
+app.register_blueprint(marketplace.bp)
+app.register_blueprint(meta.bp)
+
+
+@app.middleware("http")
+def structured_logging(event, get_response):
+    """One JSON access line per request; keys appended by routes (owner_id, deployment_id)
+    never leak into the next request."""
+    logger.clear_state()
+    started = time.perf_counter()
+    response = _in_error_shape(get_response(event))
+    logger.info(
+        "request",
+        extra={
+            "method": event.method,
+            "path": event.path,
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+        },
+    )
+    return response
+
+
+def _in_error_shape(response: Response) -> Response:
+    """Chalice's own errors (405, 415, ...) use {"Code", "Message"}; give them ours."""
+    body = response.body
+    if response.status_code >= 400 and isinstance(body, dict) and "Code" in body:
+        code = str(body["Code"]).removesuffix("Error").lower() or "error"
+        return Response(
+            body={"error": {"code": code, "message": body.get("Message", "")}},
+            status_code=response.status_code,
+            headers=response.headers,
+        )
+    return response

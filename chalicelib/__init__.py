@@ -1,0 +1,1 @@
+"""Everything the PRISM Lambdas run. Chalice packages this folder beside app.py."""

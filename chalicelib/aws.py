@@ -1,0 +1,20 @@
+"""The one place boto3 clients are made, so a local endpoint override applies everywhere.
+
+pynamodb builds its own botocore clients; its models take host/region from `settings` too.
+"""
+
+from functools import cache
+
+import boto3
+
+from chalicelib.config import settings
+
+
+@cache
+def session() -> boto3.session.Session:
+    return boto3.session.Session(region_name=settings.region)
+
+
+@cache
+def client(service: str):
+    return session().client(service, endpoint_url=settings.aws_endpoint_url)

@@ -1,0 +1,1 @@
+"""Chalice blueprints: parse -> pydantic schema -> service -> response. Thin."""

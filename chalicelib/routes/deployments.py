@@ -1,0 +1,80 @@
+"""/api/v1/compute/deployments"""
+
+from chalice import Blueprint
+
+from chalicelib.errors import ValidationFailed
+from chalicelib.logs import logger
+from chalicelib.routes.common import authenticate, handles_errors, ok, parse_body, parse_query
+from chalicelib.schemas import (
+    CreateDeploymentRequest,
+    DeploymentList,
+    DeploymentOut,
+    ListDeploymentsQuery,
+)
+from chalicelib.services import registry
+
+bp = Blueprint(__name__)
+BASE = "/api/v1/compute/deployments"
+
+
+def _idempotency_key(request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise ValidationFailed(
+            "Idempotency-Key must be 1-255 printable characters",
+            fields={"Idempotency-Key": "invalid header"},
+        )
+    return key
+
+
+@bp.route(BASE, methods=["POST"])
+@handles_errors
+def create_deployment():
+    request = bp.current_request
+    owner_id = authenticate(request)
+    body = parse_body(request, CreateDeploymentRequest)
+    item = registry.deployment_service().create(
+        owner_id, body, _idempotency_key(request), lambda_context=bp.lambda_context
+    )
+    logger.info("deployment created", extra={"deployment_id": item.id, "target": item.target})
+    return ok(DeploymentOut.from_item(item), status=201)
+
+
+@bp.route(BASE, methods=["GET"])
+@handles_errors
+def list_deployments():
+    request = bp.current_request
+    owner_id = authenticate(request)
+    query = parse_query(request, ListDeploymentsQuery)
+    items, token = registry.deployment_service().list(owner_id, query)
+    return ok(DeploymentList(items=[DeploymentOut.from_item(i) for i in items], next_token=token))
+
+
+@bp.route(BASE + "/{deployment_id}", methods=["GET"])
+@handles_errors
+def get_deployment(deployment_id):
+    owner_id = authenticate(bp.current_request)
+    logger.append_keys(deployment_id=deployment_id)
+    item = registry.deployment_service().get(owner_id, deployment_id)
+    return ok(DeploymentOut.from_item(item))
+
+
+@bp.route(BASE + "/{deployment_id}", methods=["DELETE"])
+@handles_errors
+def stop_deployment(deployment_id):
+    owner_id = authenticate(bp.current_request)
+    logger.append_keys(deployment_id=deployment_id)
+    item = registry.deployment_service().stop(owner_id, deployment_id)
+    logger.info("deployment stop requested", extra={"status": item.status})
+    # 202 while the node or provider still has to confirm; 200 once it is over.
+    return ok(DeploymentOut.from_item(item), status=202 if item.status == "stopping" else 200)
+
+
+@bp.route(BASE + "/{deployment_id}/health", methods=["GET"])
+@handles_errors
+def deployment_health(deployment_id):
+    owner_id = authenticate(bp.current_request)
+    logger.append_keys(deployment_id=deployment_id)
+    return ok(registry.deployment_service().health(owner_id, deployment_id))

@@ -1,0 +1,24 @@
+"""/api/v1/marketplace/resources"""
+
+from chalice import Blueprint
+
+from chalicelib.routes.common import authenticate, handles_errors, ok
+from chalicelib.schemas import ResourceList
+from chalicelib.services import registry
+
+bp = Blueprint(__name__)
+BASE = "/api/v1/marketplace/resources"
+
+
+@bp.route(BASE, methods=["GET"])
+@handles_errors
+def list_resources():
+    authenticate(bp.current_request)
+    return ok(ResourceList(items=registry.catalog_service().list()))
+
+
+@bp.route(BASE + "/{slug}", methods=["GET"])
+@handles_errors
+def get_resource(slug):
+    authenticate(bp.current_request)
+    return ok(registry.catalog_service().get(slug))

@@ -1,0 +1,260 @@
+"""Request and response models of the REST API (pydantic v2); the OpenAPI document is built
+from these. Requests forbid unknown fields; env var values never appear in a response."""
+
+import re
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from chalicelib.errors import ValidationFailed
+from chalicelib.lifecycle import Status
+from chalicelib.weights_uri import InvalidWeightsSource, LocalSource, parse_weights_uri
+
+Target = Literal["prism_node", "runpod", "lambda"]
+CLOUD_TARGETS = ("runpod", "lambda")
+Framework = Literal["auto", "vllm", "tgi", "transformers", "custom"]
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _dns_label(value: str) -> str:
+    if not _DNS_LABEL.match(value):
+        raise ValueError(
+            "must be 1-63 lowercase letters, digits and hyphens, starting and ending with a "
+            "letter or digit"
+        )
+    return value
+
+
+def _exec_array(value):
+    if isinstance(value, str):
+        raise ValueError('must be a JSON array of strings (exec form, e.g. ["python", "serve.py"]),'
+                         " never a shell string")
+    return value
+
+
+Name = Annotated[
+    str,
+    AfterValidator(_dns_label),
+    Field(description="1-63 lowercase letters, digits and hyphens (a DNS label)"),
+]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+CommandArg = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+# An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest]
+ImageRef = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+        r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$",
+        max_length=512,
+    ),
+]
+Usd = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
+Budget = Annotated[Decimal, Field(gt=0, le=1_000_000, decimal_places=6)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class DeployConfig(StrictModel):
+    port: int = Field(8000, ge=1, le=65535, strict=True)
+    health_path: str = Field("/health", pattern=r"^/[^\s]*$", max_length=512)
+
+
+class CreateDeploymentRequest(StrictModel):
+    """Exactly one of `image` (image form), `resource_slug` (marketplace form) or
+    `weights_source` (runtime form)."""
+
+    name: Name
+    target: Target = "prism_node"
+    image: ImageRef | None = None
+    resource_slug: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] | None = (
+        None
+    )
+    allow_insecure_http: bool = Field(False, description="accept an http:// weights_source")
+    weights_source: str | None = Field(
+        None, description="hf://org/model[@rev], r2://bucket/path, https://… or /local/path"
+    )
+    framework: Framework = "auto"
+    command: Annotated[list[CommandArg] | None, BeforeValidator(_exec_array)] = Field(
+        None, max_length=256, description="exec array; never run through a shell"
+    )
+    gpu: bool = True
+    gpu_type: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9 ._-]{1,64}$")] | None = None
+    deploy_config: DeployConfig | None = None
+    env_vars: dict[EnvName, Annotated[str, StringConstraints(max_length=32768)]] = Field(
+        default_factory=dict, max_length=128
+    )
+    budget_max_usd: Budget | None = None
+
+    @field_validator("weights_source")
+    @classmethod
+    def _parse_weights(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        allow_http = bool(info.data.get("allow_insecure_http"))
+        try:
+            return parse_weights_uri(value, allow_http=allow_http).uri()
+        except InvalidWeightsSource as exc:
+            raise ValueError(f"weights_source {exc}") from None
+
+    @model_validator(mode="after")
+    def _check_form(self) -> "CreateDeploymentRequest":
+        given = [f for f in ("image", "resource_slug", "weights_source") if getattr(self, f)]
+        if len(given) != 1:
+            message = "give exactly one of image, resource_slug or weights_source"
+            named = given or ["image", "resource_slug", "weights_source"]
+            raise ValidationFailed(message, fields=dict.fromkeys(named, message))
+        if self.target in CLOUD_TARGETS and self.budget_max_usd is None:
+            raise ValidationFailed(
+                "budget_max_usd is required for cloud targets (they are billed per hour)",
+                fields={"budget_max_usd": "required when target is runpod or lambda"},
+            )
+        if self.weights_source and self.target in CLOUD_TARGETS:
+            if isinstance(parse_weights_uri(self.weights_source, allow_http=True), LocalSource):
+                raise ValidationFailed(
+                    "a local weights path exists only on your own node; use target prism_node "
+                    "or an hf://, r2:// or https:// source",
+                    fields={"weights_source": "local paths need target prism_node"},
+                )
+        return self
+
+
+class DeploymentOut(BaseModel):
+    id: str
+    name: str
+    target: Target
+    status: Status
+    image: str | None
+    resource_slug: str | None
+    weights_source: str | None
+    framework: Framework
+    command: list[str]
+    gpu: bool
+    gpu_type: str | None
+    deploy_config: DeployConfig
+    env_var_names: list[str] = Field(description="names only; values are never returned")
+    budget_max_usd: Usd | None
+    cost_accrued_usd: Usd
+    price_per_hour_usd: Usd | None
+    endpoint_url: str | None
+    node_id: str | None
+    failure_reason: str | None
+    failure_message: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_item(cls, item) -> "DeploymentOut":
+        return cls(
+            id=item.id,
+            name=item.name,
+            target=item.target,
+            status=item.status,
+            image=item.image,
+            resource_slug=item.resource_slug,
+            weights_source=item.weights_source,
+            framework=item.framework,
+            command=list(item.command or []),
+            gpu=item.gpu,
+            gpu_type=item.gpu_type,
+            deploy_config=DeployConfig(
+                port=int(item.deploy_config.port), health_path=item.deploy_config.health_path
+            ),
+            env_var_names=sorted(item.env_dict()),
+            budget_max_usd=item.budget_max_usd,
+            cost_accrued_usd=item.cost_accrued_usd,
+            price_per_hour_usd=item.price_per_hour_usd,
+            endpoint_url=item.endpoint_url,
+            node_id=item.node_id,
+            failure_reason=item.failure_reason,
+            failure_message=item.failure_message,
+            created_at=item.created_at,
+            updated_at=item.updated_at,
+        )
+
+
+class DeploymentList(BaseModel):
+    items: list[DeploymentOut]
+    next_token: str | None = Field(description="pass back as ?next_token= for the next page")
+
+
+class ListDeploymentsQuery(StrictModel):
+    status: list[Status] | None = None
+    limit: int = Field(50, ge=1, le=100)
+    next_token: str | None = Field(None, max_length=4096)
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _split_statuses(cls, value):
+        if isinstance(value, str):
+            return [s.strip() for s in value.split(",") if s.strip()] or None
+        return value
+
+
+class HealthOut(BaseModel):
+    deployment_id: str
+    status: Status
+    healthy: bool | None = Field(description="null until the first probe")
+    consecutive_failures: int
+    latency_ms: float | None
+    checked_at: datetime | None
+    stale: bool = Field(description="true when this is the last known state, not a fresh probe")
+
+
+class ResourceOut(BaseModel):
+    slug: str
+    title: str
+    description: str
+    image: str | None
+    weights_source: str | None
+    framework: Framework
+    command: list[str]
+    gpu: bool
+    gpu_type: str | None
+    deploy_config: DeployConfig
+
+    @classmethod
+    def from_item(cls, item) -> "ResourceOut":
+        return cls(
+            slug=item.slug,
+            title=item.title,
+            description=item.description,
+            image=item.image,
+            weights_source=item.weights_source,
+            framework=item.framework,
+            command=list(item.command or []),
+            gpu=item.gpu,
+            gpu_type=item.gpu_type,
+            deploy_config=DeployConfig(
+                port=int(item.deploy_config.port), health_path=item.deploy_config.health_path
+            ),
+        )
+
+
+class ResourceList(BaseModel):
+    items: list[ResourceOut]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    fields: dict[str, str] | None = Field(None, description="field path -> what is wrong")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

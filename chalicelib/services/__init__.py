@@ -1,0 +1,1 @@
+"""Use cases. Routes call these; these call the store. No HTTP here."""

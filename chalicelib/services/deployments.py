@@ -1,0 +1,198 @@
+"""Deployment use cases: create (three forms, idempotent), list, detail, stop, health."""
+
+import secrets
+
+from aws_lambda_powertools.utilities.idempotency import (
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyValidationError,
+)
+from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
+
+from chalicelib.errors import Conflict, IdempotencyMismatch, ValidationFailed
+from chalicelib.lifecycle import Status
+from chalicelib.schemas import (
+    CLOUD_TARGETS,
+    CreateDeploymentRequest,
+    DeployConfig,
+    HealthOut,
+    ListDeploymentsQuery,
+)
+from chalicelib.services.pagination import decode_cursor, encode_cursor
+from chalicelib.store.deployments import DeploymentRepository
+from chalicelib.store.models import DeployConfigAttribute, DeploymentItem, ResourceItem
+from chalicelib.store.resources import ResourceRepository
+
+
+def new_deployment_id() -> str:
+    return "dep_" + secrets.token_hex(8)
+
+
+class DeploymentService:
+    def __init__(
+        self,
+        deployments: DeploymentRepository,
+        resources: ResourceRepository,
+        idempotency_store: BasePersistenceLayer,
+        idempotency_ttl_seconds: int = 86400,
+    ):
+        self._deployments = deployments
+        self._resources = resources
+        self._idempotency_config = IdempotencyConfig(
+            event_key_jmespath="[owner_id, key]",
+            payload_validation_jmespath="body",
+            expires_after_seconds=idempotency_ttl_seconds,
+        )
+        self._create_once = idempotent_function(
+            self._create_from_record,
+            data_keyword_argument="record",
+            persistence_store=idempotency_store,
+            config=self._idempotency_config,
+            key_prefix="create_deployment",
+        )
+
+    # --- create -------------------------------------------------------------------------
+
+    def create(
+        self,
+        owner_id: str,
+        request: CreateDeploymentRequest,
+        idempotency_key: str | None,
+        lambda_context=None,
+    ) -> DeploymentItem:
+        if idempotency_key is None:
+            return self._create(owner_id, request)
+        record = {
+            "owner_id": owner_id,
+            "key": idempotency_key,
+            "body": request.model_dump(mode="json", exclude_unset=True),
+        }
+        if lambda_context is not None:
+            # Lets an in-progress record expire with the invocation if the Lambda times out.
+            self._idempotency_config.register_lambda_context(lambda_context)
+        try:
+            created = self._create_once(record=record)
+        except IdempotencyValidationError:
+            raise IdempotencyMismatch(
+                "this Idempotency-Key was already used with a different request body; "
+                "use a new key for a new deployment"
+            ) from None
+        except IdempotencyAlreadyInProgressError:
+            raise Conflict(
+                "a request with this Idempotency-Key is still being processed; retry shortly"
+            ) from None
+        return self._deployments.get_owned(owner_id, created["id"])
+
+    def _create_from_record(self, record: dict) -> dict:
+        request = CreateDeploymentRequest.model_validate(record["body"])
+        return {"id": self._create(record["owner_id"], request).id}
+
+    def _create(self, owner_id: str, request: CreateDeploymentRequest) -> DeploymentItem:
+        recipe = self._recipe(request)
+        if recipe["target"] in CLOUD_TARGETS and recipe["gpu"] and not recipe["gpu_type"]:
+            raise ValidationFailed(
+                "gpu_type is required for cloud targets (for example A100 or RTX4090)",
+                fields={"gpu_type": "required when target is runpod or lambda"},
+            )
+        config = recipe.pop("deploy_config")
+        item = DeploymentItem(
+            id=new_deployment_id(),
+            owner_id=owner_id,
+            status=Status.PROVISIONING.value,
+            deploy_config=DeployConfigAttribute(port=config.port, health_path=config.health_path),
+            env_vars=dict(request.env_vars),
+            budget_max_usd=request.budget_max_usd,
+            **recipe,
+        )
+        return self._deployments.create(item)
+
+    def _recipe(self, request: CreateDeploymentRequest) -> dict:
+        """What to run: the request itself, or a catalog resource with the request's overrides."""
+        recipe = {
+            "name": request.name,
+            "target": request.target,
+            "image": request.image,
+            "resource_slug": None,
+            "weights_source": request.weights_source,
+            "framework": request.framework,
+            "command": list(request.command or []),
+            "gpu": request.gpu,
+            "gpu_type": request.gpu_type,
+            "deploy_config": request.deploy_config or DeployConfig(),
+        }
+        if not request.resource_slug:
+            return recipe
+        resource = self._resources.get(request.resource_slug)
+        if resource is None:
+            raise ValidationFailed(
+                f"unknown resource_slug {request.resource_slug!r}; "
+                "GET /api/v1/marketplace/resources lists them",
+                fields={"resource_slug": "not in the marketplace catalog"},
+            )
+        return recipe | self._resource_defaults(resource, request)
+
+    @staticmethod
+    def _resource_defaults(resource: ResourceItem, request: CreateDeploymentRequest) -> dict:
+        overridden = request.model_fields_set
+        defaults = {
+            "resource_slug": resource.slug,
+            "image": resource.image,
+            "weights_source": resource.weights_source,
+            "framework": resource.framework,
+            "command": list(resource.command or []),
+            "gpu": resource.gpu,
+            "gpu_type": resource.gpu_type,
+            "deploy_config": DeployConfig(
+                port=int(resource.deploy_config.port),
+                health_path=resource.deploy_config.health_path,
+            ),
+        }
+        return {k: v for k, v in defaults.items() if k not in overridden or k == "resource_slug"}
+
+    # --- read ---------------------------------------------------------------------------
+
+    def get(self, owner_id: str, deployment_id: str) -> DeploymentItem:
+        return self._deployments.get_owned(owner_id, deployment_id)
+
+    def list(
+        self, owner_id: str, query: ListDeploymentsQuery
+    ) -> tuple[list[DeploymentItem], str | None]:
+        statuses = sorted(set(query.status or []))
+        filter_key = ",".join(statuses)
+        cursor = decode_cursor(query.next_token, owner_id, filter_key)
+        page = self._deployments.list_owned(owner_id, statuses, query.limit, cursor)
+        return page.items, encode_cursor(page.cursor, owner_id, filter_key)
+
+    def health(self, owner_id: str, deployment_id: str) -> HealthOut:
+        item = self._deployments.get_owned(owner_id, deployment_id)
+        return HealthOut(
+            deployment_id=item.id,
+            status=item.status,
+            healthy=item.healthy,
+            consecutive_failures=int(item.health_consecutive_failures or 0),
+            latency_ms=item.health_latency_ms,
+            checked_at=item.health_checked_at,
+            stale=True,
+        )
+
+    # --- stop ---------------------------------------------------------------------------
+
+    def stop(self, owner_id: str, deployment_id: str) -> DeploymentItem:
+        """Idempotent. A deployment nothing was handed to yet stops at once; anything else goes
+        to `stopping` until its node or provider confirms."""
+        item = self._deployments.get_owned(owner_id, deployment_id)
+        item, _ = self._deployments.transition_latest(item.id, _stop_target, first=item)
+        return item
+
+
+def _stop_target(item: DeploymentItem) -> Status | None:
+    status = Status(item.status)
+    if status.is_terminal() or status is Status.STOPPING:
+        return None
+    handed_over = item.node_id or item.provider_instance_id
+    if status is Status.PROVISIONING and not handed_over:
+        return Status.STOPPED
+    return Status.STOPPING

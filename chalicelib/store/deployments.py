@@ -1,0 +1,170 @@
+"""Deployment repository. Status changes are conditional writes on (status, version), so two
+racing writers cannot both win and a late message cannot resurrect a finished deployment."""
+
+import heapq
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+
+from pynamodb.exceptions import PutError, UpdateError
+
+from chalicelib.errors import Conflict, NotFound
+from chalicelib.lifecycle import Status, check_transition
+from chalicelib.store.models import DeploymentItem, utcnow
+
+MAX_RETRIES = 5
+
+
+class StaleWrite(Conflict):
+    """Someone else changed the deployment between our read and our write."""
+
+
+@dataclass(frozen=True)
+class PageCursor:
+    """Where each listed partition stopped: (created_at, id) of its last returned item, or None
+    when it has not been read yet. Partitions absent from `positions` are exhausted."""
+
+    positions: dict[str, tuple[str, str] | None]
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[DeploymentItem]
+    cursor: PageCursor | None
+
+
+def owner_status_key(owner_id: str, status: str) -> str:
+    return f"{owner_id}#{status}"
+
+
+def _is_condition_failure(exc: Exception) -> bool:
+    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
+class DeploymentRepository:
+    def create(self, item: DeploymentItem) -> DeploymentItem:
+        item.owner_status = owner_status_key(item.owner_id, item.status)
+        try:
+            item.save(condition=DeploymentItem.id.does_not_exist())
+        except PutError as exc:
+            if _is_condition_failure(exc):
+                raise Conflict(f"deployment {item.id} already exists") from None
+            raise
+        return item
+
+    def get(self, deployment_id: str) -> DeploymentItem | None:
+        try:
+            return DeploymentItem.get(deployment_id, consistent_read=True)
+        except DeploymentItem.DoesNotExist:
+            return None
+
+    def get_owned(self, owner_id: str, deployment_id: str) -> DeploymentItem:
+        """Another owner's deployment is reported exactly like a missing one."""
+        item = self.get(deployment_id)
+        if item is None or item.owner_id != owner_id:
+            raise NotFound(f"deployment {deployment_id} not found")
+        return item
+
+    def transition(self, item: DeploymentItem, target: Status, **changes) -> DeploymentItem:
+        """Move `item` to `target` if the table allows it and nobody wrote since we read it."""
+        check_transition(Status(item.status), target)
+        now = utcnow()
+        actions = [
+            DeploymentItem.status.set(target.value),
+            DeploymentItem.owner_status.set(owner_status_key(item.owner_id, target.value)),
+            DeploymentItem.updated_at.set(now),
+        ]
+        for name, value in changes.items():
+            attribute = getattr(DeploymentItem, name)
+            actions.append(attribute.remove() if value is None else attribute.set(value))
+        try:
+            item.update(actions=actions, condition=DeploymentItem.status == item.status)
+        except UpdateError as exc:
+            if _is_condition_failure(exc):
+                raise StaleWrite(f"deployment {item.id} changed concurrently") from None
+            raise
+        return item
+
+    def transition_latest(
+        self, deployment_id: str, decide, first: DeploymentItem | None = None, **changes
+    ) -> tuple[DeploymentItem, bool]:
+        """Read-decide-write with retries. `decide(item)` returns the target status, or None to
+        leave the deployment as it is; `first` saves the first read when the caller has one.
+        Returns (item, whether it changed)."""
+        for attempt in range(MAX_RETRIES):
+            item = first if attempt == 0 and first is not None else self.get(deployment_id)
+            if item is None:
+                raise NotFound(f"deployment {deployment_id} not found")
+            target = decide(item)
+            if target is None:
+                return item, False
+            try:
+                return self.transition(item, target, **changes), True
+            except StaleWrite:
+                continue
+        raise Conflict(f"deployment {deployment_id} is changing too fast; try again")
+
+    def list_owned(
+        self,
+        owner_id: str,
+        statuses: list[Status] | None,
+        limit: int,
+        cursor: PageCursor | None = None,
+    ) -> Page:
+        """Newest first. One Query per partition (the owner, or one per requested status),
+        merged by creation time; never a Scan."""
+        if statuses:
+            partitions = {owner_status_key(owner_id, s.value): DeploymentItem.by_owner_status
+                          for s in statuses}
+        else:
+            partitions = {owner_id: DeploymentItem.by_owner}
+        if cursor is None:
+            positions = dict.fromkeys(partitions)
+        else:
+            positions = {p: pos for p, pos in cursor.positions.items() if p in partitions}
+
+        def fetch(partition: str) -> list[DeploymentItem]:
+            index = partitions[partition]
+            start = positions[partition]
+            start_key = None if start is None else _index_key(index, partition, *start)
+            query = index.query(
+                partition, scan_index_forward=False, limit=limit + 1,
+                last_evaluated_key=start_key,
+            )
+            return list(query)
+
+        names = list(positions)
+        if len(names) > 1:
+            with ThreadPoolExecutor(max_workers=len(names)) as pool:
+                fetched = dict(zip(names, pool.map(fetch, names), strict=True))
+        else:
+            fetched = {name: fetch(name) for name in names}
+
+        tagged = [
+            [(item.created_at, name, item) for item in items] for name, items in fetched.items()
+        ]
+        merged = heapq.merge(*tagged, key=lambda t: t[0], reverse=True)
+        page = list(islice(merged, limit))
+
+        next_positions: dict[str, tuple[str, str] | None] = {}
+        for name, items in fetched.items():
+            taken = [item for _, n, item in page if n == name]
+            exhausted = len(taken) == len(items) and len(items) <= limit
+            if exhausted:
+                continue
+            last = taken[-1] if taken else None
+            next_positions[name] = (
+                (DeploymentItem.created_at.serialize(last.created_at), last.id)
+                if last else positions[name]
+            )
+        items = [item for _, _, item in page]
+        return Page(items=items, cursor=PageCursor(next_positions) if next_positions else None)
+
+
+def _index_key(index, partition: str, created_at: str, deployment_id: str) -> dict:
+    hash_name = "owner_status" if index is DeploymentItem.by_owner_status else "owner_id"
+    return {
+        "id": {"S": deployment_id},
+        hash_name: {"S": partition},
+        "created_at": {"S": created_at},
+    }

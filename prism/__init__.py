@@ -1,0 +1,1 @@
+"""The `prism` command line: talks to the PRISM REST API over HTTP."""
