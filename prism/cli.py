@@ -1,0 +1,208 @@
+"""`prism`: deploy create|list|status|stop|health, admin create-key, dev up."""
+
+import json
+import sys
+
+import click
+
+from prism.client import ApiClient, ApiError
+from prism.config import CliConfig
+from prism.output import deployment_detail, deployments_table, emit_json
+
+TARGETS = {"local": "prism_node", "prism_node": "prism_node", "runpod": "runpod",
+           "lambda": "lambda"}
+
+
+def api_client() -> ApiClient:
+    config = CliConfig.load()
+    if not config.api_url:
+        raise click.ClickException(
+            "no API configured: set PRISM_API_URL and PRISM_API_KEY, or run `prism dev up`"
+        )
+    return ApiClient(config.api_url, config.api_key)
+
+
+class PrismGroup(click.Group):
+    """Shows an API error as one clear line and a non-zero exit code, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ApiError as exc:
+            status = f" ({exc.status})" if exc.status else ""
+            click.secho(f"error{status}: {exc.message}", fg="red", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=PrismGroup)
+def main():
+    """PRISM Deployments: run ML models as persistent GPU services."""
+
+
+@main.group()
+def deploy():
+    """Create, list, inspect and stop deployments."""
+
+
+def _command(json_command: str | None, trailing: tuple[str, ...]) -> list[str] | None:
+    if json_command and trailing:
+        raise click.UsageError("give the command either with --command or after --, not both")
+    if trailing:
+        return list(trailing)
+    if json_command is None:
+        return None
+    try:
+        command = json.loads(json_command)
+    except ValueError:
+        command = None
+    if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+        raise click.BadParameter(
+            'must be a JSON array of strings, e.g. \'["python", "serve.py"]\' '
+            "(or put the command after --)", param_hint="--command",
+        )
+    return command
+
+
+def _env(pairs: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--env")
+        env[name] = value
+    return env
+
+
+def _gpu(gpu: str | None) -> dict:
+    if gpu is None:
+        return {}
+    if gpu.lower() == "none":
+        return {"gpu": False}
+    if gpu.lower() == "any":
+        return {"gpu": True}
+    return {"gpu": True, "gpu_type": gpu}
+
+
+@deploy.command("create", context_settings={"ignore_unknown_options": False})
+@click.option("--name", required=True, help="1-63 lowercase letters, digits, hyphens")
+@click.option("--image", help="container image (image form)")
+@click.option("--weights", help="hf://org/model[@rev], r2://bucket/path, https://… or /path")
+@click.option("--resource", help="marketplace resource slug (see `prism marketplace list`)")
+@click.option("--target", type=click.Choice(sorted(TARGETS)), help="local means prism_node")
+@click.option("--gpu", help="GPU type (A100, RTX4090…), 'any' or 'none'")
+@click.option("--budget", type=float, help="stop once this many USD are spent")
+@click.option("--port", type=int, help="port the model serves HTTP on")
+@click.option("--health-path", help="health check path, e.g. /health")
+@click.option("--command", "json_command", help='exec array as JSON: \'["python","serve.py"]\'')
+@click.option("--framework", type=click.Choice(["auto", "vllm", "tgi", "transformers", "custom"]))
+@click.option("--env", "env_pairs", multiple=True, help="NAME=VALUE (repeatable)")
+@click.option("--allow-http", is_flag=True, help="accept an http:// weights URL")
+@click.option("--idempotency-key", help="retrying with the same key never creates twice")
+@click.option("--json", "as_json", is_flag=True, help="print the API's JSON")
+@click.argument("command_args", nargs=-1, metavar="[-- COMMAND...]")
+def deploy_create(name, image, weights, resource, target, gpu, budget, port, health_path,
+                  json_command, framework, env_pairs, allow_http, idempotency_key, as_json,
+                  command_args):
+    """Create a deployment from an image, weights or a marketplace resource."""
+    body: dict = {"name": name, "image": image, "weights_source": weights,
+                  "resource_slug": resource, "framework": framework,
+                  "budget_max_usd": budget, "command": _command(json_command, command_args)}
+    if target:
+        body["target"] = TARGETS[target]
+    if port is not None or health_path is not None:
+        body["deploy_config"] = {k: v for k, v in (("port", port), ("health_path", health_path))
+                                 if v is not None}
+    if env_pairs:
+        body["env_vars"] = _env(env_pairs)
+    if allow_http:
+        body["allow_insecure_http"] = True
+    body |= _gpu(gpu)
+    body = {k: v for k, v in body.items() if v is not None}
+    created = api_client().create_deployment(body, idempotency_key)
+    if as_json:
+        emit_json(created)
+    else:
+        click.echo(f"created {created['id']} ({created['status']})")
+        deployment_detail(created)
+
+
+@deploy.command("list")
+@click.option("--status", help="comma-separated, e.g. running,unhealthy")
+@click.option("--limit", type=click.IntRange(1, 100), default=50, show_default=True)
+@click.option("--all", "follow", is_flag=True, help="follow next_token through every page")
+@click.option("--json", "as_json", is_flag=True)
+def deploy_list(status, limit, follow, as_json):
+    """List your deployments, newest first."""
+    client = api_client()
+    statuses = [s.strip() for s in status.split(",")] if status else None
+    page = client.list_deployments(statuses, limit)
+    items = list(page["items"])
+    while follow and page.get("next_token"):
+        page = client.list_deployments(statuses, limit, page["next_token"])
+        items.extend(page["items"])
+    if as_json:
+        emit_json({"items": items, "next_token": None if follow else page.get("next_token")})
+        return
+    deployments_table(items)
+    if page.get("next_token") and not follow:
+        click.echo("more deployments: use --all, or --json for next_token", err=True)
+
+
+@deploy.command("status")
+@click.argument("deployment_id")
+@click.option("--json", "as_json", is_flag=True)
+def deploy_status(deployment_id, as_json):
+    """Show one deployment."""
+    detail = api_client().get_deployment(deployment_id)
+    emit_json(detail) if as_json else deployment_detail(detail)
+
+
+@deploy.command("stop")
+@click.argument("deployment_id")
+@click.option("--json", "as_json", is_flag=True)
+def deploy_stop(deployment_id, as_json):
+    """Stop a deployment (safe to repeat)."""
+    detail = api_client().stop_deployment(deployment_id)
+    if as_json:
+        emit_json(detail)
+    else:
+        click.echo(f"{detail['id']}: {detail['status']}")
+
+
+@deploy.command("health")
+@click.argument("deployment_id")
+@click.option("--json", "as_json", is_flag=True)
+def deploy_health(deployment_id, as_json):
+    """Show a deployment's health."""
+    health = api_client().deployment_health(deployment_id)
+    if as_json:
+        emit_json(health)
+        return
+    state = {True: "healthy", False: "unhealthy", None: "not probed yet"}[health["healthy"]]
+    stale = " (last known)" if health["stale"] else ""
+    click.echo(f"{health['deployment_id']}: {health['status']}, {state}{stale}, "
+               f"{health['consecutive_failures']} consecutive failures")
+
+
+@main.group()
+def marketplace():
+    """Browse ready-made deployment recipes."""
+
+
+@marketplace.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def marketplace_list(as_json):
+    """List marketplace resources."""
+    resources = api_client().list_resources()["items"]
+    if as_json:
+        emit_json(resources)
+        return
+    for r in resources:
+        click.echo(f"{r['slug']:<20} {r['title']}")
+
+
+from prism.commands.admin import admin  # noqa: E402
+from prism.commands.dev import dev  # noqa: E402
+
+main.add_command(admin)
+main.add_command(dev)

@@ -1,0 +1,52 @@
+"""`prism dev up`: the whole platform on this machine, until Ctrl-C."""
+
+import signal
+import threading
+
+import click
+
+from prism.config import CliConfig
+from prism.dev.platform import LocalPlatform, PlatformError
+
+
+@click.group()
+def dev():
+    """Run the platform locally."""
+
+
+@dev.command("up")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--api-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--aws-port", default=4566, show_default=True, type=click.IntRange(1, 65535),
+              help="port of the moto server standing in for AWS")
+def dev_up(host, api_port, aws_port):
+    """Start moto (AWS) and the API, create a dev user and write the CLI config."""
+    platform = LocalPlatform(host=host, api_port=api_port, moto_port=aws_port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        user = platform.start()
+    except PlatformError as exc:
+        platform.stop()
+        raise click.ClickException(str(exc)) from None
+    except BaseException:
+        platform.stop()
+        raise
+    try:
+        path = CliConfig(api_url=platform.api_url, api_key=user["api_key"],
+                         aws_endpoint_url=platform.aws_url, stage="dev").save()
+        click.echo(f"PRISM_API_URL={platform.api_url}")
+        click.echo(f"PRISM_API_KEY={user['api_key']}")
+        click.echo(f"# AWS (moto) at {platform.aws_url}; CLI config written to {path}")
+        click.echo(f"# logs in {platform.log_dir}; Ctrl-C stops everything", err=False)
+        while not stop.wait(0.5):
+            for name, process in platform.processes.items():
+                if process.poll() is not None:
+                    raise click.ClickException(
+                        f"{name} exited unexpectedly (code {process.returncode}); "
+                        f"see {platform.log_dir / (name + '.log')}"
+                    )
+    finally:
+        platform.stop()
+        click.echo("# stopped", err=True)

@@ -1,0 +1,39 @@
+"""Where the CLI finds the API: PRISM_API_URL / PRISM_API_KEY, else the config file
+(PRISM_CONFIG, default ~/.config/prism/config.json) that `prism dev up` writes."""
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+def config_path() -> Path:
+    default = Path.home() / ".config" / "prism" / "config.json"
+    return Path(os.environ.get("PRISM_CONFIG", default))
+
+
+@dataclass
+class CliConfig:
+    api_url: str | None = None
+    api_key: str | None = None
+    # Set by `prism dev up` so `prism admin` can reach the local platform's tables.
+    aws_endpoint_url: str | None = None
+    stage: str | None = None
+
+    @classmethod
+    def load(cls) -> "CliConfig":
+        path = config_path()
+        data = json.loads(path.read_text()) if path.exists() else {}
+        config = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        config.api_url = os.environ.get("PRISM_API_URL") or config.api_url
+        config.api_key = os.environ.get("PRISM_API_KEY") or config.api_key
+        return config
+
+    def save(self) -> Path:
+        path = config_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The file holds an API key: readable by its owner only.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(self), handle, indent=2)
+        return path

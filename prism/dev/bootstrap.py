@@ -1,0 +1,24 @@
+"""Prepare a fresh local AWS (moto): tables from infra/resources.json, the marketplace catalog
+and a dev user. Run by `prism dev up` as `python -m prism.dev.bootstrap USER_NAME` with the
+local AWS environment; prints {"user_id", "api_key"} as JSON."""
+
+import json
+import sys
+
+from chalicelib import aws
+from chalicelib.config import settings
+from chalicelib.services.catalog import CatalogService
+from chalicelib.store.resources import ResourceRepository
+from chalicelib.store.users import UserRepository
+from prism.dev.infra import REPO_ROOT, create_tables
+
+
+def main(user_name: str) -> None:
+    create_tables(aws.client("dynamodb"), settings)
+    CatalogService(ResourceRepository()).seed(examples_root=REPO_ROOT)
+    new = UserRepository().create_user_with_key(user_name)
+    print(json.dumps({"user_id": new.user_id, "api_key": new.api_key}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "dev")

@@ -1,0 +1,132 @@
+"""The local platform: a moto server as AWS and `chalice local` as API Gateway + Lambda, as
+child processes that die with us (own process group, parent-death signal)."""
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from prism.dev.awsenv import local_aws_env
+from prism.dev.infra import REPO_ROOT
+
+STAGE = "dev"
+_PR_SET_PDEATHSIG = 1
+
+
+class PlatformError(Exception):
+    """The platform could not start; the message says what to do."""
+
+
+def _die_with_parent() -> None:  # runs in the child, before exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class LocalPlatform:
+    host: str = "127.0.0.1"
+    api_port: int = 8000
+    moto_port: int = 4566
+    log_dir: Path = field(default_factory=lambda: REPO_ROOT / ".prism" / "logs")
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"
+
+    @property
+    def aws_url(self) -> str:
+        return f"http://{self.host}:{self.moto_port}"
+
+    def env(self) -> dict[str, str]:
+        return os.environ | local_aws_env(self.aws_url, STAGE) | {"PYTHONUNBUFFERED": "1"}
+
+    def start(self) -> dict:
+        """Start everything; returns the dev user's {"user_id", "api_key"}."""
+        for name, port in (("API", self.api_port), ("moto (AWS)", self.moto_port)):
+            if not port_is_free(self.host, port):
+                raise PlatformError(
+                    f"port {port} for the {name} server is already in use; stop what holds it "
+                    f"or choose another with --{'api' if name == 'API' else 'aws'}-port"
+                )
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._spawn("moto", [sys.executable, "-m", "moto.server", "-H", self.host,
+                             "-p", str(self.moto_port)])
+        self._wait_http("moto", f"{self.aws_url}/moto-api/")
+        user = self._bootstrap()
+        self._spawn("api", [str(Path(sys.executable).parent / "chalice"), "local", "--stage", STAGE,
+                            "--host", self.host, "--port", str(self.api_port),
+                            "--no-autoreload"])
+        self._wait_http("api", f"{self.api_url}/api/v1/openapi.json")
+        return user
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the child
+        self.processes[name] = subprocess.Popen(
+            argv, cwd=REPO_ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+        )
+
+    def _wait_http(self, name: str, url: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            process = self.processes[name]
+            if process.poll() is not None:
+                raise PlatformError(
+                    f"{name} exited with code {process.returncode} while starting; "
+                    f"see {self.log_dir / (name + '.log')}"
+                )
+            try:
+                if requests.get(url, timeout=2).status_code < 500:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise PlatformError(f"{name} did not answer at {url} within {timeout:.0f}s")
+
+    def _bootstrap(self) -> dict:
+        result = subprocess.run(
+            [sys.executable, "-m", "prism.dev.bootstrap", "dev"], cwd=REPO_ROOT, env=self.env(),
+            capture_output=True, text=True, timeout=120,
+        )
+        if result.returncode != 0:
+            raise PlatformError(f"could not prepare the local tables: {result.stderr.strip()}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every process group, then SIGKILL what is left after `grace` seconds."""
+        for process in self.processes.values():
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+        self.processes.clear()
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
