@@ -27,9 +27,14 @@ def _json(model) -> dict:
 
 def _responses(ok: dict[str, tuple[str, type]], errors: tuple[int, ...]) -> dict:
     responses = {code: {"description": text, **_json(model)} for code, (text, model) in ok.items()}
-    descriptions = {400: "invalid request", 401: "missing or invalid API key",
-                    404: "not found (or not yours)", 409: "conflict",
-                    422: "Idempotency-Key reused with another body", 500: "internal error"}
+    descriptions = {
+        400: "invalid request",
+        401: "missing or invalid API key",
+        404: "not found (or not yours)",
+        409: "conflict",
+        422: "Idempotency-Key reused with another body",
+        500: "internal error",
+    }
     for code in (*errors, 500):
         responses[str(code)] = {"description": descriptions[code], **_json(ErrorBody)}
     return responses
@@ -42,8 +47,17 @@ def _path_param(name: str) -> dict:
 @cache
 def document() -> dict:
     _, defs = models_json_schema(
-        [(m, "serialization") for m in (DeploymentOut, DeploymentList, HealthOut, ResourceOut,
-                                         ResourceList, ErrorBody)]
+        [
+            (m, "serialization")
+            for m in (
+                DeploymentOut,
+                DeploymentList,
+                HealthOut,
+                ResourceOut,
+                ResourceList,
+                ErrorBody,
+            )
+        ]
         + [(CreateDeploymentRequest, "validation")],
         ref_template=REF,
     )
@@ -54,8 +68,14 @@ def document() -> dict:
             "post": {
                 "operationId": "createDeployment",
                 "summary": "Create a deployment (image, marketplace or runtime form)",
-                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "schema": {"type": "string", "maxLength": 255}}],
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "maxLength": 255},
+                    }
+                ],
                 "requestBody": {"required": True, **_json(CreateDeploymentRequest)},
                 "responses": _responses({"201": ("created", DeploymentOut)}, (400, 401, 409, 422)),
             },
@@ -63,12 +83,25 @@ def document() -> dict:
                 "operationId": "listDeployments",
                 "summary": "List your deployments, newest first",
                 "parameters": [
-                    {"name": "status", "in": "query", "required": False,
-                     "description": "comma-separated statuses", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
-                    {"name": "next_token", "in": "query", "required": False,
-                     "schema": {"type": "string"}},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "description": "comma-separated statuses",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
+                    },
+                    {
+                        "name": "next_token",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
                 ],
                 "responses": _responses({"200": ("a page", DeploymentList)}, (400, 401)),
             },

@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    BeforeValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -41,8 +41,10 @@ def _dns_label(value: str) -> str:
 
 def _exec_array(value):
     if isinstance(value, str):
-        raise ValueError('must be a JSON array of strings (exec form, e.g. ["python", "serve.py"]),'
-                         " never a shell string")
+        raise ValueError(
+            'must be a JSON array of strings (exec form, e.g. ["python", "serve.py"]),'
+            " never a shell string"
+        )
     return value
 
 
@@ -62,6 +64,7 @@ ImageRef = Annotated[
         max_length=512,
     ),
 ]
+Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 Usd = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
 Budget = Annotated[Decimal, Field(gt=0, le=1_000_000, decimal_places=6)]
 
@@ -82,9 +85,7 @@ class CreateDeploymentRequest(StrictModel):
     name: Name
     target: Target = "prism_node"
     image: ImageRef | None = None
-    resource_slug: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] | None = (
-        None
-    )
+    resource_slug: Slug | None = None
     allow_insecure_http: bool = Field(False, description="accept an http:// weights_source")
     weights_source: str | None = Field(
         None, description="hf://org/model[@rev], r2://bucket/path, https://… or /local/path"
@@ -124,13 +125,16 @@ class CreateDeploymentRequest(StrictModel):
                 "budget_max_usd is required for cloud targets (they are billed per hour)",
                 fields={"budget_max_usd": "required when target is runpod or lambda"},
             )
-        if self.weights_source and self.target in CLOUD_TARGETS:
-            if isinstance(parse_weights_uri(self.weights_source, allow_http=True), LocalSource):
-                raise ValidationFailed(
-                    "a local weights path exists only on your own node; use target prism_node "
-                    "or an hf://, r2:// or https:// source",
-                    fields={"weights_source": "local paths need target prism_node"},
-                )
+        if (
+            self.weights_source
+            and self.target in CLOUD_TARGETS
+            and isinstance(parse_weights_uri(self.weights_source, allow_http=True), LocalSource)
+        ):
+            raise ValidationFailed(
+                "a local weights path exists only on your own node; use target prism_node "
+                "or an hf://, r2:// or https:// source",
+                fields={"weights_source": "local paths need target prism_node"},
+            )
         return self
 
 

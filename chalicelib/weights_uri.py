@@ -87,8 +87,7 @@ def parse_weights_uri(text: str, *, allow_http: bool = False) -> WeightsSource:
         return _parse_url(text)
     if scheme == "http":
         raise InvalidWeightsSource(
-            "uses plain http://, which is refused unless allow_insecure_http is true; "
-            "use https://"
+            "uses plain http://, which is refused unless allow_insecure_http is true; use https://"
         )
     raise InvalidWeightsSource(f"has unsupported scheme {scheme!r}; use {ACCEPTED_FORMS}")
 

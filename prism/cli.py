@@ -9,8 +9,12 @@ from prism.client import ApiClient, ApiError
 from prism.config import CliConfig
 from prism.output import deployment_detail, deployments_table, emit_json
 
-TARGETS = {"local": "prism_node", "prism_node": "prism_node", "runpod": "runpod",
-           "lambda": "lambda"}
+TARGETS = {
+    "local": "prism_node",
+    "prism_node": "prism_node",
+    "runpod": "runpod",
+    "lambda": "lambda",
+}
 
 
 def api_client() -> ApiClient:
@@ -58,7 +62,8 @@ def _command(json_command: str | None, trailing: tuple[str, ...]) -> list[str] |
     if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
         raise click.BadParameter(
             'must be a JSON array of strings, e.g. \'["python", "serve.py"]\' '
-            "(or put the command after --)", param_hint="--command",
+            "(or put the command after --)",
+            param_hint="--command",
         )
     return command
 
@@ -100,18 +105,40 @@ def _gpu(gpu: str | None) -> dict:
 @click.option("--idempotency-key", help="retrying with the same key never creates twice")
 @click.option("--json", "as_json", is_flag=True, help="print the API's JSON")
 @click.argument("command_args", nargs=-1, metavar="[-- COMMAND...]")
-def deploy_create(name, image, weights, resource, target, gpu, budget, port, health_path,
-                  json_command, framework, env_pairs, allow_http, idempotency_key, as_json,
-                  command_args):
+def deploy_create(
+    name,
+    image,
+    weights,
+    resource,
+    target,
+    gpu,
+    budget,
+    port,
+    health_path,
+    json_command,
+    framework,
+    env_pairs,
+    allow_http,
+    idempotency_key,
+    as_json,
+    command_args,
+):
     """Create a deployment from an image, weights or a marketplace resource."""
-    body: dict = {"name": name, "image": image, "weights_source": weights,
-                  "resource_slug": resource, "framework": framework,
-                  "budget_max_usd": budget, "command": _command(json_command, command_args)}
+    body: dict = {
+        "name": name,
+        "image": image,
+        "weights_source": weights,
+        "resource_slug": resource,
+        "framework": framework,
+        "budget_max_usd": budget,
+        "command": _command(json_command, command_args),
+    }
     if target:
         body["target"] = TARGETS[target]
     if port is not None or health_path is not None:
-        body["deploy_config"] = {k: v for k, v in (("port", port), ("health_path", health_path))
-                                 if v is not None}
+        body["deploy_config"] = {
+            k: v for k, v in (("port", port), ("health_path", health_path)) if v is not None
+        }
     if env_pairs:
         body["env_vars"] = _env(env_pairs)
     if allow_http:
@@ -180,8 +207,10 @@ def deploy_health(deployment_id, as_json):
         return
     state = {True: "healthy", False: "unhealthy", None: "not probed yet"}[health["healthy"]]
     stale = " (last known)" if health["stale"] else ""
-    click.echo(f"{health['deployment_id']}: {health['status']}, {state}{stale}, "
-               f"{health['consecutive_failures']} consecutive failures")
+    click.echo(
+        f"{health['deployment_id']}: {health['status']}, {state}{stale}, "
+        f"{health['consecutive_failures']} consecutive failures"
+    )
 
 
 @main.group()

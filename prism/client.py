@@ -1,7 +1,6 @@
 """The REST API over HTTP. The CLI never touches the store."""
 
 from dataclasses import dataclass, field
-
 from urllib.parse import quote
 
 import requests
@@ -36,7 +35,8 @@ class ApiClient:
             )
         except requests.RequestException as exc:
             raise ApiError(
-                None, "unreachable",
+                None,
+                "unreachable",
                 f"cannot reach the PRISM API at {self.base_url} ({type(exc).__name__}); "
                 "is the platform running (`make up`) and PRISM_API_URL right?",
             ) from None
@@ -47,19 +47,22 @@ class ApiClient:
         if response.status_code >= 400:
             error = body.get("error") if isinstance(body, dict) else None
             if not isinstance(error, dict):
-                error = {"code": "http_error",
-                         "message": f"HTTP {response.status_code} from {url}"}
-            raise ApiError(response.status_code, error.get("code", "error"),
-                           error.get("message", ""), error.get("fields") or {})
+                error = {"code": "http_error", "message": f"HTTP {response.status_code} from {url}"}
+            raise ApiError(
+                response.status_code,
+                error.get("code", "error"),
+                error.get("message", ""),
+                error.get("fields") or {},
+            )
         return response.status_code, body
 
     def create_deployment(self, body: dict, idempotency_key: str | None = None) -> dict:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._request("POST", "/api/v1/compute/deployments", json=body,
-                             headers=headers)[1]
+        return self._request("POST", "/api/v1/compute/deployments", json=body, headers=headers)[1]
 
-    def list_deployments(self, statuses: list[str] | None = None, limit: int = 50,
-                         next_token: str | None = None) -> dict:
+    def list_deployments(
+        self, statuses: list[str] | None = None, limit: int = 50, next_token: str | None = None
+    ) -> dict:
         params = {"limit": limit}
         if statuses:
             params["status"] = ",".join(statuses)

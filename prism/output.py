@@ -10,8 +10,14 @@ from rich.table import Table
 # Piped output keeps whole IDs instead of squeezing columns into 80 characters.
 console = Console(width=None if sys.stdout.isatty() else 200)
 STATUS_STYLE = {
-    "running": "green", "unhealthy": "yellow", "failed": "red", "stopped": "dim",
-    "stopping": "magenta", "provisioning": "cyan", "pulling": "cyan", "starting": "cyan",
+    "running": "green",
+    "unhealthy": "yellow",
+    "failed": "red",
+    "stopped": "dim",
+    "stopping": "magenta",
+    "provisioning": "cyan",
+    "pulling": "cyan",
+    "starting": "cyan",
 }
 
 
@@ -31,8 +37,14 @@ def deployments_table(items: list[dict]) -> None:
     table = Table("ID", "NAME", "TARGET", "STATUS", "COST", "BUDGET", "ENDPOINT", "CREATED")
     for d in items:
         table.add_row(
-            d["id"], d["name"], d["target"], _status(d["status"]), _usd(d["cost_accrued_usd"]),
-            _usd(d["budget_max_usd"]), d["endpoint_url"] or "-", d["created_at"][:19],
+            d["id"],
+            d["name"],
+            d["target"],
+            _status(d["status"]),
+            _usd(d["cost_accrued_usd"]),
+            _usd(d["budget_max_usd"]),
+            d["endpoint_url"] or "-",
+            d["created_at"][:19],
         )
     console.print(table)
 
@@ -40,16 +52,22 @@ def deployments_table(items: list[dict]) -> None:
 def deployment_detail(d: dict) -> None:
     what = d["image"] or d["weights_source"] or "-"
     rows = [
-        ("id", d["id"]), ("name", d["name"]), ("status", _status(d["status"])),
-        ("target", d["target"]), ("source", what), ("resource", d["resource_slug"] or "-"),
+        ("id", d["id"]),
+        ("name", d["name"]),
+        ("status", _status(d["status"])),
+        ("target", d["target"]),
+        ("source", what),
+        ("resource", d["resource_slug"] or "-"),
         ("command", " ".join(d["command"]) or "-"),
         ("gpu", (d["gpu_type"] or "any") if d["gpu"] else "none"),
         ("port / health", f"{d['deploy_config']['port']} {d['deploy_config']['health_path']}"),
         ("env vars", ", ".join(d["env_var_names"]) or "-"),
         ("endpoint", d["endpoint_url"] or "-"),
-        ("cost", _usd(d["cost_accrued_usd"])), ("budget", _usd(d["budget_max_usd"])),
+        ("cost", _usd(d["cost_accrued_usd"])),
+        ("budget", _usd(d["budget_max_usd"])),
         ("price/hour", _usd(d["price_per_hour_usd"])),
-        ("created", d["created_at"]), ("updated", d["updated_at"]),
+        ("created", d["created_at"]),
+        ("updated", d["updated_at"]),
     ]
     if d.get("failure_reason"):
         rows.append(("failure", f"[red]{d['failure_reason']}[/]: {d['failure_message'] or ''}"))

@@ -114,8 +114,10 @@ class DeploymentRepository:
         """Newest first. One Query per partition (the owner, or one per requested status),
         merged by creation time; never a Scan."""
         if statuses:
-            partitions = {owner_status_key(owner_id, s.value): DeploymentItem.by_owner_status
-                          for s in statuses}
+            partitions = {
+                owner_status_key(owner_id, s.value): DeploymentItem.by_owner_status
+                for s in statuses
+            }
         else:
             partitions = {owner_id: DeploymentItem.by_owner}
         if cursor is None:
@@ -128,7 +130,9 @@ class DeploymentRepository:
             start = positions[partition]
             start_key = None if start is None else _index_key(index, partition, *start)
             query = index.query(
-                partition, scan_index_forward=False, limit=limit + 1,
+                partition,
+                scan_index_forward=False,
+                limit=limit + 1,
                 last_evaluated_key=start_key,
             )
             return list(query)
@@ -155,7 +159,8 @@ class DeploymentRepository:
             last = taken[-1] if taken else None
             next_positions[name] = (
                 (DeploymentItem.created_at.serialize(last.created_at), last.id)
-                if last else positions[name]
+                if last
+                else positions[name]
             )
         items = [item for _, _, item in page]
         return Page(items=items, cursor=PageCursor(next_positions) if next_positions else None)

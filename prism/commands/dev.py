@@ -17,8 +17,13 @@ def dev():
 @dev.command("up")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--api-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--aws-port", default=4566, show_default=True, type=click.IntRange(1, 65535),
-              help="port of the moto server standing in for AWS")
+@click.option(
+    "--aws-port",
+    default=4566,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="port of the moto server standing in for AWS",
+)
 def dev_up(host, api_port, aws_port):
     """Start moto (AWS) and the API, create a dev user and write the CLI config."""
     platform = LocalPlatform(host=host, api_port=api_port, moto_port=aws_port)
@@ -34,8 +39,12 @@ def dev_up(host, api_port, aws_port):
         platform.stop()
         raise
     try:
-        path = CliConfig(api_url=platform.api_url, api_key=user["api_key"],
-                         aws_endpoint_url=platform.aws_url, stage="dev").save()
+        path = CliConfig(
+            api_url=platform.api_url,
+            api_key=user["api_key"],
+            aws_endpoint_url=platform.aws_url,
+            stage="dev",
+        ).save()
         click.echo(f"PRISM_API_URL={platform.api_url}")
         click.echo(f"PRISM_API_KEY={user['api_key']}")
         click.echo(f"# AWS (moto) at {platform.aws_url}; CLI config written to {path}")

@@ -1,6 +1,7 @@
 """The local platform: a moto server as AWS and `chalice local` as API Gateway + Lambda, as
 child processes that die with us (own process group, parent-death signal)."""
 
+import contextlib
 import ctypes
 import json
 import os
@@ -68,21 +69,48 @@ class LocalPlatform:
                     f"or choose another with --{'api' if name == 'API' else 'aws'}-port"
                 )
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._spawn("moto", [sys.executable, "-m", "moto.server", "-H", self.host,
-                             "-p", str(self.moto_port)])
+        self._spawn(
+            "moto",
+            [
+                sys.executable,
+                "-m",
+                "prism.dev.moto_atomic",
+                "-H",
+                self.host,
+                "-p",
+                str(self.moto_port),
+            ],
+        )
         self._wait_http("moto", f"{self.aws_url}/moto-api/")
         user = self._bootstrap()
-        self._spawn("api", [str(Path(sys.executable).parent / "chalice"), "local", "--stage", STAGE,
-                            "--host", self.host, "--port", str(self.api_port),
-                            "--no-autoreload"])
+        self._spawn(
+            "api",
+            [
+                str(Path(sys.executable).parent / "chalice"),
+                "local",
+                "--stage",
+                STAGE,
+                "--host",
+                self.host,
+                "--port",
+                str(self.api_port),
+                "--no-autoreload",
+            ],
+        )
         self._wait_http("api", f"{self.api_url}/api/v1/openapi.json")
         return user
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the child
         self.processes[name] = subprocess.Popen(
-            argv, cwd=REPO_ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+            argv,
+            cwd=REPO_ROOT,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     def _wait_http(self, name: str, url: str, timeout: float = 60.0) -> None:
@@ -104,8 +132,12 @@ class LocalPlatform:
 
     def _bootstrap(self) -> dict:
         result = subprocess.run(
-            [sys.executable, "-m", "prism.dev.bootstrap", "dev"], cwd=REPO_ROOT, env=self.env(),
-            capture_output=True, text=True, timeout=120,
+            [sys.executable, "-m", "prism.dev.bootstrap", "dev"],
+            cwd=REPO_ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if result.returncode != 0:
             raise PlatformError(f"could not prepare the local tables: {result.stderr.strip()}")
@@ -126,7 +158,5 @@ class LocalPlatform:
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass

@@ -14,6 +14,10 @@ from chalicelib.services.catalog import CatalogService
 from chalicelib.store.resources import ResourceRepository
 from chalicelib.store.users import UserRepository
 from prism.dev.infra import create_tables
+from prism.dev.moto_atomic import make_dynamodb_writes_atomic
+from tests.openapi_check import assert_matches_openapi
+
+make_dynamodb_writes_atomic()  # as real DynamoDB: a conditional write is check-and-set
 
 
 @pytest.fixture
@@ -54,6 +58,8 @@ class Api:
             method, path, body=payload, headers=self._headers(key, headers)
         )
         response.data = json.loads(response.body) if response.body else None
+        if path.startswith("/api/v1/") and path != "/api/v1/openapi.json":
+            assert_matches_openapi(method, path, response.status_code, response.data)
         return response
 
     def get(self, path, **kw):

@@ -1,0 +1,46 @@
+"""The pynamodb models and infra/resources.json must describe the same tables."""
+
+from chalicelib.store.models import ApiKeyItem, DeploymentItem, ResourceItem, UserItem
+from prism.dev.infra import table_specs
+
+MODELS = {
+    "PRISM_DEPLOYMENTS_TABLE": DeploymentItem,
+    "PRISM_USERS_TABLE": UserItem,
+    "PRISM_API_KEYS_TABLE": ApiKeyItem,
+    "PRISM_RESOURCES_TABLE": ResourceItem,
+}
+
+
+def _keys(schema):
+    return {k["KeyType"]: k["AttributeName"] for k in schema}
+
+
+def test_keys_and_indexes_agree():
+    specs = {spec.env_var: spec for spec in table_specs()}
+    assert set(MODELS) <= set(specs)
+    for env_var, model in MODELS.items():
+        props = specs[env_var].properties
+        assert _keys(props["KeySchema"]) == {"HASH": model._hash_keyname}
+        template_indexes = {
+            i["IndexName"]: _keys(i["KeySchema"]) for i in props.get("GlobalSecondaryIndexes", [])
+        }
+        model_indexes = (
+            {
+                index.Meta.index_name: {
+                    ("HASH" if a.is_hash_key else "RANGE"): a.attr_name
+                    for a in index.Meta.attributes.values()
+                }
+                for index in model._indexes.values()
+            }
+            if hasattr(model, "_indexes")
+            else {}
+        )
+        assert template_indexes == model_indexes
+
+
+def test_idempotency_table_has_a_ttl():
+    spec = next(s for s in table_specs() if s.env_var == "PRISM_IDEMPOTENCY_TABLE")
+    assert spec.properties["TimeToLiveSpecification"] == {
+        "AttributeName": "expiration",
+        "Enabled": True,
+    }
