@@ -1,0 +1,37 @@
+# The two commands that matter: `make up` (the platform, locally) and `make test` (the suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install up test lint format bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start moto (as AWS) + the API locally, create a dev user, print PRISM_API_URL/KEY.
+up: install
+	$(BIN)/prism dev up
+
+## Lint, then the whole suite (unit, functional on moto, e2e with real processes).
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -n 2 -q
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python benchmarks/api.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .prism

@@ -1,0 +1,86 @@
+"""The whole local platform as real processes: `prism dev up` (moto server + chalice local),
+driven by the real `prism` CLI over HTTP."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PRISM = [sys.executable, "-m", "prism"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Platform:
+    process: subprocess.Popen
+    api_port: int
+    aws_port: int
+    env: dict
+    api_url: str = ""
+    api_key: str = ""
+
+    def cli(self, *args, key: str | None = None, check: bool = False):
+        env = self.env | ({"PRISM_API_KEY": key} if key else {})
+        result = subprocess.run(
+            [*PRISM, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+        if check:
+            assert result.returncode == 0, result.stderr + result.stdout
+        return result
+
+
+def start_platform(tmp_path: Path) -> Platform:
+    api_port, aws_port = free_port(), free_port()
+    env = os.environ | {"PRISM_CONFIG": str(tmp_path / "config.json"), "COLUMNS": "200"}
+    for name in ("PRISM_API_URL", "PRISM_API_KEY", "PRISM_AWS_ENDPOINT_URL"):
+        env.pop(name, None)
+    process = subprocess.Popen(
+        [*PRISM, "dev", "up", "--api-port", str(api_port), "--aws-port", str(aws_port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    platform = Platform(process, api_port, aws_port, env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            raise AssertionError(f"prism dev up exited with {process.returncode}")
+        if line.startswith("PRISM_API_URL="):
+            platform.api_url = line.split("=", 1)[1].strip()
+        if line.startswith("PRISM_API_KEY="):
+            platform.api_key = line.split("=", 1)[1].strip()
+            return platform
+    raise AssertionError("prism dev up did not print its API key in time")
+
+
+def stop_platform(platform: Platform) -> int:
+    platform.process.send_signal(signal.SIGINT)
+    return platform.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    started = start_platform(tmp_path_factory.mktemp("platform"))
+    yield started
+    if started.process.poll() is None:
+        stop_platform(started)
