@@ -74,7 +74,7 @@ class LocalPlatform:
             [
                 sys.executable,
                 "-m",
-                "prism.dev.moto_atomic",
+                "prism.dev.moto_server",
                 "-H",
                 self.host,
                 "-p",
@@ -86,7 +86,9 @@ class LocalPlatform:
         self._spawn(
             "api",
             [
-                str(Path(sys.executable).parent / "chalice"),
+                sys.executable,
+                "-m",
+                "prism.dev.api_server",
                 "local",
                 "--stage",
                 STAGE,

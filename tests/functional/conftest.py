@@ -14,7 +14,7 @@ from chalicelib.services.catalog import CatalogService
 from chalicelib.store.resources import ResourceRepository
 from chalicelib.store.users import UserRepository
 from prism.dev.infra import create_tables
-from prism.dev.moto_atomic import make_dynamodb_writes_atomic
+from prism.dev.moto_server import make_dynamodb_writes_atomic
 from tests.openapi_check import assert_matches_openapi
 
 make_dynamodb_writes_atomic()  # as real DynamoDB: a conditional write is check-and-set

@@ -1,0 +1,156 @@
+"""API latency against the bare DynamoDB calls it needs, on the same moto server, in one run.
+
+10,000 deployments across 20 owners are batch-written to a moto server behind `chalice local`.
+For create, detail and a 50-item status-filtered list page we time the HTTP API and, interleaved
+with it, the bare boto3 calls that operation needs (API-key GetItem + PutItem / GetItem / Query).
+moto is slow (a GSI Query walks the whole index), so the goal is a ratio: API p50 <= 1.3x bare.
+
+    .venv/bin/python benchmarks/api.py [--deployments 10000] [--owners 20] [--rounds 60]
+"""
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prism.dev.awsenv import local_aws_env  # noqa: E402
+from prism.dev.platform import STAGE, LocalPlatform  # noqa: E402
+
+STATUSES = ["provisioning", "pulling", "starting", "running", "unhealthy", "stopping",
+            "stopped", "failed"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def load(owners: list[str], total: int) -> list[tuple[str, str]]:
+    """Batch-write `total` deployments round-robin over owners; returns (owner, id) pairs."""
+    from chalicelib.services.deployments import new_deployment_id
+    from chalicelib.store.deployments import owner_status_key
+    from chalicelib.store.models import DeployConfigAttribute, DeploymentItem
+
+    made = []
+    with DeploymentItem.batch_write() as batch:
+        for i in range(total):
+            owner, status = owners[i % len(owners)], STATUSES[(i // len(owners)) % 8]
+            item = DeploymentItem(
+                id=new_deployment_id(), owner_id=owner, name=f"m{i}", target="prism_node",
+                status=status, owner_status=owner_status_key(owner, status), image="nginx:1.27",
+                deploy_config=DeployConfigAttribute(port=8000, health_path="/health"),
+            )
+            batch.save(item)
+            made.append((owner, item.id))
+    return made
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deployments", type=int, default=10_000)
+    parser.add_argument("--owners", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=60)
+    args = parser.parse_args()
+
+    scan_log = Path(tempfile.mkdtemp()) / "scans.log"
+    scan_log.touch()
+    os.environ["PRISM_MOTO_SCAN_LOG"] = str(scan_log)
+    platform = LocalPlatform(api_port=free_port(), moto_port=free_port())
+    platform.start()
+    try:
+        os.environ.update(local_aws_env(platform.aws_url, STAGE))
+        run(platform, args, scan_log)
+    finally:
+        platform.stop()
+
+
+def run(platform: LocalPlatform, args, scan_log: Path) -> None:
+    from chalicelib import aws
+    from chalicelib.config import settings
+    from chalicelib.store.users import UserRepository, hash_key
+
+    users = [UserRepository().create_user_with_key(f"bench{i}") for i in range(args.owners)]
+    started = time.perf_counter()
+    made = load([u.user_id for u in users], args.deployments)
+    print(f"loaded {len(made):,} deployments for {len(users)} owners "
+          f"in {time.perf_counter() - started:.1f}s on {platform.aws_url}")
+    scans_before = len(scan_log.read_text().splitlines())
+
+    ddb = aws.client("dynamodb")
+    http = requests.Session()
+    base = f"{platform.api_url}/api/v1/compute/deployments"
+    by_owner = {u.user_id: u for u in users}
+    rng = random.Random(7)
+
+    def api_call(op, user, deployment_id):
+        headers = {"Authorization": f"Bearer {user.api_key}"}
+        if op == "create":
+            r = http.post(base, json={"name": "bench", "image": "nginx:1.27"}, headers=headers)
+        elif op == "detail":
+            r = http.get(f"{base}/{deployment_id}", headers=headers)
+        else:
+            r = http.get(base, params={"status": "running", "limit": 50}, headers=headers)
+        assert r.status_code in (200, 201), r.text
+        if op == "list":
+            assert len(r.json()["items"]) == 50
+
+    def bare_call(op, user, deployment_id):
+        ddb.get_item(TableName=settings.api_keys_table,
+                     Key={"key_hash": {"S": hash_key(user.api_key)}})
+        if op == "create":
+            ddb.put_item(TableName=settings.deployments_table, Item={
+                "id": {"S": f"dep_bare{rng.randrange(10**12)}"}, "owner_id": {"S": user.user_id},
+                "owner_status": {"S": f"{user.user_id}#provisioning"},
+                "created_at": {"S": "2026-01-01T00:00:00.000000+0000"},
+                "name": {"S": "bench"}, "status": {"S": "provisioning"}},
+                ConditionExpression="attribute_not_exists(id)")
+        elif op == "detail":
+            ddb.get_item(TableName=settings.deployments_table,
+                         Key={"id": {"S": deployment_id}}, ConsistentRead=True)
+        else:
+            ddb.query(TableName=settings.deployments_table, IndexName="by-owner-status",
+                      KeyConditionExpression="owner_status = :p",
+                      ExpressionAttributeValues={":p": {"S": f"{user.user_id}#running"}},
+                      ScanIndexForward=False, Limit=51)
+
+    print(f"\n{'operation':<10}{'API p50':>10}{'API p95':>10}{'bare p50':>10}{'bare p95':>10}"
+          f"{'p50 ratio':>11}  goal <= 1.3x")
+    for op in ("create", "detail", "list"):
+        api_ms, bare_ms = [], []
+        for _ in range(3):  # warm both paths
+            owner, dep = rng.choice(made)
+            api_call(op, by_owner[owner], dep)
+            bare_call(op, by_owner[owner], dep)
+        for i in range(args.rounds):
+            owner, dep = rng.choice(made)
+            # Alternate which goes first so drift on a noisy machine hits both sides alike.
+            order = [(api_call, api_ms), (bare_call, bare_ms)]
+            for call, samples in order if i % 2 == 0 else reversed(order):
+                t0 = time.perf_counter()
+                call(op, by_owner[owner], dep)
+                samples.append((time.perf_counter() - t0) * 1000)
+        ratio = statistics.median(api_ms) / statistics.median(bare_ms)
+        verdict = "ok" if ratio <= 1.3 else "OVER"
+        print(f"{op:<10}{pct(api_ms, .5):>9.1f}ms{pct(api_ms, .95):>8.1f}ms"
+              f"{pct(bare_ms, .5):>8.1f}ms{pct(bare_ms, .95):>8.1f}ms{ratio:>10.2f}x  {verdict}")
+    scans = len(scan_log.read_text().splitlines()) - scans_before
+    print(f"\nScan calls made during the measured requests: {scans} (must be 0)")
+
+
+if __name__ == "__main__":
+    main()
