@@ -25,8 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prism.dev.awsenv import local_aws_env  # noqa: E402
 from prism.dev.platform import STAGE, LocalPlatform  # noqa: E402
 
-STATUSES = ["provisioning", "pulling", "starting", "running", "unhealthy", "stopping",
-            "stopped", "failed"]
+STATUSES = [
+    "provisioning",
+    "pulling",
+    "starting",
+    "running",
+    "unhealthy",
+    "stopping",
+    "stopped",
+    "failed",
+]
 
 
 def free_port() -> int:
@@ -51,8 +59,13 @@ def load(owners: list[str], total: int) -> list[tuple[str, str]]:
         for i in range(total):
             owner, status = owners[i % len(owners)], STATUSES[(i // len(owners)) % 8]
             item = DeploymentItem(
-                id=new_deployment_id(), owner_id=owner, name=f"m{i}", target="prism_node",
-                status=status, owner_status=owner_status_key(owner, status), image="nginx:1.27",
+                id=new_deployment_id(),
+                owner_id=owner,
+                name=f"m{i}",
+                target="prism_node",
+                status=status,
+                owner_status=owner_status_key(owner, status),
+                image="nginx:1.27",
                 deploy_config=DeployConfigAttribute(port=8000, health_path="/health"),
             )
             batch.save(item)
@@ -87,8 +100,10 @@ def run(platform: LocalPlatform, args, scan_log: Path) -> None:
     users = [UserRepository().create_user_with_key(f"bench{i}") for i in range(args.owners)]
     started = time.perf_counter()
     made = load([u.user_id for u in users], args.deployments)
-    print(f"loaded {len(made):,} deployments for {len(users)} owners "
-          f"in {time.perf_counter() - started:.1f}s on {platform.aws_url}")
+    print(
+        f"loaded {len(made):,} deployments for {len(users)} owners "
+        f"in {time.perf_counter() - started:.1f}s on {platform.aws_url}"
+    )
     scans_before = len(scan_log.read_text().splitlines())
 
     ddb = aws.client("dynamodb")
@@ -110,26 +125,42 @@ def run(platform: LocalPlatform, args, scan_log: Path) -> None:
             assert len(r.json()["items"]) == 50
 
     def bare_call(op, user, deployment_id):
-        ddb.get_item(TableName=settings.api_keys_table,
-                     Key={"key_hash": {"S": hash_key(user.api_key)}})
+        ddb.get_item(
+            TableName=settings.api_keys_table, Key={"key_hash": {"S": hash_key(user.api_key)}}
+        )
         if op == "create":
-            ddb.put_item(TableName=settings.deployments_table, Item={
-                "id": {"S": f"dep_bare{rng.randrange(10**12)}"}, "owner_id": {"S": user.user_id},
-                "owner_status": {"S": f"{user.user_id}#provisioning"},
-                "created_at": {"S": "2026-01-01T00:00:00.000000+0000"},
-                "name": {"S": "bench"}, "status": {"S": "provisioning"}},
-                ConditionExpression="attribute_not_exists(id)")
+            ddb.put_item(
+                TableName=settings.deployments_table,
+                Item={
+                    "id": {"S": f"dep_bare{rng.randrange(10**12)}"},
+                    "owner_id": {"S": user.user_id},
+                    "owner_status": {"S": f"{user.user_id}#provisioning"},
+                    "created_at": {"S": "2026-01-01T00:00:00.000000+0000"},
+                    "name": {"S": "bench"},
+                    "status": {"S": "provisioning"},
+                },
+                ConditionExpression="attribute_not_exists(id)",
+            )
         elif op == "detail":
-            ddb.get_item(TableName=settings.deployments_table,
-                         Key={"id": {"S": deployment_id}}, ConsistentRead=True)
+            ddb.get_item(
+                TableName=settings.deployments_table,
+                Key={"id": {"S": deployment_id}},
+                ConsistentRead=True,
+            )
         else:
-            ddb.query(TableName=settings.deployments_table, IndexName="by-owner-status",
-                      KeyConditionExpression="owner_status = :p",
-                      ExpressionAttributeValues={":p": {"S": f"{user.user_id}#running"}},
-                      ScanIndexForward=False, Limit=51)
+            ddb.query(
+                TableName=settings.deployments_table,
+                IndexName="by-owner-status",
+                KeyConditionExpression="owner_status = :p",
+                ExpressionAttributeValues={":p": {"S": f"{user.user_id}#running"}},
+                ScanIndexForward=False,
+                Limit=51,
+            )
 
-    print(f"\n{'operation':<10}{'API p50':>10}{'API p95':>10}{'bare p50':>10}{'bare p95':>10}"
-          f"{'p50 ratio':>11}  goal <= 1.3x")
+    print(
+        f"\n{'operation':<10}{'API p50':>10}{'API p95':>10}{'bare p50':>10}{'bare p95':>10}"
+        f"{'p50 ratio':>11}  goal <= 1.3x"
+    )
     for op in ("create", "detail", "list"):
         api_ms, bare_ms = [], []
         for _ in range(3):  # warm both paths
@@ -146,8 +177,10 @@ def run(platform: LocalPlatform, args, scan_log: Path) -> None:
                 samples.append((time.perf_counter() - t0) * 1000)
         ratio = statistics.median(api_ms) / statistics.median(bare_ms)
         verdict = "ok" if ratio <= 1.3 else "OVER"
-        print(f"{op:<10}{pct(api_ms, .5):>9.1f}ms{pct(api_ms, .95):>8.1f}ms"
-              f"{pct(bare_ms, .5):>8.1f}ms{pct(bare_ms, .95):>8.1f}ms{ratio:>10.2f}x  {verdict}")
+        print(
+            f"{op:<10}{pct(api_ms, 0.5):>9.1f}ms{pct(api_ms, 0.95):>8.1f}ms"
+            f"{pct(bare_ms, 0.5):>8.1f}ms{pct(bare_ms, 0.95):>8.1f}ms{ratio:>10.2f}x  {verdict}"
+        )
     scans = len(scan_log.read_text().splitlines()) - scans_before
     print(f"\nScan calls made during the measured requests: {scans} (must be 0)")
 

@@ -33,7 +33,7 @@ def table_specs(template: Path = TEMPLATE) -> list[TableSpec]:
     return [
         TableSpec(logical_id, res["Metadata"]["prism:env"], res["Properties"])
         for logical_id, res in resources.items()
-        if res["Type"] == "AWS::DynamoDB::Table"
+        if res.get("Type") == "AWS::DynamoDB::Table"
     ]
 
 

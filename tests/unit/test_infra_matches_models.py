@@ -44,3 +44,24 @@ def test_idempotency_table_has_a_ttl():
         "AttributeName": "expiration",
         "Enabled": True,
     }
+
+
+def test_template_table_names_are_the_settings_defaults():
+    from chalicelib.config import Settings
+    from prism.dev.infra import table_name_for
+
+    settings = Settings.from_env({"PRISM_STAGE": "prod"})
+    for spec in table_specs():
+        pattern = spec.properties["TableName"]["Fn::Sub"]
+        assert pattern.replace("${Stage}", "prod") == table_name_for(spec, settings)
+
+
+def test_the_api_function_gets_every_table_name_from_the_template():
+    import json
+
+    from prism.dev.infra import TEMPLATE
+
+    variables = json.loads(TEMPLATE.read_text())["Resources"]["APIHandler"]["Properties"][
+        "Environment"
+    ]["Variables"]
+    assert variables == {spec.env_var: {"Ref": spec.logical_id} for spec in table_specs()}
