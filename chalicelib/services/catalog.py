@@ -1,6 +1,7 @@
 """The marketplace catalog: read it, and seed it from chalicelib/data/catalog.json."""
 
 import json
+import re
 from pathlib import Path
 
 from chalicelib.errors import NotFound
@@ -8,6 +9,7 @@ from chalicelib.schemas import DeployConfig, ResourceOut
 from chalicelib.store.models import DeployConfigAttribute, ResourceItem
 from chalicelib.store.resources import ResourceRepository
 
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CATALOG_FILE = Path(__file__).resolve().parent.parent / "data" / "catalog.json"
 
 
@@ -19,7 +21,7 @@ class CatalogService:
         return [ResourceOut.from_item(item) for item in self._resources.list_all()]
 
     def get(self, slug: str) -> ResourceOut:
-        item = self._resources.get(slug)
+        item = self._resources.get(slug) if SLUG.match(slug) else None
         if item is None:
             raise NotFound(f"resource {slug!r} not found in the marketplace")
         return ResourceOut.from_item(item)

@@ -28,7 +28,7 @@ from chalicelib.store.resources import ResourceRepository
 
 
 def new_deployment_id() -> str:
-    return "dep_" + secrets.token_hex(8)
+    return "dep_" + secrets.token_hex(8)  # store.deployments.DEPLOYMENT_ID matches these
 
 
 class DeploymentService:

@@ -2,6 +2,7 @@
 racing writers cannot both win and a late message cannot resurrect a finished deployment."""
 
 import heapq
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -13,6 +14,7 @@ from chalicelib.lifecycle import Status, check_transition
 from chalicelib.store.models import DeploymentItem, utcnow
 
 MAX_RETRIES = 5
+DEPLOYMENT_ID = re.compile(r"^dep_[0-9a-f]{16}$")  # what new_deployment_id() makes
 
 
 class StaleWrite(Conflict):
@@ -60,7 +62,7 @@ class DeploymentRepository:
 
     def get_owned(self, owner_id: str, deployment_id: str) -> DeploymentItem:
         """Another owner's deployment is reported exactly like a missing one."""
-        item = self.get(deployment_id)
+        item = self.get(deployment_id) if DEPLOYMENT_ID.match(deployment_id) else None
         if item is None or item.owner_id != owner_id:
             raise NotFound(f"deployment {deployment_id} not found")
         return item

@@ -205,8 +205,14 @@ def test_another_owners_deployment_is_a_404_everywhere(api, other_api):
     assert api.get(f"{BASE}/{d['id']}").data["status"] == "provisioning"  # untouched
 
 
-def test_unknown_id_is_a_404(api):
-    assert api.get(f"{BASE}/dep_doesnotexist").status_code == 404
+@pytest.mark.parametrize(
+    "deployment_id", ["dep_doesnotexist", "dep_0123456789abcdef", "x" * 5000, "%C3%A9t%C3%A9"]
+)
+def test_unknown_or_malformed_id_is_a_404(api, deployment_id):
+    for method in ("GET", "DELETE"):
+        response = api.request(method, f"{BASE}/{deployment_id}")
+        assert response.status_code == 404
+        assert response.data["error"]["code"] == "not_found"
 
 
 # --- list: newest first, status filter, pagination -------------------------------------

@@ -18,9 +18,10 @@ def test_bundled_example_paths_are_made_absolute(api):
 
 
 def test_unknown_resource_is_404(api):
-    response = api.get(f"{CATALOG}/nothing-here")
-    assert response.status_code == 404
-    assert response.data["error"]["code"] == "not_found"
+    for slug in ("nothing-here", "x" * 3000, "UPPER"):
+        response = api.get(f"{CATALOG}/{slug}")
+        assert response.status_code == 404
+        assert response.data["error"]["code"] == "not_found"
 
 
 def test_openapi_document_is_public_and_valid(client):
