@@ -1,0 +1,221 @@
+"""The node WebSocket protocol: every message, one pydantic model per `type`.
+
+The one definition: the control plane (chalicelib) and the node agent both import this module.
+Pure pydantic, no AWS. Every message carries `type` and a message `id`.
+"""
+
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROTOCOL_VERSION = 1
+
+
+def _message_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(default_factory=_message_id, min_length=1, max_length=64)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+
+DeploymentId = Annotated[str, Field(pattern=r"^dep_[0-9a-f]{16}$")]
+
+
+class DeployConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    port: int = Field(ge=1, le=65535)
+    health_path: str = Field(pattern=r"^/")
+
+
+# --- server -> node -----------------------------------------------------------------------
+
+
+class DeployModel(Message):
+    type: Literal["deploy_model"] = "deploy_model"
+    deployment_id: DeploymentId
+    image: str | None = None
+    weights_source: str | None = None
+    framework: str = "auto"
+    command: list[str] = Field(default_factory=list)
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    deploy_config: DeployConfig
+    gpu: bool = False
+    gpu_type: str | None = None
+
+
+class StopDeployment(Message):
+    type: Literal["stop_deployment"] = "stop_deployment"
+    deployment_id: DeploymentId
+
+
+class HealthCheck(Message):
+    type: Literal["health_check"] = "health_check"
+    deployment_id: DeploymentId
+    request_id: str
+
+
+class LogsRequest(Message):
+    type: Literal["logs_request"] = "logs_request"
+    deployment_id: DeploymentId
+    request_id: str
+    tail: int = Field(100, ge=1, le=5000)
+
+
+# --- node -> server -----------------------------------------------------------------------
+
+
+class GpuInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    index: int = Field(ge=0)
+    name: str
+    uuid: str | None = None
+    memory_total_mb: int | None = None
+
+
+class RunningDeployment(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    deployment_id: DeploymentId
+    status: Literal["pulling", "starting", "running", "unhealthy"]
+    endpoint_url: str | None = None
+
+
+class NodeHello(Message):
+    type: Literal["node_hello"] = "node_hello"
+    node_id: str
+    agent_version: str = "0"
+    protocol_version: int = PROTOCOL_VERSION
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    running: list[RunningDeployment] = Field(default_factory=list)
+
+
+class Heartbeat(Message):
+    type: Literal["heartbeat"] = "heartbeat"
+
+
+class DeploymentProgress(Message):
+    type: Literal["deployment_progress"] = "deployment_progress"
+    deployment_id: DeploymentId
+    status: Literal["pulling", "starting"]
+    bytes_done: int = Field(0, ge=0)
+    bytes_total: int | None = Field(None, ge=0)
+
+
+class DeploymentReady(Message):
+    type: Literal["deployment_ready"] = "deployment_ready"
+    deployment_id: DeploymentId
+    endpoint_url: str
+    framework: str | None = None
+
+
+class DeploymentHealthUpdate(Message):
+    type: Literal["deployment_health_update"] = "deployment_health_update"
+    deployment_id: DeploymentId
+    healthy: bool
+    consecutive_failures: int = Field(ge=0)
+    latency_ms: float | None = None
+
+
+StopReason = Literal["stopped", "crash", "pull_error", "start_error", "lost"]
+
+
+class DeploymentStopped(Message):
+    type: Literal["deployment_stopped"] = "deployment_stopped"
+    deployment_id: DeploymentId
+    reason: StopReason
+    exit_code: int | None = None
+    message: str | None = Field(None, max_length=8192)
+
+
+class HealthResult(Message):
+    type: Literal["health_result"] = "health_result"
+    request_id: str
+    deployment_id: DeploymentId
+    healthy: bool
+    consecutive_failures: int = Field(0, ge=0)
+    latency_ms: float | None = None
+    detail: str | None = None
+
+
+class LogsResult(Message):
+    type: Literal["logs_result"] = "logs_result"
+    request_id: str
+    deployment_id: DeploymentId
+    lines: list[str] = Field(default_factory=list)
+
+
+class Error(Message):
+    """Either side: a message could not be handled. The connection stays up."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    reply_to: str | None = None
+
+
+ServerMessage = Annotated[
+    DeployModel | StopDeployment | HealthCheck | LogsRequest | Error, Field(discriminator="type")
+]
+NodeMessage = Annotated[
+    NodeHello
+    | Heartbeat
+    | DeploymentProgress
+    | DeploymentReady
+    | DeploymentHealthUpdate
+    | DeploymentStopped
+    | HealthResult
+    | LogsResult
+    | Error,
+    Field(discriminator="type"),
+]
+_server_adapter: TypeAdapter = TypeAdapter(ServerMessage)
+_node_adapter: TypeAdapter = TypeAdapter(NodeMessage)
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a valid message; `code` and the message go back in an `error`."""
+
+    def __init__(self, code: str, message: str, reply_to: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.reply_to = reply_to
+
+    def to_error(self) -> Error:
+        return Error(code=self.code, message=str(self), reply_to=self.reply_to)
+
+
+def parse_node_message(raw: str | bytes) -> NodeMessage:
+    return _parse(_node_adapter, raw)
+
+
+def parse_server_message(raw: str | bytes) -> ServerMessage:
+    return _parse(_server_adapter, raw)
+
+
+def _parse(adapter: TypeAdapter, raw: str | bytes):
+    try:
+        return adapter.validate_json(raw)
+    except ValidationError as exc:
+        reply_to = _message_id_of(raw)
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        kind = "unknown_type" if first["type"] == "union_tag_invalid" else "malformed"
+        if first["type"] == "json_invalid":
+            kind, where = "malformed", "frame"
+        raise ProtocolError(kind, f"{where}: {first['msg']}", reply_to) from None
+
+
+def _message_id_of(raw: str | bytes) -> str | None:
+    import json
+
+    try:
+        value = json.loads(raw).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and len(value) <= 64 else None
