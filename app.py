@@ -2,15 +2,24 @@
 
 import time
 
-from chalice import Chalice, Response
+from chalice import Chalice, Rate, Response
 
 from chalicelib.logs import logger
-from chalicelib.routes import deployments, marketplace, meta
+from chalicelib.routes import deployments, marketplace, meta, nodes
+from chalicelib.services import registry
 
 app = Chalice(app_name="prism")
+app.experimental_feature_flags.update(["WEBSOCKETS"])
 app.register_blueprint(deployments.bp)
 app.register_blueprint(marketplace.bp)
 app.register_blueprint(meta.bp)
+app.register_blueprint(nodes.bp)
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def sweep_nodes(event):
+    """Silent nodes' deployments turn unhealthy, then fail; unplaceable ones fail no_node."""
+    registry.sweeper().sweep()
 
 
 @app.middleware("http")

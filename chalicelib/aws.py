@@ -18,3 +18,11 @@ def session() -> boto3.session.Session:
 @cache
 def client(service: str):
     return session().client(service, endpoint_url=settings.aws_endpoint_url)
+
+
+@cache
+def management_api():
+    """API Gateway's management API (post_to_connection) for the node WebSocket API."""
+    return session().client(
+        "apigatewaymanagementapi", endpoint_url=settings.websocket_management_url
+    )

@@ -18,7 +18,16 @@ class Settings:
     api_keys_table: str
     resources_table: str
     idempotency_table: str
+    nodes_table: str
+    connections_table: str
+    node_replies_table: str
     idempotency_ttl_seconds: int
+    # Where the API Gateway management API (post_to_connection) is; locally the gateway's URL.
+    websocket_management_url: str | None
+    node_timeout_seconds: int  # no heartbeat for this long: the node's deployments turn unhealthy
+    node_lost_seconds: int  # ... and for this long: they fail with node_lost
+    no_node_timeout_seconds: int  # a prism_node deployment waits this long for a node
+    node_reply_timeout_seconds: float  # how long a live health/logs request waits for the node
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -37,7 +46,15 @@ class Settings:
             api_keys_table=table("api_keys"),
             resources_table=table("resources"),
             idempotency_table=table("idempotency"),
+            nodes_table=table("nodes"),
+            connections_table=table("connections"),
+            node_replies_table=table("node_replies"),
             idempotency_ttl_seconds=int(env.get("PRISM_IDEMPOTENCY_TTL_SECONDS", "86400")),
+            websocket_management_url=env.get("PRISM_WS_MANAGEMENT_URL") or None,
+            node_timeout_seconds=int(env.get("PRISM_NODE_TIMEOUT_SECONDS", "60")),
+            node_lost_seconds=int(env.get("PRISM_NODE_LOST_SECONDS", "300")),
+            no_node_timeout_seconds=int(env.get("PRISM_NO_NODE_TIMEOUT_SECONDS", "600")),
+            node_reply_timeout_seconds=float(env.get("PRISM_NODE_REPLY_TIMEOUT_SECONDS", "3")),
         )
 
 

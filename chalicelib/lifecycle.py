@@ -28,6 +28,7 @@ class FailureReason(StrEnum):
     PULL_ERROR = "pull_error"
     PROVISION_ERROR = "provision_error"
     BUDGET_EXCEEDED = "budget_exceeded"
+    START_ERROR = "start_error"
     NODE_LOST = "node_lost"
     NO_NODE = "no_node"
 
@@ -59,3 +60,9 @@ def can_transition(source: Status, target: Status) -> bool:
 def check_transition(source: Status, target: Status) -> None:
     if not can_transition(source, target):
         raise IllegalTransition(f"a deployment cannot go from {source} to {target}")
+
+
+def towards(target: Status):
+    """A decide function for a read-decide-write: go to `target` if the table allows it from
+    wherever the deployment is now, else leave it (late and duplicate messages land here)."""
+    return lambda item: target if can_transition(Status(item.status), target) else None

@@ -79,6 +79,18 @@ class GpuInfo(BaseModel):
     memory_total_mb: int | None = None
 
 
+def gpu_matches(gpu_name: str, wanted: str | None) -> bool:
+    """How both sides read a GPU type: 'A100' matches 'NVIDIA A100-SXM4-80GB'; none wanted
+    matches any GPU."""
+    if not wanted:
+        return True
+
+    def squash(text: str) -> str:
+        return text.lower().replace(" ", "").replace("-", "")
+
+    return squash(wanted) in squash(gpu_name)
+
+
 class RunningDeployment(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     deployment_id: DeploymentId

@@ -64,6 +64,7 @@ ImageRef = Annotated[
         max_length=512,
     ),
 ]
+NodeId = Annotated[str, StringConstraints(pattern=r"^node_[0-9a-f]{16}$")]
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 Usd = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
 Budget = Annotated[Decimal, Field(gt=0, le=1_000_000, decimal_places=6)]
@@ -101,6 +102,7 @@ class CreateDeploymentRequest(StrictModel):
         default_factory=dict, max_length=128
     )
     budget_max_usd: Budget | None = None
+    node_id: NodeId | None = Field(None, description="run on this node (target prism_node)")
 
     @field_validator("weights_source")
     @classmethod
@@ -157,6 +159,9 @@ class DeploymentOut(BaseModel):
     price_per_hour_usd: Usd | None
     endpoint_url: str | None
     node_id: str | None
+    status_message: str | None = Field(description="why it waits, or what just happened")
+    bytes_done: int | None = Field(description="weights pulled so far, while pulling")
+    bytes_total: int | None
     failure_reason: str | None
     failure_message: str | None
     created_at: datetime
@@ -185,6 +190,9 @@ class DeploymentOut(BaseModel):
             price_per_hour_usd=item.price_per_hour_usd,
             endpoint_url=item.endpoint_url,
             node_id=item.node_id,
+            status_message=item.status_message,
+            bytes_done=None if item.bytes_done is None else int(item.bytes_done),
+            bytes_total=None if item.bytes_total is None else int(item.bytes_total),
             failure_reason=item.failure_reason,
             failure_message=item.failure_message,
             created_at=item.created_at,
@@ -262,3 +270,61 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class LogsOut(BaseModel):
+    deployment_id: str
+    lines: list[str]
+
+
+class LogsQuery(StrictModel):
+    tail: int = Field(100, ge=1, le=5000)
+
+
+class CreateNodeRequest(StrictModel):
+    name: Name
+
+
+class NodeGpu(BaseModel):
+    index: int
+    name: str
+    uuid: str | None
+    memory_total_mb: int | None
+
+
+class NodeOut(BaseModel):
+    id: str
+    name: str
+    status: Literal["online", "offline"]
+    gpus: list[NodeGpu]
+    agent_version: str | None
+    last_seen_at: datetime
+    created_at: datetime
+
+    @classmethod
+    def from_item(cls, item) -> "NodeOut":
+        return cls(
+            id=item.id,
+            name=item.name,
+            status=item.status,
+            gpus=[
+                NodeGpu(
+                    index=int(g.index),
+                    name=g.name,
+                    uuid=g.uuid,
+                    memory_total_mb=None if g.memory_total_mb is None else int(g.memory_total_mb),
+                )
+                for g in item.gpus or []
+            ],
+            agent_version=item.agent_version,
+            last_seen_at=item.last_seen_at,
+            created_at=item.created_at,
+        )
+
+
+class NodeCreated(NodeOut):
+    token: str = Field(description="the node's token: shown once, only its hash is stored")
+
+
+class NodeList(BaseModel):
+    items: list[NodeOut]

@@ -16,6 +16,7 @@ def config_path() -> Path:
 class CliConfig:
     api_url: str | None = None
     api_key: str | None = None
+    ws_url: str | None = None  # the node WebSocket API (`prism node up` connects there)
     # Set by `prism dev up` so `prism admin` can reach the local platform's tables.
     aws_endpoint_url: str | None = None
     stage: str | None = None
@@ -27,6 +28,7 @@ class CliConfig:
         config = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
         config.api_url = os.environ.get("PRISM_API_URL") or config.api_url
         config.api_key = os.environ.get("PRISM_API_KEY") or config.api_key
+        config.ws_url = os.environ.get("PRISM_WS_URL") or config.ws_url
         return config
 
     def save(self) -> Path:

@@ -10,6 +10,7 @@ from chalicelib.schemas import (
     DeploymentList,
     DeploymentOut,
     ListDeploymentsQuery,
+    LogsQuery,
 )
 from chalicelib.services import registry
 
@@ -78,3 +79,13 @@ def deployment_health(deployment_id):
     owner_id = authenticate(bp.current_request)
     logger.append_keys(deployment_id=deployment_id)
     return ok(registry.deployment_service().health(owner_id, deployment_id))
+
+
+@bp.route(BASE + "/{deployment_id}/logs", methods=["GET"])
+@handles_errors
+def deployment_logs(deployment_id):
+    request = bp.current_request
+    owner_id = authenticate(request)
+    logger.append_keys(deployment_id=deployment_id)
+    query = parse_query(request, LogsQuery)
+    return ok(registry.deployment_service().logs(owner_id, deployment_id, query.tail))

@@ -14,16 +14,21 @@ from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePer
 
 from chalicelib.errors import Conflict, IdempotencyMismatch, ValidationFailed
 from chalicelib.lifecycle import Status
+from chalicelib.protocol import HealthCheck, LogsRequest, StopDeployment
 from chalicelib.schemas import (
     CLOUD_TARGETS,
     CreateDeploymentRequest,
     DeployConfig,
     HealthOut,
     ListDeploymentsQuery,
+    LogsOut,
 )
+from chalicelib.services.node_requests import NodeRequests, new_request_id
 from chalicelib.services.pagination import decode_cursor, encode_cursor
+from chalicelib.services.placement import Placement
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.models import DeployConfigAttribute, DeploymentItem, ResourceItem
+from chalicelib.store.models import DeployConfigAttribute, DeploymentItem, ResourceItem, utcnow
+from chalicelib.store.nodes import NodeRepository
 from chalicelib.store.resources import ResourceRepository
 
 
@@ -37,10 +42,16 @@ class DeploymentService:
         deployments: DeploymentRepository,
         resources: ResourceRepository,
         idempotency_store: BasePersistenceLayer,
+        nodes: NodeRepository,
+        placement: Placement,
+        node_requests: NodeRequests,
         idempotency_ttl_seconds: int = 86400,
     ):
         self._deployments = deployments
         self._resources = resources
+        self._nodes = nodes
+        self._placement = placement
+        self._node_requests = node_requests
         self._idempotency_config = IdempotencyConfig(
             event_key_jmespath="[owner_id, key]",
             payload_validation_jmespath="body",
@@ -97,6 +108,13 @@ class DeploymentService:
                 "gpu_type is required for cloud targets (for example A100 or RTX4090)",
                 fields={"gpu_type": "required when target is runpod or lambda"},
             )
+        if request.node_id:
+            node = self._nodes.get(request.node_id)
+            if node is None or node.owner_id != owner_id:
+                raise ValidationFailed(
+                    f"unknown node {request.node_id}; `prism node list` shows yours",
+                    fields={"node_id": "not one of your nodes"},
+                )
         config = recipe.pop("deploy_config")
         item = DeploymentItem(
             id=new_deployment_id(),
@@ -105,9 +123,10 @@ class DeploymentService:
             deploy_config=DeployConfigAttribute(port=config.port, health_path=config.health_path),
             env_vars=dict(request.env_vars),
             budget_max_usd=request.budget_max_usd,
+            pinned_node_id=request.node_id,
             **recipe,
         )
-        return self._deployments.create(item)
+        return self._placement.place(self._deployments.create(item))
 
     def _recipe(self, request: CreateDeploymentRequest) -> dict:
         """What to run: the request itself, or a catalog resource with the request's overrides."""
@@ -167,7 +186,22 @@ class DeploymentService:
         return page.items, encode_cursor(page.cursor, owner_id, filter_key)
 
     def health(self, owner_id: str, deployment_id: str) -> HealthOut:
+        """Asks the node for a fresh probe; the last known state (stale) if it cannot answer."""
         item = self._deployments.get_owned(owner_id, deployment_id)
+        if item.node_id and Status(item.status) in (Status.RUNNING, Status.UNHEALTHY):
+            reply = self._node_requests.ask(
+                item.node_id, HealthCheck(deployment_id=item.id, request_id=new_request_id())
+            )
+            if reply is not None:
+                return HealthOut(
+                    deployment_id=item.id,
+                    status=item.status,
+                    healthy=reply["healthy"],
+                    consecutive_failures=reply.get("consecutive_failures", 0),
+                    latency_ms=reply.get("latency_ms"),
+                    checked_at=utcnow(),
+                    stale=False,
+                )
         return HealthOut(
             deployment_id=item.id,
             status=item.status,
@@ -178,6 +212,21 @@ class DeploymentService:
             stale=True,
         )
 
+    def logs(self, owner_id: str, deployment_id: str, tail: int) -> LogsOut:
+        item = self._deployments.get_owned(owner_id, deployment_id)
+        if not item.node_id:
+            raise Conflict("this deployment has not been placed on a node, so it has no logs yet")
+        reply = self._node_requests.ask(
+            item.node_id,
+            LogsRequest(deployment_id=item.id, request_id=new_request_id(), tail=tail),
+        )
+        if reply is None:
+            raise Conflict(
+                "the node running this deployment did not answer; its logs stay on the node "
+                "until it is back online"
+            )
+        return LogsOut(deployment_id=item.id, lines=reply["lines"])
+
     # --- stop ---------------------------------------------------------------------------
 
     def stop(self, owner_id: str, deployment_id: str) -> DeploymentItem:
@@ -185,6 +234,9 @@ class DeploymentService:
         to `stopping` until its node or provider confirms."""
         item = self._deployments.get_owned(owner_id, deployment_id)
         item, _ = self._deployments.transition_latest(item.id, _stop_target, first=item)
+        if item.status == Status.STOPPING and item.node_id:
+            # Repeated on every DELETE while stopping: a lost message gets another chance.
+            self._node_requests.tell(item.node_id, StopDeployment(deployment_id=item.id))
         return item
 
 

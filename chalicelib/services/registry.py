@@ -6,10 +6,16 @@ from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
 from chalicelib import aws
 from chalicelib.config import settings
+from chalicelib.node_channel import NodeChannel
 from chalicelib.services.auth import AuthService
 from chalicelib.services.catalog import CatalogService
 from chalicelib.services.deployments import DeploymentService
+from chalicelib.services.node_messages import NodeMessageHandler
+from chalicelib.services.node_requests import NodeRequests
+from chalicelib.services.nodes import NodeService, Sweeper
+from chalicelib.services.placement import Placement
 from chalicelib.store.deployments import DeploymentRepository
+from chalicelib.store.nodes import NodeRepository, ReplyRepository
 from chalicelib.store.resources import ResourceRepository
 from chalicelib.store.users import UserRepository
 
@@ -25,6 +31,18 @@ def catalog_service() -> CatalogService:
 
 
 @cache
+def placement() -> Placement:
+    return Placement(DeploymentRepository(), NodeRepository(), NodeChannel())
+
+
+@cache
+def node_requests() -> NodeRequests:
+    return NodeRequests(
+        NodeRepository(), ReplyRepository(), NodeChannel(), settings.node_reply_timeout_seconds
+    )
+
+
+@cache
 def deployment_service() -> DeploymentService:
     idempotency = DynamoDBPersistenceLayer(
         table_name=settings.idempotency_table, boto3_client=aws.client("dynamodb")
@@ -33,13 +51,58 @@ def deployment_service() -> DeploymentService:
         DeploymentRepository(),
         ResourceRepository(),
         idempotency,
+        NodeRepository(),
+        placement(),
+        node_requests(),
         idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
     )
 
 
+@cache
+def node_service() -> NodeService:
+    return NodeService(NodeRepository(), DeploymentRepository(), placement())
+
+
+@cache
+def node_message_handler() -> NodeMessageHandler:
+    return NodeMessageHandler(
+        DeploymentRepository(), NodeRepository(), ReplyRepository(), placement()
+    )
+
+
+@cache
+def node_channel() -> NodeChannel:
+    return NodeChannel()
+
+
+@cache
+def sweeper() -> Sweeper:
+    return Sweeper(
+        NodeRepository(),
+        DeploymentRepository(),
+        placement(),
+        settings.node_timeout_seconds,
+        settings.node_lost_seconds,
+        settings.no_node_timeout_seconds,
+    )
+
+
+FACTORIES = (
+    auth_service,
+    catalog_service,
+    placement,
+    node_requests,
+    deployment_service,
+    node_service,
+    node_message_handler,
+    node_channel,
+    sweeper,
+)
+
+
 def reset() -> None:
     """Forget built services (tests that swap the AWS backend between cases)."""
-    for factory in (auth_service, catalog_service, deployment_service):
+    for factory in FACTORIES:
         factory.cache_clear()
-    aws.client.cache_clear()
-    aws.session.cache_clear()
+    for client in (aws.client, aws.session, aws.management_api):
+        client.cache_clear()

@@ -10,10 +10,11 @@ from itertools import islice
 from pynamodb.exceptions import PutError, UpdateError
 
 from chalicelib.errors import Conflict, NotFound
-from chalicelib.lifecycle import Status, check_transition
+from chalicelib.lifecycle import ACTIVE, Status, check_transition
 from chalicelib.store.models import DeploymentItem, utcnow
 
 MAX_RETRIES = 5
+UNPLACED = "1"
 DEPLOYMENT_ID = re.compile(r"^dep_[0-9a-f]{16}$")  # what new_deployment_id() makes
 
 
@@ -46,6 +47,8 @@ def _is_condition_failure(exc: Exception) -> bool:
 class DeploymentRepository:
     def create(self, item: DeploymentItem) -> DeploymentItem:
         item.owner_status = owner_status_key(item.owner_id, item.status)
+        if item.target == "prism_node" and not item.node_id:
+            item.unplaced = UNPLACED
         try:
             item.save(condition=DeploymentItem.id.does_not_exist())
         except PutError as exc:
@@ -76,9 +79,9 @@ class DeploymentRepository:
             DeploymentItem.owner_status.set(owner_status_key(item.owner_id, target.value)),
             DeploymentItem.updated_at.set(now),
         ]
-        for name, value in changes.items():
-            attribute = getattr(DeploymentItem, name)
-            actions.append(attribute.remove() if value is None else attribute.set(value))
+        if item.unplaced:  # any status change ends the wait for a node
+            actions.append(DeploymentItem.unplaced.remove())
+        actions += _set_actions(changes)
         try:
             item.update(actions=actions, condition=DeploymentItem.status == item.status)
         except UpdateError as exc:
@@ -105,6 +108,61 @@ class DeploymentRepository:
             except StaleWrite:
                 continue
         raise Conflict(f"deployment {deployment_id} is changing too fast; try again")
+
+    def record(self, item: DeploymentItem, **changes) -> DeploymentItem:
+        """Update fields that are not the status (health, progress); no status condition."""
+        item.update(actions=_set_actions(changes), add_version_condition=False)
+        return item
+
+    def assign_node(self, item: DeploymentItem, node_id: str, message: str) -> bool:
+        """Claim a waiting deployment for a node; False when someone else placed or ended it."""
+        try:
+            item.update(
+                actions=[
+                    DeploymentItem.node_id.set(node_id),
+                    DeploymentItem.unplaced.remove(),
+                    DeploymentItem.status_message.set(message),
+                    DeploymentItem.updated_at.set(utcnow()),
+                ],
+                condition=(DeploymentItem.status == Status.PROVISIONING.value)
+                & DeploymentItem.node_id.does_not_exist(),
+                add_version_condition=False,
+            )
+        except UpdateError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def unassign(self, item: DeploymentItem, node_id: str, message: str) -> None:
+        """Give a deployment back to the waiting pool (its node turned out to be gone)."""
+        try:
+            item.update(
+                actions=[
+                    DeploymentItem.node_id.remove(),
+                    DeploymentItem.unplaced.set(UNPLACED),
+                    DeploymentItem.status_message.set(message),
+                ],
+                condition=(DeploymentItem.status == Status.PROVISIONING.value)
+                & (DeploymentItem.node_id == node_id),
+                add_version_condition=False,
+            )
+        except UpdateError as exc:
+            if not _is_condition_failure(exc):
+                raise
+
+    def on_node(self, node_id: str) -> list[DeploymentItem]:
+        """Deployments placed on a node that are not over yet."""
+        active = [s.value for s in ACTIVE]
+        return list(
+            DeploymentItem.by_node.query(
+                node_id, filter_condition=DeploymentItem.status.is_in(*active)
+            )
+        )
+
+    def unplaced(self, created_before=None) -> list[DeploymentItem]:
+        condition = None if created_before is None else (DeploymentItem.created_at < created_before)
+        return list(DeploymentItem.unplaced_index.query(UNPLACED, condition))
 
     def list_owned(
         self,
@@ -166,6 +224,15 @@ class DeploymentRepository:
             )
         items = [item for _, _, item in page]
         return Page(items=items, cursor=PageCursor(next_positions) if next_positions else None)
+
+
+def _set_actions(changes: dict) -> list:
+    return [
+        getattr(DeploymentItem, name).remove()
+        if value is None
+        else getattr(DeploymentItem, name).set(value)
+        for name, value in changes.items()
+    ]
 
 
 def _index_key(index, partition: str, created_at: str, deployment_id: str) -> dict:

@@ -62,6 +62,28 @@ class DeployConfigAttribute(MapAttribute):
     health_path = UnicodeAttribute()
 
 
+class ByNodeIndex(GlobalSecondaryIndex):
+    """Deployments placed on a node (sparse: only those with node_id)."""
+
+    class Meta:
+        index_name = "by-node"
+        projection = AllProjection()
+
+    node_id = UnicodeAttribute(hash_key=True)
+    created_at = UTCDateTimeAttribute(range_key=True)
+
+
+class UnplacedIndex(GlobalSecondaryIndex):
+    """prism_node deployments still waiting for a node (sparse: `unplaced` is set only then)."""
+
+    class Meta:
+        index_name = "unplaced"
+        projection = AllProjection()
+
+    unplaced = UnicodeAttribute(hash_key=True)
+    created_at = UTCDateTimeAttribute(range_key=True)
+
+
 class DeploymentItem(Model):
     class Meta(_Meta):
         table_name = settings.deployments_table
@@ -87,9 +109,14 @@ class DeploymentItem(Model):
     last_metered_at = UTCDateTimeAttribute(null=True)
     endpoint_url = UnicodeAttribute(null=True)
     node_id = UnicodeAttribute(null=True)
+    pinned_node_id = UnicodeAttribute(null=True)  # the node the user asked for, if any
     provider_instance_id = UnicodeAttribute(null=True)
     failure_reason = UnicodeAttribute(null=True)
     failure_message = UnicodeAttribute(null=True)
+    status_message = UnicodeAttribute(null=True)  # why it waits, or what just happened
+    unplaced = UnicodeAttribute(null=True)  # "1" while a prism_node deployment waits for a node
+    bytes_done = NumberAttribute(null=True)
+    bytes_total = NumberAttribute(null=True)
     healthy = BooleanAttribute(null=True)
     health_consecutive_failures = NumberAttribute(default=0)
     health_latency_ms = NumberAttribute(null=True)
@@ -100,6 +127,8 @@ class DeploymentItem(Model):
 
     by_owner = ByOwnerIndex()
     by_owner_status = ByOwnerStatusIndex()
+    by_node = ByNodeIndex()
+    unplaced_index = UnplacedIndex()
 
     def env_dict(self) -> dict[str, str]:
         env = self.env_vars
@@ -143,3 +172,77 @@ class ResourceItem(Model):
     gpu = BooleanAttribute(default=True)
     gpu_type = UnicodeAttribute(null=True)
     deploy_config = DeployConfigAttribute()
+
+
+class NodesByOwnerIndex(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "by-owner"
+        projection = AllProjection()
+
+    owner_id = UnicodeAttribute(hash_key=True)
+    created_at = UTCDateTimeAttribute(range_key=True)
+
+
+class NodesByLastSeenIndex(GlobalSecondaryIndex):
+    """Every node under one key, ordered by when it was last heard from: the sweep asks for
+    those silent since a cutoff with one Query."""
+
+    class Meta:
+        index_name = "by-last-seen"
+        projection = AllProjection()
+
+    fleet = UnicodeAttribute(hash_key=True)
+    last_seen_at = UTCDateTimeAttribute(range_key=True)
+
+
+class GpuAttribute(MapAttribute):
+    index = NumberAttribute()
+    name = UnicodeAttribute()
+    uuid = UnicodeAttribute(null=True)
+    memory_total_mb = NumberAttribute(null=True)
+
+
+class NodeItem(Model):
+    """A machine running the node agent. Its token is stored only as a hash."""
+
+    class Meta(_Meta):
+        table_name = settings.nodes_table
+
+    id = UnicodeAttribute(hash_key=True)
+    owner_id = UnicodeAttribute()
+    name = UnicodeAttribute()
+    token_hash = UnicodeAttribute()
+    status = UnicodeAttribute(default="offline")  # online | offline
+    connection_id = UnicodeAttribute(null=True)
+    agent_version = UnicodeAttribute(null=True)
+    gpus = ListAttribute(of=GpuAttribute, default=list)
+    fleet = UnicodeAttribute(default="all")
+    last_seen_at = UTCDateTimeAttribute(default_for_new=utcnow)
+    created_at = UTCDateTimeAttribute(default_for_new=utcnow)
+
+    by_owner = NodesByOwnerIndex()
+    by_last_seen = NodesByLastSeenIndex()
+
+
+class ConnectionItem(Model):
+    """A live WebSocket connection -> the node on it (messages carry only the connection id)."""
+
+    class Meta(_Meta):
+        table_name = settings.connections_table
+
+    connection_id = UnicodeAttribute(hash_key=True)
+    node_id = UnicodeAttribute()
+    owner_id = UnicodeAttribute()
+    expires_at = NumberAttribute()  # TTL: API Gateway connections live at most 2 hours
+
+
+class NodeReplyItem(Model):
+    """A node's answer to a request (health_check, logs_request), picked up by the API call
+    that is waiting for it."""
+
+    class Meta(_Meta):
+        table_name = settings.node_replies_table
+
+    request_id = UnicodeAttribute(hash_key=True)
+    payload = UnicodeAttribute()  # the message JSON
+    expires_at = NumberAttribute()  # TTL

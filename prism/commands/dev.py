@@ -47,6 +47,7 @@ def dev_up(host, api_port, aws_port):
         ).save()
         click.echo(f"PRISM_API_URL={platform.api_url}")
         click.echo(f"PRISM_API_KEY={user['api_key']}")
+        click.echo(f"PRISM_WS_URL={platform.ws_url}")
         click.echo(f"# AWS (moto) at {platform.aws_url}; CLI config written to {path}")
         click.echo(f"# logs in {platform.log_dir}; Ctrl-C stops everything", err=False)
         while not stop.wait(0.5):

@@ -46,6 +46,9 @@ class LocalPlatform:
     host: str = "127.0.0.1"
     api_port: int = 8000
     moto_port: int = 4566
+    ws_port: int = 8001
+    management_port: int = 8002
+    tick_seconds: float = 60.0
     log_dir: Path = field(default_factory=lambda: REPO_ROOT / ".prism" / "logs")
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -57,16 +60,33 @@ class LocalPlatform:
     def aws_url(self) -> str:
         return f"http://{self.host}:{self.moto_port}"
 
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.ws_port}"
+
     def env(self) -> dict[str, str]:
-        return os.environ | local_aws_env(self.aws_url, STAGE) | {"PYTHONUNBUFFERED": "1"}
+        return (
+            os.environ
+            | local_aws_env(self.aws_url, STAGE)
+            | {
+                "PYTHONUNBUFFERED": "1",
+                "PRISM_WS_MANAGEMENT_URL": f"http://{self.host}:{self.management_port}/{STAGE}",
+            }
+        )
 
     def start(self) -> dict:
         """Start everything; returns the dev user's {"user_id", "api_key"}."""
-        for name, port in (("API", self.api_port), ("moto (AWS)", self.moto_port)):
+        ports = {
+            "api": self.api_port,
+            "aws": self.moto_port,
+            "ws": self.ws_port,
+            "management": self.management_port,
+        }
+        for option, port in ports.items():
             if not port_is_free(self.host, port):
                 raise PlatformError(
-                    f"port {port} for the {name} server is already in use; stop what holds it "
-                    f"or choose another with --{'api' if name == 'API' else 'aws'}-port"
+                    f"port {port} (--{option}-port) is already in use; stop what holds it "
+                    f"or choose another with --{option}-port"
                 )
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._spawn(
@@ -100,6 +120,23 @@ class LocalPlatform:
             ],
         )
         self._wait_http("api", f"{self.api_url}/api/v1/openapi.json")
+        self._spawn(
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "prism.dev.ws_gateway",
+                "--host",
+                self.host,
+                "--port",
+                str(self.ws_port),
+                "--management-port",
+                str(self.management_port),
+                "--tick",
+                str(self.tick_seconds),
+            ],
+        )
+        self._wait_http("gateway", f"http://{self.host}:{self.management_port}/")
         return user
 
     def _spawn(self, name: str, argv: list[str]) -> None:

@@ -1,6 +1,14 @@
 """The pynamodb models and infra/resources.json must describe the same tables."""
 
-from chalicelib.store.models import ApiKeyItem, DeploymentItem, ResourceItem, UserItem
+from chalicelib.store.models import (
+    ApiKeyItem,
+    ConnectionItem,
+    DeploymentItem,
+    NodeItem,
+    NodeReplyItem,
+    ResourceItem,
+    UserItem,
+)
 from prism.dev.infra import table_specs
 
 MODELS = {
@@ -8,6 +16,9 @@ MODELS = {
     "PRISM_USERS_TABLE": UserItem,
     "PRISM_API_KEYS_TABLE": ApiKeyItem,
     "PRISM_RESOURCES_TABLE": ResourceItem,
+    "PRISM_NODES_TABLE": NodeItem,
+    "PRISM_CONNECTIONS_TABLE": ConnectionItem,
+    "PRISM_NODE_REPLIES_TABLE": NodeReplyItem,
 }
 
 

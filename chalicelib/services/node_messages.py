@@ -1,0 +1,237 @@
+"""What the control plane does with each message a node sends. A node may speak only about
+deployments placed on it; anything else gets an `error` and changes nothing."""
+
+from chalicelib.lifecycle import FailureReason, Status, towards
+from chalicelib.logs import logger
+from chalicelib.protocol import (
+    DeploymentHealthUpdate,
+    DeploymentProgress,
+    DeploymentReady,
+    DeploymentStopped,
+    Error,
+    HealthResult,
+    Heartbeat,
+    LogsResult,
+    Message,
+    NodeHello,
+    ProtocolError,
+    StopDeployment,
+    parse_node_message,
+)
+from chalicelib.services.placement import Placement, deploy_message
+from chalicelib.store.deployments import DeploymentRepository
+from chalicelib.store.models import ConnectionItem, DeploymentItem, utcnow
+from chalicelib.store.nodes import NodeRepository, ReplyRepository
+
+UNHEALTHY_AFTER = 3  # consecutive failed probes
+EARLY = (Status.PROVISIONING, Status.PULLING, Status.STARTING)
+FAILURES = {
+    "crash": FailureReason.CRASH,
+    "pull_error": FailureReason.PULL_ERROR,
+    "start_error": FailureReason.START_ERROR,
+    "lost": FailureReason.NODE_LOST,
+}
+
+
+class NodeMessageHandler:
+    def __init__(
+        self,
+        deployments: DeploymentRepository,
+        nodes: NodeRepository,
+        replies: ReplyRepository,
+        placement: Placement,
+    ):
+        self._deployments = deployments
+        self._nodes = nodes
+        self._replies = replies
+        self._placement = placement
+
+    def handle(self, connection_id: str, raw: str) -> list[Message]:
+        """Returns the messages to send back on the same connection."""
+        conn = self._nodes.connection(connection_id)
+        if conn is None:
+            return [
+                Error(code="unknown_connection", message="connection not registered; reconnect")
+            ]
+        try:
+            message = parse_node_message(raw)
+        except ProtocolError as exc:
+            return [exc.to_error()]
+        handler = getattr(self, f"_on_{message.type}")
+        return handler(conn, message) or []
+
+    # --- one method per message type ------------------------------------------------------
+
+    def _on_heartbeat(self, conn: ConnectionItem, message: Heartbeat):
+        self._nodes.touch(conn.node_id)
+
+    def _on_error(self, conn: ConnectionItem, message: Error):
+        logger.warning(
+            "node reported an error", extra={"node_id": conn.node_id, "code": message.code}
+        )
+
+    def _on_node_hello(self, conn: ConnectionItem, message: NodeHello):
+        if message.node_id != conn.node_id:
+            return [
+                Error(
+                    code="wrong_node",
+                    message="node_id does not match this token",
+                    reply_to=message.id,
+                )
+            ]
+        node = self._nodes.get(conn.node_id)
+        self._nodes.record_hello(
+            node, [g.model_dump() for g in message.gpus], message.agent_version
+        )
+        replies = self._reconcile(conn, message)
+        self._placement.place_waiting(conn.owner_id)
+        return replies
+
+    def _on_deployment_progress(self, conn, message: DeploymentProgress):
+        item = self._owned(conn, message.deployment_id)
+        if item is None:
+            return [self._not_yours(message)]
+        target = Status(message.status)
+
+        def decide(current):
+            status = Status(current.status)
+            return target if status in EARLY and status != target else None
+
+        self._deployments.transition_latest(
+            item.id,
+            decide,
+            first=item,
+            bytes_done=message.bytes_done,
+            bytes_total=message.bytes_total,
+            status_message=None,
+        )
+
+    def _on_deployment_ready(self, conn, message: DeploymentReady):
+        item = self._owned(conn, message.deployment_id)
+        if item is None:
+            return [self._not_yours(message)]
+        changes = {
+            "endpoint_url": message.endpoint_url,
+            "healthy": True,
+            "health_consecutive_failures": 0,
+            "health_checked_at": utcnow(),
+            "status_message": None,
+        }
+        if message.framework:
+            changes["framework"] = message.framework
+        self._deployments.transition_latest(
+            item.id,
+            lambda d: Status.RUNNING if Status(d.status) in (*EARLY, Status.UNHEALTHY) else None,
+            first=item,
+            **changes,
+        )
+
+    def _on_deployment_health_update(self, conn, message: DeploymentHealthUpdate):
+        item = self._owned(conn, message.deployment_id)
+        if item is None:
+            return [self._not_yours(message)]
+        health = {
+            "healthy": message.healthy,
+            "health_consecutive_failures": message.consecutive_failures,
+            "health_latency_ms": message.latency_ms,
+            "health_checked_at": utcnow(),
+        }
+
+        def decide(current):
+            status = Status(current.status)
+            if (
+                status is Status.RUNNING
+                and not message.healthy
+                and (message.consecutive_failures >= UNHEALTHY_AFTER)
+            ):
+                return Status.UNHEALTHY
+            if status is Status.UNHEALTHY and message.healthy:
+                return Status.RUNNING
+            return None
+
+        item, changed = self._deployments.transition_latest(item.id, decide, first=item, **health)
+        if not changed:
+            self._deployments.record(item, **health)
+
+    def _on_deployment_stopped(self, conn, message: DeploymentStopped):
+        item = self._owned(conn, message.deployment_id)
+        if item is None:
+            return [self._not_yours(message)]
+        exit_note = "" if message.exit_code is None else f" (exit code {message.exit_code})"
+
+        def decide(current):
+            status = Status(current.status)
+            if status.is_terminal():
+                return None  # a duplicate or late report: recorded, ignored
+            if status is Status.STOPPING or message.reason == "stopped":
+                return Status.STOPPED
+            return Status.FAILED
+
+        current = self._deployments.get(item.id) or item
+        if Status(current.status) is Status.STOPPING or message.reason == "stopped":
+            changes = {"status_message": f"stopped{exit_note}", "healthy": None}
+        else:
+            reason = FAILURES.get(message.reason, FailureReason.CRASH)
+            changes = {
+                "failure_reason": reason.value,
+                "healthy": None,
+                "failure_message": (message.message or message.reason) + exit_note,
+            }
+        self._deployments.transition_latest(item.id, decide, **changes)
+
+    def _on_health_result(self, conn, message: HealthResult):
+        if self._owned(conn, message.deployment_id) is None:
+            return [self._not_yours(message)]
+        self._replies.put(message.request_id, message.to_json())
+
+    def _on_logs_result(self, conn, message: LogsResult):
+        if self._owned(conn, message.deployment_id) is None:
+            return [self._not_yours(message)]
+        self._replies.put(message.request_id, message.to_json())
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _owned(self, conn: ConnectionItem, deployment_id: str) -> DeploymentItem | None:
+        item = self._deployments.get(deployment_id)
+        return item if item is not None and item.node_id == conn.node_id else None
+
+    @staticmethod
+    def _not_yours(message) -> Error:
+        return Error(
+            code="not_your_deployment",
+            message=f"deployment {message.deployment_id} is not placed on this node",
+            reply_to=message.id,
+        )
+
+    def _reconcile(self, conn: ConnectionItem, hello: NodeHello) -> list[Message]:
+        """Both ways: the node stops what the server considers over; the server ends what the
+        node no longer has; what was sent but never arrived is sent again."""
+        replies: list[Message] = []
+        reported = {r.deployment_id: r for r in hello.running}
+        for deployment_id, running in reported.items():
+            item = self._owned(conn, deployment_id)
+            if item is None or Status(item.status).is_terminal() or item.status == "stopping":
+                replies.append(StopDeployment(deployment_id=deployment_id))
+            elif running.status in ("running", "unhealthy") and running.endpoint_url:
+                self._on_deployment_ready(conn, _ready(running))
+        for item in self._deployments.on_node(conn.node_id):
+            if item.id in reported:
+                continue
+            status = Status(item.status)
+            if status is Status.PROVISIONING:
+                replies.append(deploy_message(item))
+            elif status is Status.STOPPING:
+                self._deployments.transition_latest(item.id, towards(Status.STOPPED), first=item)
+            else:
+                self._deployments.transition_latest(
+                    item.id,
+                    towards(Status.FAILED),
+                    first=item,
+                    failure_reason=FailureReason.NODE_LOST.value,
+                    failure_message="the node reconnected without this deployment running",
+                )
+        return replies
+
+
+def _ready(running) -> DeploymentReady:
+    return DeploymentReady(deployment_id=running.deployment_id, endpoint_url=running.endpoint_url)

@@ -1,0 +1,91 @@
+"""Placing prism_node deployments on a node and sending them there.
+
+Decide (which node) is pure; apply is a conditional claim on the deployment followed by the
+`deploy_model` message. A deployment with no suitable node waits in `provisioning` with a reason.
+"""
+
+from chalicelib.node_channel import NodeChannel
+from chalicelib.protocol import DeployConfig, DeployModel, gpu_matches
+from chalicelib.store.deployments import DeploymentRepository
+from chalicelib.store.models import DeploymentItem, NodeItem
+from chalicelib.store.nodes import NodeRepository
+
+
+def deploy_message(item: DeploymentItem) -> DeployModel:
+    return DeployModel(
+        deployment_id=item.id,
+        image=item.image,
+        weights_source=item.weights_source,
+        framework=item.framework,
+        command=list(item.command or []),
+        env_vars=item.env_dict(),
+        deploy_config=DeployConfig(
+            port=int(item.deploy_config.port), health_path=item.deploy_config.health_path
+        ),
+        gpu=bool(item.gpu),
+        gpu_type=item.gpu_type,
+    )
+
+
+def choose_node(
+    item: DeploymentItem, nodes: list[NodeItem], load: dict[str, int]
+) -> NodeItem | None:
+    """The least loaded online node that fits: any node when no GPU is needed, else one with
+    more matching GPUs than GPU deployments already placed on it."""
+    fitting = []
+    for node in nodes:
+        if item.pinned_node_id and node.id != item.pinned_node_id:
+            continue
+        if item.gpu:
+            matching = sum(1 for gpu in node.gpus or [] if gpu_matches(gpu.name, item.gpu_type))
+            if matching <= load.get(node.id, 0):
+                continue
+        fitting.append(node)
+    return min(fitting, key=lambda n: load.get(n.id, 0), default=None)
+
+
+def waiting_reason(item: DeploymentItem) -> str:
+    if item.pinned_node_id:
+        return f"waiting for node {item.pinned_node_id} to come online with room for it"
+    if item.gpu:
+        kind = f"a free {item.gpu_type} GPU" if item.gpu_type else "a free GPU"
+        return f"waiting for an online node with {kind}; start one with `prism node up`"
+    return "waiting for an online node; start one with `prism node up`"
+
+
+class Placement:
+    def __init__(
+        self, deployments: DeploymentRepository, nodes: NodeRepository, channel: NodeChannel
+    ):
+        self._deployments = deployments
+        self._nodes = nodes
+        self._channel = channel
+
+    def place(self, item: DeploymentItem) -> DeploymentItem:
+        if item.target != "prism_node" or item.status != "provisioning" or item.node_id:
+            return item
+        online = self._nodes.online_owned(item.owner_id)
+        tried: set[str] = set()
+        while True:
+            candidates = [n for n in online if n.id not in tried]
+            node = choose_node(item, candidates, self._gpu_load(candidates) if item.gpu else {})
+            if node is None:
+                break
+            tried.add(node.id)
+            if not self._deployments.assign_node(item, node.id, f"sent to node {node.name}"):
+                return self._deployments.get(item.id) or item  # placed or ended meanwhile
+            if self._channel.send(node.connection_id, deploy_message(item)):
+                return self._deployments.get(item.id) or item
+            self._nodes.mark_offline(node, node.connection_id)
+            self._deployments.unassign(item, node.id, waiting_reason(item))
+        if item.status_message != waiting_reason(item):
+            self._deployments.record(item, status_message=waiting_reason(item))
+        return item
+
+    def place_waiting(self, owner_id: str | None = None) -> None:
+        for item in self._deployments.unplaced():
+            if owner_id is None or item.owner_id == owner_id:
+                self.place(item)
+
+    def _gpu_load(self, nodes: list[NodeItem]) -> dict[str, int]:
+        return {n.id: sum(1 for d in self._deployments.on_node(n.id) if d.gpu) for n in nodes}

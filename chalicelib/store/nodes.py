@@ -1,0 +1,136 @@
+"""Nodes, their live connections, and the replies they send to API requests."""
+
+import contextlib
+import hashlib
+import json
+import secrets
+import time
+import uuid
+from datetime import datetime
+
+from pynamodb.exceptions import UpdateError
+
+from chalicelib.store.models import (
+    ConnectionItem,
+    GpuAttribute,
+    NodeItem,
+    NodeReplyItem,
+    utcnow,
+)
+
+TOKEN_PREFIX = "prismnode_"
+CONNECTION_TTL_SECONDS = 3 * 3600  # API Gateway closes a connection after 2 hours
+REPLY_TTL_SECONDS = 600
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def node_id_of_token(token: str) -> str | None:
+    """Tokens read `prismnode_<node id>.<secret>`, so $connect needs one GetItem, no index."""
+    if not token.startswith(TOKEN_PREFIX) or "." not in token:
+        return None
+    return token[len(TOKEN_PREFIX) :].split(".", 1)[0] or None
+
+
+class NodeRepository:
+    def register(self, owner_id: str, name: str) -> tuple[NodeItem, str]:
+        """A new node and its token (shown once; only the hash is stored)."""
+        node_id = "node_" + uuid.uuid4().hex[:16]
+        token = f"{TOKEN_PREFIX}{node_id}.{secrets.token_urlsafe(32)}"
+        node = NodeItem(id=node_id, owner_id=owner_id, name=name, token_hash=hash_token(token))
+        node.save(condition=NodeItem.id.does_not_exist())
+        return node, token
+
+    def get(self, node_id: str) -> NodeItem | None:
+        try:
+            return NodeItem.get(node_id, consistent_read=True)
+        except NodeItem.DoesNotExist:
+            return None
+
+    def authenticate(self, token: str) -> NodeItem | None:
+        node_id = node_id_of_token(token)
+        node = self.get(node_id) if node_id else None
+        if node is None or not secrets.compare_digest(node.token_hash, hash_token(token)):
+            return None
+        return node
+
+    def list_owned(self, owner_id: str) -> list[NodeItem]:
+        return list(NodeItem.by_owner.query(owner_id, scan_index_forward=False))
+
+    def online_owned(self, owner_id: str) -> list[NodeItem]:
+        return [n for n in self.list_owned(owner_id) if n.status == "online" and n.connection_id]
+
+    def silent_since(self, cutoff: datetime) -> list[NodeItem]:
+        return list(NodeItem.by_last_seen.query("all", NodeItem.last_seen_at < cutoff))
+
+    def mark_connected(self, node: NodeItem, connection_id: str) -> None:
+        now = utcnow()
+        node.update(
+            actions=[
+                NodeItem.status.set("online"),
+                NodeItem.connection_id.set(connection_id),
+                NodeItem.last_seen_at.set(now),
+            ]
+        )
+        ConnectionItem(
+            connection_id=connection_id,
+            node_id=node.id,
+            owner_id=node.owner_id,
+            expires_at=int(time.time()) + CONNECTION_TTL_SECONDS,
+        ).save()
+
+    def record_hello(self, node: NodeItem, gpus: list[dict], agent_version: str) -> None:
+        node.update(
+            actions=[
+                NodeItem.gpus.set([GpuAttribute(**gpu) for gpu in gpus]),
+                NodeItem.agent_version.set(agent_version),
+                NodeItem.last_seen_at.set(utcnow()),
+            ]
+        )
+
+    def touch(self, node_id: str) -> None:
+        NodeItem(id=node_id).update(
+            actions=[NodeItem.last_seen_at.set(utcnow())], condition=NodeItem.id.exists()
+        )
+
+    def mark_offline(self, node: NodeItem, connection_id: str | None = None) -> None:
+        """Offline, unless the node already reconnected on another connection."""
+        condition = None
+        if connection_id is not None:
+            condition = NodeItem.connection_id == connection_id
+        with contextlib.suppress(UpdateError):  # it reconnected meanwhile: the newer one wins
+            node.update(
+                actions=[NodeItem.status.set("offline"), NodeItem.connection_id.remove()],
+                condition=condition,
+            )
+
+    def connection(self, connection_id: str) -> ConnectionItem | None:
+        try:
+            return ConnectionItem.get(connection_id)
+        except ConnectionItem.DoesNotExist:
+            return None
+
+    def forget_connection(self, connection_id: str) -> ConnectionItem | None:
+        item = self.connection(connection_id)
+        if item is not None:
+            item.delete()
+        return item
+
+
+class ReplyRepository:
+    def put(self, request_id: str, message_json: str) -> None:
+        NodeReplyItem(
+            request_id=request_id,
+            payload=message_json,
+            expires_at=int(time.time()) + REPLY_TTL_SECONDS,
+        ).save()
+
+    def take(self, request_id: str) -> dict | None:
+        try:
+            item = NodeReplyItem.get(request_id, consistent_read=True)
+        except NodeReplyItem.DoesNotExist:
+            return None
+        item.delete()
+        return json.loads(item.payload)

@@ -1,0 +1,138 @@
+"""Runs a model as a local process: exec array (never a shell), its own process group, output to
+a size-capped log file, SIGTERM then SIGKILL. A restarted agent re-adopts it by pid + start time
+(so a recycled pid is never mistaken for our process)."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from node_agent.runtime.base import Handle, LaunchSpec, RuntimeError_
+
+LOG_CAP_BYTES = 10 * 1024 * 1024
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a zombie has exited
+        return None
+    return fields[19]
+
+
+def _parse_ref(ref: str) -> tuple[int, str]:
+    pid, _, started = ref.partition(":")
+    return int(pid), started
+
+
+class ProcessRuntime:
+    name = "process"
+
+    def __init__(self):
+        self._children: dict[int, subprocess.Popen] = {}  # only processes this agent started
+
+    def start(self, spec: LaunchSpec) -> Handle:
+        if not spec.command:
+            raise RuntimeError_("no command to run")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PRISM_", "AWS_"))}
+        env |= spec.env | {"PORT": str(spec.port)}
+        if spec.weights_dir is not None:
+            env["PRISM_WEIGHTS_DIR"] = str(spec.weights_dir)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in spec.gpu_indices)
+        log_path = spec.log_path or Path(os.devnull)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(log_path, "ab") as log:
+                process = subprocess.Popen(
+                    spec.command,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    cwd=spec.weights_dir
+                    if spec.weights_dir and spec.weights_dir.is_dir()
+                    else None,
+                )
+        except (FileNotFoundError, PermissionError) as exc:
+            raise RuntimeError_(f"cannot run {spec.command[0]!r}: {exc.strerror}") from None
+        self._children[process.pid] = process
+        started = _start_time(process.pid) or "0"
+        return Handle(spec.deployment_id, self.name, f"{process.pid}:{started}", spec.port)
+
+    def adopt(self, handle: Handle) -> bool:
+        pid, started = _parse_ref(handle.ref)
+        return _start_time(pid) == started
+
+    def is_running(self, handle: Handle) -> bool:
+        pid, _ = _parse_ref(handle.ref)
+        child = self._children.get(pid)
+        if child is not None:
+            return child.poll() is None
+        return self.adopt(handle)
+
+    def exit_code(self, handle: Handle) -> int | None:
+        """Known for processes this agent started; an adopted one's code is lost with its
+        parent, so None."""
+        child = self._children.get(_parse_ref(handle.ref)[0])
+        return None if child is None else child.poll()
+
+    def stop(self, handle: Handle, grace_seconds: float) -> int | None:
+        pid, _ = _parse_ref(handle.ref)
+        if not self.is_running(handle):
+            return self.exit_code(handle)
+        self._signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and self.is_running(handle):
+            time.sleep(0.05)
+        if self.is_running(handle):
+            self._signal_group(pid, signal.SIGKILL)
+        child = self._children.pop(pid, None)
+        if child is not None:
+            return child.wait(timeout=10)
+        while self.adopt(handle):
+            time.sleep(0.05)
+        return None
+
+    def logs(self, handle: Handle, tail: int, log_path: Path | None = None) -> list[str]:
+        return tail_lines(log_path, tail) if log_path else []
+
+    @staticmethod
+    def _signal_group(pid: int, sig: int) -> None:
+        try:
+            os.killpg(pid, sig)  # the model's whole process group: workers die with it
+        except ProcessLookupError:
+            pass
+
+
+def tail_lines(path: Path, count: int, max_bytes: int = 1024 * 1024) -> list[str]:
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            size = log.tell()
+            log.seek(max(0, size - max_bytes))
+            data = log.read()
+    except OSError:
+        return []
+    return data.decode("utf-8", "replace").splitlines()[-count:]
+
+
+def cap_log(path: Path, cap: int = LOG_CAP_BYTES) -> None:
+    """Keep the newest half when a log passes `cap` (the child appends with O_APPEND, so it
+    carries on at the new end)."""
+    try:
+        if path.stat().st_size <= cap:
+            return
+        with open(path, "r+b") as log:
+            log.seek(-cap // 2, os.SEEK_END)
+            keep = log.read()
+            log.seek(0)
+            log.write(keep)
+            log.truncate()
+    except OSError:
+        pass

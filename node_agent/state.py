@@ -1,0 +1,54 @@
+"""What the agent runs, kept on disk so a restarted agent (even after kill -9) re-adopts its
+models instead of duplicating or orphaning them."""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from node_agent.runtime.base import Handle
+
+
+@dataclass
+class Record:
+    deployment_id: str
+    status: str  # pulling | starting | running | unhealthy
+    port: int
+    health_path: str
+    log_path: str
+    handle: Handle | None = None
+    endpoint_url: str | None = None
+    framework: str | None = None
+    gpu_indices: list[int] = field(default_factory=list)
+    stop_requested: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Record":
+        handle = data.pop("handle", None)
+        return cls(**data, handle=Handle(**handle) if handle else None)
+
+
+class StateStore:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def load(self) -> dict[str, Record]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            # A corrupt state file must not keep the agent down; the server reconciles.
+            self.path.rename(self.path.with_suffix(".corrupt"))
+            return {}
+        return {key: Record.from_dict(value) for key, value in data.items()}
+
+    def save(self, records: dict[str, Record]) -> None:
+        """Atomic: write a temp file, fsync, rename over the old one."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as out:
+            json.dump({k: asdict(v) for k, v in records.items()}, out, indent=1)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(self.path)
