@@ -16,6 +16,21 @@ app.register_blueprint(meta.bp)
 app.register_blueprint(nodes.bp)
 
 
+@app.on_ws_connect()
+def node_connect(event):
+    return nodes.on_connect(event)
+
+
+@app.on_ws_message()
+def node_message(event):
+    return nodes.on_message(event)
+
+
+@app.on_ws_disconnect()
+def node_disconnect(event):
+    return nodes.on_disconnect(event)
+
+
 @app.schedule(Rate(1, unit=Rate.MINUTES))
 def sweep_nodes(event):
     """Silent nodes' deployments turn unhealthy, then fail; unplaceable ones fail no_node."""

@@ -1,5 +1,7 @@
 """GPU inventory through NVML (nvidia-ml-py): an empty list where there is no GPU, never a crash."""
 
+import contextlib
+
 from chalicelib.protocol import GpuInfo, gpu_matches
 
 
@@ -29,10 +31,8 @@ def inventory() -> list[GpuInfo]:
     except Exception:
         return []
     finally:
-        try:
+        with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
-        except Exception:
-            pass
 
 
 def free_indices(gpus: list[GpuInfo], in_use: set[int], wanted_type: str | None) -> list[int]:

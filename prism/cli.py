@@ -213,6 +213,15 @@ def deploy_health(deployment_id, as_json):
     )
 
 
+@deploy.command("logs")
+@click.argument("deployment_id")
+@click.option("--tail", default=100, show_default=True, type=click.IntRange(1, 5000))
+def deploy_logs(deployment_id, tail):
+    """Show the last lines a deployment's model printed (fetched from its node)."""
+    for line in api_client().deployment_logs(deployment_id, tail)["lines"]:
+        click.echo(line)
+
+
 @main.group()
 def marketplace():
     """Browse ready-made deployment recipes."""
@@ -232,6 +241,8 @@ def marketplace_list(as_json):
 
 from prism.commands.admin import admin  # noqa: E402
 from prism.commands.dev import dev  # noqa: E402
+from prism.commands.node import node  # noqa: E402
 
 main.add_command(admin)
 main.add_command(dev)
+main.add_command(node)

@@ -79,6 +79,17 @@ class ApiClient:
     def deployment_health(self, deployment_id: str) -> dict:
         return self._request("GET", _deployment_path(deployment_id) + "/health")[1]
 
+    def deployment_logs(self, deployment_id: str, tail: int) -> dict:
+        return self._request(
+            "GET", _deployment_path(deployment_id) + "/logs", params={"tail": tail}
+        )[1]
+
+    def register_node(self, name: str) -> dict:
+        return self._request("POST", "/api/v1/compute/nodes", json={"name": name})[1]
+
+    def list_nodes(self) -> dict:
+        return self._request("GET", "/api/v1/compute/nodes")[1]
+
     def list_resources(self) -> dict:
         return self._request("GET", "/api/v1/marketplace/resources")[1]
 

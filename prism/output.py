@@ -63,6 +63,8 @@ def deployment_detail(d: dict) -> None:
         ("port / health", f"{d['deploy_config']['port']} {d['deploy_config']['health_path']}"),
         ("env vars", ", ".join(d["env_var_names"]) or "-"),
         ("endpoint", d["endpoint_url"] or "-"),
+        ("node", d.get("node_id") or "-"),
+        ("note", d.get("status_message") or "-"),
         ("cost", _usd(d["cost_accrued_usd"])),
         ("budget", _usd(d["budget_max_usd"])),
         ("price/hour", _usd(d["price_per_hour_usd"])),
@@ -76,4 +78,15 @@ def deployment_detail(d: dict) -> None:
     table.add_column()
     for key, value in rows:
         table.add_row(key, str(value))
+    console.print(table)
+
+
+def nodes_table(items: list[dict]) -> None:
+    table = Table("ID", "NAME", "STATUS", "GPUS", "LAST SEEN")
+    for n in items:
+        gpus = ", ".join(g["name"] for g in n["gpus"]) or "none"
+        style = "green" if n["status"] == "online" else "dim"
+        table.add_row(
+            n["id"], n["name"], f"[{style}]{n['status']}[/]", gpus, n["last_seen_at"][:19]
+        )
     console.print(table)

@@ -41,8 +41,11 @@ def _token(event: dict) -> str | None:
     return (event.get("queryStringParameters") or {}).get("token")
 
 
-@bp.on_ws_connect()
-def node_connect(event):
+# The WebSocket handlers are registered in app.py: Chalice wraps blueprint WebSocket handlers
+# without their event class (chalice 1.34), so they would receive raw dicts.
+
+
+def on_connect(event):
     logger.clear_state()
     node = registry.node_service().connect(_token(event.to_dict()), event.connection_id)
     if node is None:
@@ -53,13 +56,11 @@ def node_connect(event):
     return Response(status_code=200, body="")
 
 
-@bp.on_ws_disconnect()
-def node_disconnect(event):
+def on_disconnect(event):
     registry.node_service().disconnect(event.connection_id)
 
 
-@bp.on_ws_message()
-def node_message(event):
+def on_message(event):
     logger.clear_state()
     channel = registry.node_channel()
     for reply in registry.node_message_handler().handle(event.connection_id, event.body):

@@ -24,9 +24,38 @@ def dev():
     type=click.IntRange(1, 65535),
     help="port of the moto server standing in for AWS",
 )
-def dev_up(host, api_port, aws_port):
-    """Start moto (AWS) and the API, create a dev user and write the CLI config."""
-    platform = LocalPlatform(host=host, api_port=api_port, moto_port=aws_port)
+@click.option(
+    "--ws-port",
+    default=8001,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="the node WebSocket API",
+)
+@click.option(
+    "--management-port",
+    default=8002,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="the WebSocket management API",
+)
+@click.option(
+    "--tick",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0.5),
+    help="seconds between scheduled runs (the node sweep)",
+)
+def dev_up(host, api_port, aws_port, ws_port, management_port, tick):
+    """Start moto (AWS), the API and the node WebSocket gateway; create a dev user and write
+    the CLI config."""
+    platform = LocalPlatform(
+        host=host,
+        api_port=api_port,
+        moto_port=aws_port,
+        ws_port=ws_port,
+        management_port=management_port,
+        tick_seconds=tick,
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -40,6 +69,7 @@ def dev_up(host, api_port, aws_port):
         raise
     try:
         path = CliConfig(
+            ws_url=platform.ws_url,
             api_url=platform.api_url,
             api_key=user["api_key"],
             aws_endpoint_url=platform.aws_url,

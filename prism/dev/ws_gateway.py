@@ -183,6 +183,9 @@ def run_ticker(app, interval: float, stop: threading.Event) -> None:
     while not stop.wait(interval):
         for name in names:
             event = {
+                "version": "0",
+                "account": "000000000000",
+                "region": "us-east-1",
                 "id": secrets.token_hex(8),
                 "detail-type": "Scheduled Event",
                 "source": "aws.events",

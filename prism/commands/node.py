@@ -1,0 +1,123 @@
+"""`prism node up|down|list`: run this machine as a node, or see your nodes."""
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import click
+
+from prism.client import ApiClient
+from prism.config import CliConfig
+
+
+@click.group()
+def node():
+    """Run this machine as a PRISM node."""
+
+
+def _state_dir(state_dir: str | None) -> Path:
+    from node_agent.main import default_state_dir
+
+    return Path(state_dir) if state_dir else default_state_dir()
+
+
+@node.command("up")
+@click.option("--api", "api_url", help="control plane REST URL (default: the CLI config)")
+@click.option("--ws", "ws_url", help="control plane WebSocket URL (default: the CLI config)")
+@click.option("--name", help="node name on first registration (default: the host name)")
+@click.option("--state-dir", help="where the agent keeps its token, state, logs and weights")
+@click.option(
+    "--advertise-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="host in the endpoint URLs this node reports",
+)
+@click.option("--heartbeat", default=15.0, show_default=True, type=click.FloatRange(0.5))
+@click.option("--probe-interval", default=10.0, show_default=True, type=click.FloatRange(0.1))
+@click.option("--startup-timeout", default=600.0, show_default=True, type=click.FloatRange(1))
+def node_up(
+    api_url, ws_url, name, state_dir, advertise_host, heartbeat, probe_interval, startup_timeout
+):
+    """Register (first time only) and run the node agent until Ctrl-C."""
+    from node_agent.main import NodeConfig, run_agent
+
+    state = _state_dir(state_dir)
+    config = NodeConfig.load(state)
+    if config is None:
+        cli = CliConfig.load()
+        api_url = api_url or cli.api_url
+        ws_url = ws_url or cli.ws_url
+        if not api_url or not ws_url or not cli.api_key:
+            raise click.ClickException(
+                "first start needs the API (--api, --ws or `prism dev up`'s config) and "
+                "PRISM_API_KEY to register this node"
+            )
+        name = name or _default_name()
+        created = ApiClient(api_url, cli.api_key).register_node(name)
+        config = NodeConfig(
+            api_url=api_url, ws_url=ws_url, node_id=created["id"], token=created["token"], name=name
+        )
+        config.save(state)
+        click.echo(f"registered node {name} as {config.node_id}")
+    run_agent(
+        config,
+        state,
+        {
+            "advertise_host": advertise_host,
+            "probe_interval_s": probe_interval,
+            "startup_timeout_s": startup_timeout,
+        },
+        heartbeat_s=heartbeat,
+    )
+
+
+@node.command("down")
+@click.option("--state-dir", help="the agent's state dir (as given to `node up`)")
+@click.option("--stop-all", is_flag=True, help="also stop every model it runs")
+@click.option("--timeout", default=60.0, show_default=True)
+def node_down(state_dir, stop_all, timeout):
+    """Stop the node agent. Models keep running (and are re-adopted by the next `node up`)
+    unless --stop-all."""
+    from node_agent.main import STOP_ALL_MARKER
+
+    state = _state_dir(state_dir)
+    try:
+        pid = int((state / "agent.pid").read_text())
+    except (FileNotFoundError, ValueError):
+        raise click.ClickException(f"no node agent is running from {state}") from None
+    if stop_all:
+        (state / STOP_ALL_MARKER).touch()
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        (state / "agent.pid").unlink(missing_ok=True)
+        raise click.ClickException(
+            "the node agent was not running (stale pid file removed)"
+        ) from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            click.echo("node agent stopped" + (" with all its models" if stop_all else ""))
+            return
+        time.sleep(0.1)
+    raise click.ClickException(f"the node agent (pid {pid}) did not stop within {timeout}s")
+
+
+@node.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def node_list(as_json):
+    """Your nodes, their status and GPUs."""
+    from prism.cli import api_client
+    from prism.output import emit_json, nodes_table
+
+    nodes = api_client().list_nodes()["items"]
+    emit_json(nodes) if as_json else nodes_table(nodes)
+
+
+def _default_name() -> str:
+    cleaned = "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower())
+    return cleaned.strip("-")[:63] or "node"
