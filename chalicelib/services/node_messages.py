@@ -63,7 +63,7 @@ class NodeMessageHandler:
     # --- one method per message type ------------------------------------------------------
 
     def _on_heartbeat(self, conn: ConnectionItem, message: Heartbeat):
-        self._nodes.touch(conn.node_id)
+        self._nodes.touch(conn.node_id, conn.connection_id)
 
     def _on_error(self, conn: ConnectionItem, message: Error):
         logger.warning(

@@ -90,9 +90,16 @@ class NodeRepository:
             ]
         )
 
-    def touch(self, node_id: str) -> None:
+    def touch(self, node_id: str, connection_id: str) -> None:
+        """A heartbeat: seen now, and online on this connection (which also heals a node marked
+        offline when another of its connections closed)."""
         NodeItem(id=node_id).update(
-            actions=[NodeItem.last_seen_at.set(utcnow())], condition=NodeItem.id.exists()
+            actions=[
+                NodeItem.last_seen_at.set(utcnow()),
+                NodeItem.status.set("online"),
+                NodeItem.connection_id.set(connection_id),
+            ],
+            condition=NodeItem.id.exists(),
         )
 
     def mark_offline(self, node: NodeItem, connection_id: str | None = None) -> None:

@@ -2,6 +2,7 @@
 a size-capped log file, SIGTERM then SIGKILL. A restarted agent re-adopts it by pid + start time
 (so a recycled pid is never mistaken for our process)."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -104,10 +105,8 @@ class ProcessRuntime:
 
     @staticmethod
     def _signal_group(pid: int, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, sig)  # the model's whole process group: workers die with it
-        except ProcessLookupError:
-            pass
 
 
 def tail_lines(path: Path, count: int, max_bytes: int = 1024 * 1024) -> list[str]:

@@ -13,13 +13,13 @@
 
 import argparse
 import asyncio
-import base64
 import json
 import re
 import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -64,7 +64,7 @@ class LocalWebsocketGateway:
     # --- the WebSocket side -------------------------------------------------------------
 
     async def _process_request(self, connection: ServerConnection, request):
-        connection_id = base64.b64encode(secrets.token_bytes(12)).decode()
+        connection_id = secrets.token_urlsafe(12) + "="  # shaped like API Gateway's ids
         query = dict(re.findall(r"([^?&=]+)=([^&]*)", request.path.partition("?")[2]))
         event = self._event(
             "$connect",
@@ -110,7 +110,8 @@ class LocalWebsocketGateway:
         connection = self.connections.get(connection_id)
         if connection is None or self.loop is None:
             return False
-        asyncio.run_coroutine_threadsafe(connection.close(), self.loop).result(timeout=10)
+        # Like API Gateway's DeleteConnection: starts the close, does not wait for the peer.
+        asyncio.run_coroutine_threadsafe(connection.close(), self.loop)
         return True
 
     async def serve_forever(self) -> None:
@@ -132,7 +133,7 @@ class LocalWebsocketGateway:
         class Handler(BaseHTTPRequestHandler):
             def _connection_id(self) -> str | None:
                 match = CONNECTION_PATH.search(self.path.split("?", 1)[0])
-                return match.group(1) if match else None
+                return unquote(match.group(1)) if match else None
 
             def _reply(self, status: int, error: str | None = None) -> None:
                 body = json.dumps({"message": error}).encode() if error else b""

@@ -33,8 +33,11 @@ class Platform:
     api_port: int
     aws_port: int
     env: dict
+    ws_port: int = 0
+    management_port: int = 0
     api_url: str = ""
     api_key: str = ""
+    ws_url: str = ""
 
     def cli(self, *args, key: str | None = None, check: bool = False):
         env = self.env | ({"PRISM_API_KEY": key} if key else {})
@@ -46,20 +49,35 @@ class Platform:
         return result
 
 
-def start_platform(tmp_path: Path) -> Platform:
-    api_port, aws_port = free_port(), free_port()
+def start_platform(tmp_path: Path, tick: float = 60, extra_env: dict | None = None) -> Platform:
+    api_port, aws_port, ws_port, management_port = (free_port() for _ in range(4))
     env = os.environ | {"PRISM_CONFIG": str(tmp_path / "config.json"), "COLUMNS": "200"}
+    env |= extra_env or {}
     for name in ("PRISM_API_URL", "PRISM_API_KEY", "PRISM_AWS_ENDPOINT_URL"):
         env.pop(name, None)
     process = subprocess.Popen(
-        [*PRISM, "dev", "up", "--api-port", str(api_port), "--aws-port", str(aws_port)],
+        [
+            *PRISM,
+            "dev",
+            "up",
+            "--api-port",
+            str(api_port),
+            "--aws-port",
+            str(aws_port),
+            "--ws-port",
+            str(ws_port),
+            "--management-port",
+            str(management_port),
+            "--tick",
+            str(tick),
+        ],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    platform = Platform(process, api_port, aws_port, env)
+    platform = Platform(process, api_port, aws_port, env, ws_port, management_port)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         line = process.stdout.readline()
@@ -69,6 +87,8 @@ def start_platform(tmp_path: Path) -> Platform:
             platform.api_url = line.split("=", 1)[1].strip()
         if line.startswith("PRISM_API_KEY="):
             platform.api_key = line.split("=", 1)[1].strip()
+        if line.startswith("PRISM_WS_URL="):
+            platform.ws_url = line.split("=", 1)[1].strip()
             return platform
     raise AssertionError("prism dev up did not print its API key in time")
 

@@ -150,7 +150,12 @@ def test_raw_http_errors_keep_the_json_shape(platform):
 
 def test_ctrl_c_stops_everything_and_frees_the_ports(tmp_path):
     platform = start_platform(tmp_path)
-    markers = (f"--port\0{platform.api_port}", f"-p\0{platform.aws_port}")
+    markers = (
+        f"--port\0{platform.api_port}\0",
+        f"-p\0{platform.aws_port}\0",
+        f"--port\0{platform.ws_port}\0",
+    )
+    ports = (platform.api_port, platform.aws_port, platform.ws_port, platform.management_port)
 
     def running_children() -> list[str]:
         found = []
@@ -163,10 +168,10 @@ def test_ctrl_c_stops_everything_and_frees_the_ports(tmp_path):
                 found.append(cmdline.parent.name)
         return found
 
-    assert port_in_use(platform.api_port) and port_in_use(platform.aws_port)
-    assert len(running_children()) == 2  # moto and chalice local
+    assert all(port_in_use(port) for port in ports)
+    assert len(running_children()) == 3  # moto, chalice local, the WebSocket gateway
     assert stop_platform(platform) == 0
-    assert not port_in_use(platform.api_port) and not port_in_use(platform.aws_port)
+    assert not any(port_in_use(port) for port in ports)
     assert running_children() == []
 
 

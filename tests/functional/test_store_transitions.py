@@ -54,7 +54,7 @@ def test_of_many_racing_writers_exactly_one_wins(repo):
     item = new_item(repo)
     copies = [repo.get(item.id) for _ in range(8)]
     targets = [Status.PULLING, Status.STOPPED, Status.FAILED, Status.STARTING] * 2
-    wins, losses = [], []
+    wins, losses, errors = [], [], []
     barrier = threading.Barrier(len(copies))
 
     def write(copy, target):
@@ -64,6 +64,8 @@ def test_of_many_racing_writers_exactly_one_wins(repo):
             wins.append(target)
         except StaleWrite:
             losses.append(target)
+        except Exception as exc:  # anything else is a bug: show it
+            errors.append(repr(exc))
 
     threads = [
         threading.Thread(target=write, args=pair) for pair in zip(copies, targets, strict=True)
@@ -72,6 +74,7 @@ def test_of_many_racing_writers_exactly_one_wins(repo):
         t.start()
     for t in threads:
         t.join()
+    assert errors == []
     assert len(wins) == 1 and len(losses) == 7
     final = repo.get(item.id)
     assert final.status == wins[0].value

@@ -1,0 +1,323 @@
+"""The node agent against the whole local stack: moto server, chalice local, the local WebSocket
+gateway and `prism node up`, all real processes; a real model server deployed from a local
+weights directory."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import websocket
+
+from tests.e2e.conftest import PRISM, REPO, start_platform, stop_platform
+
+pytestmark = pytest.mark.e2e
+MODEL = [sys.executable, str(REPO / "tests" / "fakes" / "model_server.py")]
+
+
+def wait_for(predicate, timeout=20.0, every=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s (last: {value})")
+
+
+class Node:
+    def __init__(self, platform, state_dir: Path):
+        self.platform = platform
+        self.state_dir = state_dir
+        self.process = None
+
+    def up(self):
+        log = open(self.state_dir / "agent.out", "ab")  # noqa: SIM115 - the agent holds it
+        self.process = subprocess.Popen(
+            [
+                *PRISM,
+                "node",
+                "up",
+                "--state-dir",
+                str(self.state_dir),
+                "--name",
+                "e2e-node",
+                "--heartbeat",
+                "1",
+                "--probe-interval",
+                "0.3",
+                "--startup-timeout",
+                "30",
+            ],
+            cwd=REPO,
+            env=self.platform.env,
+            stdout=open(self.state_dir / "agent.out", "ab"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: self.online(), timeout=30)
+
+    def online(self):
+        nodes = json.loads(self.platform.cli("node", "list", "--json", check=True).stdout)
+        return any(n["status"] == "online" for n in nodes)
+
+    def kill(self, sig=signal.SIGKILL):
+        self.process.send_signal(sig)
+        self.process.wait(timeout=30)
+
+    def token(self):
+        return json.loads((self.state_dir / "node.json").read_text())["token"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("node-stack")
+    platform = start_platform(
+        root,
+        tick=0.5,
+        extra_env={"PRISM_NODE_TIMEOUT_SECONDS": "4", "PRISM_NODE_LOST_SECONDS": "8"},
+    )
+    state = root / "node"
+    state.mkdir()
+    node = Node(platform, state)
+    node.up()
+    yield platform, node
+    if node.process.poll() is None:
+        node.kill(signal.SIGTERM)
+    stop_platform(platform)
+
+
+@pytest.fixture
+def weights(tmp_path):
+    (tmp_path / "model.json").write_text('{"w": [1, 2]}')
+    return tmp_path
+
+
+def deploy(platform, weights, name="m"):
+    created = json.loads(
+        platform.cli(
+            "deploy",
+            "create",
+            "--name",
+            name,
+            "--weights",
+            str(weights),
+            "--gpu",
+            "none",
+            "--port",
+            "9100",
+            "--json",
+            "--",
+            *MODEL,
+            check=True,
+        ).stdout
+    )
+    return created["id"]
+
+
+def status(platform, deployment_id):
+    return json.loads(platform.cli("deploy", "status", deployment_id, "--json", check=True).stdout)
+
+
+def reaches(platform, deployment_id, wanted, timeout=30.0):
+    last = {}
+
+    def check():
+        last.update(status(platform, deployment_id))
+        return last["status"] == wanted and last
+
+    try:
+        return wait_for(check, timeout=timeout, every=0.2)
+    except AssertionError:
+        raise AssertionError(f"{deployment_id} never reached {wanted}: {last}") from None
+
+
+def test_a_local_weights_deployment_runs_and_serves(stack, weights):
+    platform, _ = stack
+    deployment_id = deploy(platform, weights)
+    running = reaches(platform, deployment_id, "running")
+    served = requests.get(running["endpoint_url"], timeout=5).json()
+    assert served["weights"] == ["model.json"]
+    assert served["cuda"] == ""  # no GPU asked for: none visible
+    assert running["node_id"].startswith("node_")
+    health = json.loads(
+        platform.cli("deploy", "health", deployment_id, "--json", check=True).stdout
+    )
+    assert health["healthy"] is True and health["stale"] is False
+    platform.cli("deploy", "stop", deployment_id, check=True)
+    reaches(platform, deployment_id, "stopped")
+    with pytest.raises(requests.ConnectionError):
+        requests.get(running["endpoint_url"], timeout=2)
+
+
+def test_failing_probes_make_it_unhealthy_then_it_recovers(stack, weights):
+    platform, _ = stack
+    deployment_id = deploy(platform, weights, "flaky")
+    reaches(platform, deployment_id, "running")
+    (weights / "unhealthy").touch()
+    sick = reaches(platform, deployment_id, "unhealthy")
+    assert sick["status"] == "unhealthy"
+    (weights / "unhealthy").unlink()
+    reaches(platform, deployment_id, "running")
+    platform.cli("deploy", "stop", deployment_id, check=True)
+
+
+def test_a_crash_fails_the_deployment_with_its_exit_code_and_output(stack, weights):
+    platform, _ = stack
+    deployment_id = deploy(platform, weights, "crashy")
+    running = reaches(platform, deployment_id, "running")
+    with pytest.raises(requests.RequestException):
+        requests.post(running["endpoint_url"] + "/crash", timeout=5)
+    failed = reaches(platform, deployment_id, "failed")
+    assert failed["failure_reason"] == "crash"
+    assert "exit code 3" in failed["failure_message"]
+    assert "crashing on request" in failed["failure_message"]
+
+
+def test_a_missing_weights_path_is_a_pull_error(stack, tmp_path):
+    platform, _ = stack
+    deployment_id = deploy(platform, tmp_path / "nope", "nopull")
+    failed = reaches(platform, deployment_id, "failed")
+    assert failed["failure_reason"] == "pull_error"
+    assert "does not exist" in failed["failure_message"]
+
+
+def test_logs_come_from_the_node(stack, weights):
+    platform, _ = stack
+    deployment_id = deploy(platform, weights, "chatty")
+    reaches(platform, deployment_id, "running")
+    logs = platform.cli("deploy", "logs", deployment_id, "--tail", "5", check=True).stdout
+    assert "model: serving on" in logs
+    platform.cli("deploy", "stop", deployment_id, check=True)
+
+
+def test_a_dropped_connection_reconnects_and_reconciles(stack, weights):
+    platform, node = stack
+    deployment_id = deploy(platform, weights, "steady")
+    reaches(platform, deployment_id, "running")
+    # The gateway's management API closes the node's connection, as API Gateway may.
+    for connection_id in _connection_ids(platform):
+        requests.delete(
+            f"http://127.0.0.1:{platform.management_port}/dev/@connections/{connection_id}",
+            timeout=5,
+        )
+    wait_for(node.online, timeout=30)
+    assert status(platform, deployment_id)["status"] == "running"
+    platform.cli("deploy", "stop", deployment_id, check=True)
+    reaches(platform, deployment_id, "stopped")
+
+
+def test_a_killed_agent_comes_back_and_readopts_its_models(stack, weights):
+    platform, node = stack
+    deployment_id = deploy(platform, weights, "survivor")
+    running = reaches(platform, deployment_id, "running")
+    pid_before = requests.get(running["endpoint_url"], timeout=5).json()["pid"]
+    node.kill(signal.SIGKILL)
+    assert requests.get(running["endpoint_url"], timeout=5).json()["pid"] == pid_before
+    node.up()
+    time.sleep(1.5)  # a few probe intervals: nothing may be restarted or duplicated
+    again = status(platform, deployment_id)
+    assert again["status"] == "running"
+    assert requests.get(again["endpoint_url"], timeout=5).json()["pid"] == pid_before
+    platform.cli("deploy", "stop", deployment_id, check=True)
+    reaches(platform, deployment_id, "stopped")
+    wait_for(lambda: not _alive(pid_before), timeout=15)
+
+
+def test_a_wrong_token_is_refused(stack):
+    platform, node = stack
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(
+            platform.ws_url,
+            header=["Authorization: Bearer prismnode_node_0000000000000000.wrong"],
+            timeout=5,
+        )
+    assert refused.value.status_code == 401
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        websocket.create_connection(platform.ws_url, timeout=5)
+
+
+def test_malformed_frames_get_an_error_and_the_connection_stays(stack):
+    platform, node = stack
+    ws = websocket.create_connection(
+        platform.ws_url, header=[f"Authorization: Bearer {node.token()}"], timeout=10
+    )
+    try:
+        for frame in (
+            "not json",
+            '{"type": "launch_missiles", "id": "m1"}',
+            '{"type": "heartbeat", "id": "m2", "extra": 1}',
+        ):
+            ws.send(frame)
+            reply = json.loads(ws.recv())
+            assert reply["type"] == "error" and reply["code"] in ("malformed", "unknown_type")
+        ws.send('{"type": "heartbeat", "id": "m3"}')  # still usable afterwards
+        ws.send(
+            '{"type": "deployment_stopped", "id": "m4", '
+            '"deployment_id": "dep_0123456789abcdef", "reason": "crash"}'
+        )
+        reply = json.loads(ws.recv())
+        assert reply["code"] == "not_your_deployment" and reply["reply_to"] == "m4"
+    finally:
+        ws.close()
+    wait_for(node.online, timeout=30)
+
+
+def test_a_node_cannot_touch_another_owners_deployment(stack, weights, tmp_path):
+    platform, _ = stack
+    deployment_id = deploy(platform, weights, "mine")
+    reaches(platform, deployment_id, "running")
+    bob_key = json.loads(
+        platform.cli("admin", "create-key", "--name", "bob", "--json", check=True).stdout
+    )["api_key"]
+    bob_node = requests.post(
+        f"{platform.api_url}/api/v1/compute/nodes",
+        json={"name": "bobs"},
+        headers={"Authorization": f"Bearer {bob_key}"},
+        timeout=10,
+    ).json()
+    ws = websocket.create_connection(
+        platform.ws_url, header=[f"Authorization: Bearer {bob_node['token']}"], timeout=10
+    )
+    try:
+        ws.send(
+            json.dumps(
+                {
+                    "type": "deployment_stopped",
+                    "id": "x1",
+                    "deployment_id": deployment_id,
+                    "reason": "stopped",
+                }
+            )
+        )
+        assert json.loads(ws.recv())["code"] == "not_your_deployment"
+    finally:
+        ws.close()
+    assert status(platform, deployment_id)["status"] == "running"
+    platform.cli("deploy", "stop", deployment_id, check=True)
+
+
+def _connection_ids(platform) -> list[str]:
+    """The node's live connection ids, read straight from the local connections table."""
+    import boto3
+
+    table = boto3.resource(
+        "dynamodb",
+        endpoint_url=f"http://127.0.0.1:{platform.aws_port}",
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+    ).Table("prism-dev-connections")
+    return [item["connection_id"] for item in table.scan()["Items"]]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
