@@ -56,7 +56,7 @@ class Node:
             ],
             cwd=REPO,
             env=self.platform.env,
-            stdout=open(self.state_dir / "agent.out", "ab"),
+            stdout=log,
             stderr=subprocess.STDOUT,
         )
         wait_for(lambda: self.online(), timeout=30)
