@@ -6,6 +6,10 @@ from pydantic.json_schema import models_json_schema
 
 from chalicelib.schemas import (
     CreateDeploymentRequest,
+    CreateNodeRequest,
+    LogsOut,
+    NodeCreated,
+    NodeList,
     DeploymentList,
     DeploymentOut,
     ErrorBody,
@@ -56,9 +60,12 @@ def document() -> dict:
                 ResourceOut,
                 ResourceList,
                 ErrorBody,
+                LogsOut,
+                NodeCreated,
+                NodeList,
             )
         ]
-        + [(CreateDeploymentRequest, "validation")],
+        + [(CreateDeploymentRequest, "validation"), (CreateNodeRequest, "validation")],
         ref_template=REF,
     )
     dep = "/api/v1/compute/deployments"
@@ -127,6 +134,28 @@ def document() -> dict:
                 "operationId": "getDeploymentHealth",
                 "parameters": dep_id,
                 "responses": _responses({"200": ("health", HealthOut)}, (401, 404)),
+            },
+        },
+        dep + "/{deployment_id}/logs": {
+            "get": {
+                "operationId": "getDeploymentLogs",
+                "summary": "The last lines the model printed, fetched from its node",
+                "parameters": [*dep_id, {"name": "tail", "in": "query", "required": False,
+                                         "schema": {"type": "integer", "minimum": 1,
+                                                    "maximum": 5000, "default": 100}}],
+                "responses": _responses({"200": ("log lines", LogsOut)}, (400, 401, 404, 409)),
+            },
+        },
+        "/api/v1/compute/nodes": {
+            "post": {
+                "operationId": "registerNode",
+                "summary": "Register a node; its token is returned once",
+                "requestBody": {"required": True, **_json(CreateNodeRequest)},
+                "responses": _responses({"201": ("registered", NodeCreated)}, (400, 401)),
+            },
+            "get": {
+                "operationId": "listNodes",
+                "responses": _responses({"200": ("your nodes", NodeList)}, (401,)),
             },
         },
         "/api/v1/marketplace/resources": {

@@ -1,0 +1,201 @@
+"""Nodes through the real handlers on moto: registration, the WebSocket routes with API
+Gateway-shaped events, message handling against the lifecycle, and the minute sweep."""
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from chalicelib.store.deployments import DeploymentRepository
+from chalicelib.store.models import DeploymentItem, NodeItem, utcnow
+
+NODES = "/api/v1/compute/nodes"
+DEPLOYMENTS = "/api/v1/compute/deployments"
+
+
+def ws_event(route: str, connection_id: str, body=None, headers=None) -> dict:
+    event_type = {"$connect": "CONNECT", "$default": "MESSAGE", "$disconnect": "DISCONNECT"}
+    event = {"requestContext": {"routeKey": route, "eventType": event_type[route],
+                                "connectionId": connection_id, "apiId": "local",
+                                "stage": "dev", "domainName": "localhost",
+                                "requestId": "r1"},
+             "isBase64Encoded": False, "headers": headers or {}}
+    if body is not None:
+        event["body"] = body if isinstance(body, str) else json.dumps(body)
+    return event
+
+
+@pytest.fixture
+def app():
+    from app import app as chalice_app
+
+    return chalice_app
+
+
+class NodeSim:
+    """Speaks the protocol through the real WebSocket handlers, as the gateway would."""
+
+    def __init__(self, app, token, node_id, connection_id="conn-1"):
+        self.app, self.token, self.node_id, self.connection_id = app, token, node_id, connection_id
+
+    def connect(self, token=None):
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        return self.app.handler_map["node_connect"](
+            ws_event("$connect", self.connection_id, headers=headers), None)
+
+    def say(self, **message):
+        message.setdefault("id", "m")
+        self.app.handler_map["node_message"](ws_event("$default", self.connection_id, message),
+                                             None)
+
+    def hello(self, running=()):
+        self.say(type="node_hello", node_id=self.node_id, running=list(running))
+
+
+@pytest.fixture
+def node(api, app):
+    created = api.post(NODES, {"name": "gpu-box"})
+    assert created.status_code == 201
+    sim = NodeSim(app, created.data["token"], created.data["id"])
+    assert sim.connect()["statusCode"] == 200
+    sim.hello()
+    return sim
+
+
+def create(api, **body):
+    response = api.post(DEPLOYMENTS, {"name": "m", "weights_source": "/srv/m", "gpu": False,
+                                      "command": ["serve"]} | body)
+    assert response.status_code == 201, response.data
+    return response.data
+
+
+def get(api, deployment_id):
+    return api.get(f"{DEPLOYMENTS}/{deployment_id}").data
+
+
+def test_register_shows_the_token_once_and_stores_only_its_hash(api):
+    created = api.post(NODES, {"name": "box-1"}).data
+    assert created["token"].startswith("prismnode_" + created["id"])
+    listed = api.get(NODES).data["items"]
+    assert [n["id"] for n in listed] == [created["id"]] and "token" not in listed[0]
+    assert created["token"] not in json.dumps(NodeItem.get(created["id"]).attribute_values,
+                                              default=str)
+
+
+def test_a_wrong_or_missing_token_is_refused_at_connect(node, app):
+    assert node.connect(token="prismnode_node_0000000000000000.nope")["statusCode"] == 401
+    bare = app.handler_map["node_connect"](ws_event("$connect", "c9"), None)
+    assert bare["statusCode"] == 401
+
+
+def test_a_deployment_waits_for_a_node_then_is_placed_when_one_says_hello(api, app):
+    waiting = create(api)
+    assert waiting["status"] == "provisioning" and waiting["node_id"] is None
+    assert "prism node up" in waiting["status_message"]
+    created = api.post(NODES, {"name": "late"}).data
+    sim = NodeSim(app, created["token"], created["id"])
+    sim.connect()
+    sim.hello()
+    assert get(api, waiting["id"])["node_id"] == created["id"]
+
+
+def test_gpu_deployments_only_go_to_nodes_with_a_matching_free_gpu(api, node):
+    node.say(type="node_hello", node_id=node.node_id,
+             gpus=[{"index": 0, "name": "NVIDIA A100-SXM4-80GB"}])
+    a100 = create(api, name="a", gpu=True, gpu_type="A100")
+    h100 = create(api, name="h", gpu=True, gpu_type="H100")
+    second = create(api, name="b", gpu=True, gpu_type="A100")
+    assert get(api, a100["id"])["node_id"] == node.node_id
+    assert get(api, h100["id"])["node_id"] is None
+    assert get(api, second["id"])["node_id"] is None  # its only A100 is taken
+    assert "A100" in get(api, second["id"])["status_message"]
+
+
+def test_messages_walk_the_lifecycle(api, node):
+    d = create(api)["id"]
+    node.say(type="deployment_progress", deployment_id=d, status="pulling", bytes_done=10,
+             bytes_total=100)
+    assert (get(api, d)["status"], get(api, d)["bytes_done"]) == ("pulling", 10)
+    node.say(type="deployment_progress", deployment_id=d, status="starting")
+    node.say(type="deployment_ready", deployment_id=d, endpoint_url="http://10.0.0.5:9000")
+    ready = get(api, d)
+    assert (ready["status"], ready["endpoint_url"]) == ("running", "http://10.0.0.5:9000")
+    for failures in (1, 2):
+        node.say(type="deployment_health_update", deployment_id=d, healthy=False,
+                 consecutive_failures=failures)
+        assert get(api, d)["status"] == "running"
+    node.say(type="deployment_health_update", deployment_id=d, healthy=False,
+             consecutive_failures=3)
+    assert get(api, d)["status"] == "unhealthy"
+    node.say(type="deployment_health_update", deployment_id=d, healthy=True,
+             consecutive_failures=0)
+    assert get(api, d)["status"] == "running"
+    node.say(type="deployment_stopped", deployment_id=d, reason="crash", exit_code=137,
+             message="killed")
+    failed = get(api, d)
+    assert (failed["status"], failed["failure_reason"]) == ("failed", "crash")
+    assert "exit code 137" in failed["failure_message"]
+    node.say(type="deployment_ready", deployment_id=d, endpoint_url="http://late")  # too late
+    node.say(type="deployment_stopped", deployment_id=d, reason="stopped")  # duplicate
+    assert get(api, d)["status"] == "failed" and get(api, d)["endpoint_url"] != "http://late"
+
+
+def test_stop_waits_for_the_node_and_its_confirmation_ends_it(api, node):
+    d = create(api)["id"]
+    node.say(type="deployment_ready", deployment_id=d, endpoint_url="http://n:1")
+    assert api.delete(f"{DEPLOYMENTS}/{d}").status_code == 202
+    node.say(type="deployment_stopped", deployment_id=d, reason="stopped", exit_code=0)
+    assert get(api, d)["status"] == "stopped"
+
+
+def test_hello_reconciles_both_ways(api, node):
+    kept = create(api, name="kept")["id"]
+    vanished = create(api, name="vanished")["id"]
+    stopped = create(api, name="stopped")["id"]
+    for d in (kept, vanished, stopped):
+        node.say(type="deployment_ready", deployment_id=d, endpoint_url="http://n:1")
+    api.delete(f"{DEPLOYMENTS}/{stopped}")
+    node.hello(running=[{"deployment_id": kept, "status": "running", "endpoint_url": "http://n:1"},
+                        {"deployment_id": stopped, "status": "running"}])
+    assert get(api, kept)["status"] == "running"
+    lost = get(api, vanished)
+    assert (lost["status"], lost["failure_reason"]) == ("failed", "node_lost")
+    assert get(api, stopped)["status"] == "stopping"  # the node was told to stop it
+
+
+def _age_node(node_id, seconds):
+    item = NodeItem.get(node_id)
+    item.update(actions=[NodeItem.last_seen_at.set(utcnow() - timedelta(seconds=seconds))])
+
+
+def sweep(client):
+    client.lambda_.invoke("sweep_nodes", client.events.generate_cw_event(
+        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]))
+
+
+def test_a_silent_node_makes_its_deployments_unhealthy_then_lost(api, node, client):
+    d = create(api)["id"]
+    node.say(type="deployment_ready", deployment_id=d, endpoint_url="http://n:1")
+    _age_node(node.node_id, 90)  # past the 60 s node timeout
+    sweep(client)
+    assert get(api, d)["status"] == "unhealthy"
+    assert api.get(NODES).data["items"][0]["status"] == "offline"
+    _age_node(node.node_id, 400)  # past the 300 s lost timeout
+    sweep(client)
+    lost = get(api, d)
+    assert (lost["status"], lost["failure_reason"]) == ("failed", "node_lost")
+
+
+def test_a_deployment_nobody_can_place_fails_with_no_node(api, client):
+    d = create(api)["id"]
+    item = DeploymentRepository().get(d)
+    item.update(actions=[DeploymentItem.created_at.set(utcnow() - timedelta(minutes=11))])
+    sweep(client)
+    failed = get(api, d)
+    assert (failed["status"], failed["failure_reason"]) == ("failed", "no_node")
+
+
+def test_pinning_an_unknown_node_is_a_400(api):
+    response = api.post(DEPLOYMENTS, {"name": "m", "image": "nginx",
+                                      "node_id": "node_0123456789abcdef"})
+    assert response.status_code == 400 and "node_id" in response.data["error"]["fields"]
