@@ -7,13 +7,13 @@ from pydantic.json_schema import models_json_schema
 from chalicelib.schemas import (
     CreateDeploymentRequest,
     CreateNodeRequest,
-    LogsOut,
-    NodeCreated,
-    NodeList,
     DeploymentList,
     DeploymentOut,
     ErrorBody,
     HealthOut,
+    LogsOut,
+    NodeCreated,
+    NodeList,
     ResourceList,
     ResourceOut,
 )
@@ -140,9 +140,20 @@ def document() -> dict:
             "get": {
                 "operationId": "getDeploymentLogs",
                 "summary": "The last lines the model printed, fetched from its node",
-                "parameters": [*dep_id, {"name": "tail", "in": "query", "required": False,
-                                         "schema": {"type": "integer", "minimum": 1,
-                                                    "maximum": 5000, "default": 100}}],
+                "parameters": [
+                    *dep_id,
+                    {
+                        "name": "tail",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 5000,
+                            "default": 100,
+                        },
+                    },
+                ],
                 "responses": _responses({"200": ("log lines", LogsOut)}, (400, 401, 404, 409)),
             },
         },

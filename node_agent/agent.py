@@ -75,6 +75,7 @@ class Agent:
         self.last_probe: dict[str, float] = {}
         self.lock = threading.RLock()
         self.gpus = gpus.inventory()
+        self.finished: dict[str, dict] = {}  # recent ends, for the node's local API
 
     # --- startup and hello -------------------------------------------------------------
 
@@ -111,6 +112,25 @@ class Agent:
             gpus=self.gpus,
             running=running,
         )
+
+    def describe(self, deployment_id: str) -> dict | None:
+        with self.lock:
+            record = self.records.get(deployment_id)
+            if record is None:
+                return self.finished.get(deployment_id)
+            return {
+                "deployment_id": deployment_id,
+                "status": record.status,
+                "endpoint_url": record.endpoint_url,
+                "port": record.port,
+                "framework": record.framework,
+                "gpu_indices": record.gpu_indices,
+            }
+
+    def describe_all(self) -> list[dict]:
+        with self.lock:
+            ids = list(self.records) + [i for i in self.finished if i not in self.records]
+        return [d for i in ids if (d := self.describe(i)) is not None]
 
     # --- server messages ---------------------------------------------------------------
 
@@ -264,6 +284,15 @@ class Agent:
                 return
             self.trackers.pop(record.deployment_id, None)
             self._save()
+            self.finished[record.deployment_id] = {
+                "deployment_id": record.deployment_id,
+                "exit_code": exit_code,
+                "message": message,
+                "status": "stopped" if reason == "stopped" else "failed",
+                "reason": reason,
+            }
+            while len(self.finished) > 100:
+                self.finished.pop(next(iter(self.finished)))
         self.send(
             DeploymentStopped(
                 deployment_id=record.deployment_id,

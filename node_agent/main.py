@@ -1,5 +1,6 @@
 """`prism node up`: register once, then run the agent until SIGTERM / Ctrl-C."""
 
+import faulthandler
 import json
 import logging
 import os
@@ -12,8 +13,10 @@ from node_agent.agent import Agent, AgentSettings
 from node_agent.connection import Connection
 from node_agent.runtime.docker import DockerRuntime
 from node_agent.runtime.process import ProcessRuntime
+from node_agent.server import local_token, make_server
 
 STOP_ALL_MARKER = "stop-all"
+log = logging.getLogger("prism.node")
 
 
 def default_state_dir() -> Path:
@@ -41,14 +44,18 @@ class NodeConfig:
 
 
 def run_agent(
-    config: NodeConfig,
+    config: NodeConfig | None,
     state_dir: Path,
     settings: dict,
     heartbeat_s: float = 15.0,
+    local_api: tuple[str, int] | None = None,
 ) -> None:
     """Blocks until SIGTERM/SIGINT. Models keep running across agent restarts unless
-    `prism node down --stop-all` asked for them to stop."""
+    `prism node down --stop-all` asked for them to stop. With no config (standalone) there is
+    no control plane: the local API is the only way in."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
+    state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "agent.pid").write_text(str(os.getpid()))
     (state_dir / STOP_ALL_MARKER).unlink(missing_ok=True)
     stop = threading.Event()  # set by a signal
@@ -59,28 +66,45 @@ def run_agent(
     connection: Connection | None = None
 
     def send(message) -> None:
-        connection.send(message)
+        if connection is not None:
+            connection.send(message)
+        else:  # standalone: what would have gone to the control plane goes to the log
+            log.info("%s", message.to_json())
 
+    node_id = config.node_id if config else "standalone"
     agent = Agent(
-        AgentSettings(node_id=config.node_id, state_dir=state_dir, **settings),
+        AgentSettings(node_id=node_id, state_dir=state_dir, **settings),
         {"process": ProcessRuntime(), "docker": DockerRuntime()},
         send,
     )
-    connection = Connection(
-        config.ws_url, config.token, agent.on_message, agent.hello, heartbeat_s=heartbeat_s
-    )
+    if config is not None:
+        connection = Connection(
+            config.ws_url, config.token, agent.on_message, agent.hello, heartbeat_s=heartbeat_s
+        )
     agent.adopt_existing()
-    threads = [
-        threading.Thread(target=connection.run, args=(disconnect,), daemon=True),
-        threading.Thread(target=agent.supervise, args=(stop,), daemon=True),
-    ]
+    threads = [threading.Thread(target=agent.supervise, args=(stop,), daemon=True)]
+    if connection is not None:
+        threads.append(threading.Thread(target=connection.run, args=(disconnect,), daemon=True))
+    server = None
+    if local_api is not None:
+        server = make_server(agent, *local_api, local_token(state_dir))
+        threads.append(threading.Thread(target=server.serve_forever, daemon=True))
+        host, port = server.server_address[:2]
+        print(
+            f"local API on http://{host}:{port} (token in {state_dir / 'local-token'})", flush=True
+        )
     for thread in threads:
         thread.start()
-    print(f"node {config.name} ({config.node_id}) connecting to {config.ws_url}", flush=True)
+    if config is not None:
+        print(f"node {config.name} ({config.node_id}) connecting to {config.ws_url}", flush=True)
     stop.wait()
     if (state_dir / STOP_ALL_MARKER).exists():
-        connection.connected.wait(timeout=5)
+        if connection is not None:
+            connection.connected.wait(timeout=5)
         agent.stop_all()
     disconnect.set()
-    connection.close()
+    if server is not None:
+        server.shutdown()
+    if connection is not None:
+        connection.close()
     (state_dir / "agent.pid").unlink(missing_ok=True)

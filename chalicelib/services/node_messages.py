@@ -157,27 +157,34 @@ class NodeMessageHandler:
         item = self._owned(conn, message.deployment_id)
         if item is None:
             return [self._not_yours(message)]
+        if Status(item.status).is_terminal():
+            return None  # a duplicate or late report: ignored
         exit_note = "" if message.exit_code is None else f" (exit code {message.exit_code})"
-
-        def decide(current):
-            status = Status(current.status)
-            if status.is_terminal():
-                return None  # a duplicate or late report: recorded, ignored
-            if status is Status.STOPPING or message.reason == "stopped":
-                return Status.STOPPED
-            return Status.FAILED
-
-        current = self._deployments.get(item.id) or item
-        if Status(current.status) is Status.STOPPING or message.reason == "stopped":
-            changes = {"status_message": f"stopped{exit_note}", "healthy": None}
-        else:
-            reason = FAILURES.get(message.reason, FailureReason.CRASH)
-            changes = {
-                "failure_reason": reason.value,
-                "healthy": None,
-                "failure_message": (message.message or message.reason) + exit_note,
-            }
-        self._deployments.transition_latest(item.id, decide, **changes)
+        if item.status == Status.STOPPING or message.reason == "stopped":
+            # Stopped on purpose: by our request, or by the node's owner (`node down
+            # --stop-all`), which passes through stopping like any stop.
+            if item.status != Status.STOPPING:
+                item, _ = self._deployments.transition_latest(
+                    item.id, towards(Status.STOPPING), first=item
+                )
+            self._deployments.transition_latest(
+                item.id,
+                towards(Status.STOPPED),
+                first=item,
+                status_message=f"stopped{exit_note}",
+                healthy=None,
+            )
+            return None
+        reason = FAILURES.get(message.reason, FailureReason.CRASH)
+        self._deployments.transition_latest(
+            item.id,
+            towards(Status.FAILED),
+            first=item,
+            failure_reason=reason.value,
+            healthy=None,
+            failure_message=(message.message or message.reason) + exit_note,
+        )
+        return None
 
     def _on_health_result(self, conn, message: HealthResult):
         if self._owned(conn, message.deployment_id) is None:

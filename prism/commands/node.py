@@ -37,40 +37,67 @@ def _state_dir(state_dir: str | None) -> Path:
 @click.option("--heartbeat", default=15.0, show_default=True, type=click.FloatRange(0.5))
 @click.option("--probe-interval", default=10.0, show_default=True, type=click.FloatRange(0.1))
 @click.option("--startup-timeout", default=600.0, show_default=True, type=click.FloatRange(1))
+@click.option(
+    "--local-api-port",
+    default=7070,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="the node's own HTTP API on 127.0.0.1 (0: any)",
+)
+@click.option("--no-local-api", is_flag=True, help="do not serve the node's own HTTP API")
+@click.option(
+    "--standalone", is_flag=True, help="no control plane: run models through the local API only"
+)
 def node_up(
-    api_url, ws_url, name, state_dir, advertise_host, heartbeat, probe_interval, startup_timeout
+    api_url,
+    ws_url,
+    name,
+    state_dir,
+    advertise_host,
+    heartbeat,
+    probe_interval,
+    startup_timeout,
+    local_api_port,
+    no_local_api,
+    standalone,
 ):
     """Register (first time only) and run the node agent until Ctrl-C."""
     from node_agent.main import NodeConfig, run_agent
 
     state = _state_dir(state_dir)
-    config = NodeConfig.load(state)
-    if config is None:
-        cli = CliConfig.load()
-        api_url = api_url or cli.api_url
-        ws_url = ws_url or cli.ws_url
-        if not api_url or not ws_url or not cli.api_key:
-            raise click.ClickException(
-                "first start needs the API (--api, --ws or `prism dev up`'s config) and "
-                "PRISM_API_KEY to register this node"
-            )
-        name = name or _default_name()
-        created = ApiClient(api_url, cli.api_key).register_node(name)
-        config = NodeConfig(
-            api_url=api_url, ws_url=ws_url, node_id=created["id"], token=created["token"], name=name
+    local_api = None if no_local_api else ("127.0.0.1", local_api_port)
+    if standalone and local_api is None:
+        raise click.UsageError("--standalone needs the local API (drop --no-local-api)")
+    config = None if standalone else NodeConfig.load(state)
+    if config is None and not standalone:
+        config = _register(state, api_url, ws_url, name)
+    settings = {
+        "advertise_host": advertise_host,
+        "probe_interval_s": probe_interval,
+        "startup_timeout_s": startup_timeout,
+    }
+    run_agent(config, state, settings, heartbeat_s=heartbeat, local_api=local_api)
+
+
+def _register(state: Path, api_url: str | None, ws_url: str | None, name: str | None):
+    from node_agent.main import NodeConfig
+
+    cli = CliConfig.load()
+    api_url = api_url or cli.api_url
+    ws_url = ws_url or cli.ws_url
+    if not api_url or not ws_url or not cli.api_key:
+        raise click.ClickException(
+            "first start needs the API (--api, --ws or `prism dev up`'s config) and "
+            "PRISM_API_KEY to register this node"
         )
-        config.save(state)
-        click.echo(f"registered node {name} as {config.node_id}")
-    run_agent(
-        config,
-        state,
-        {
-            "advertise_host": advertise_host,
-            "probe_interval_s": probe_interval,
-            "startup_timeout_s": startup_timeout,
-        },
-        heartbeat_s=heartbeat,
+    name = name or _default_name()
+    created = ApiClient(api_url, cli.api_key).register_node(name)
+    config = NodeConfig(
+        api_url=api_url, ws_url=ws_url, node_id=created["id"], token=created["token"], name=name
     )
+    config.save(state)
+    click.echo(f"registered node {name} as {config.node_id}")
+    return config
 
 
 @node.command("down")
@@ -98,9 +125,7 @@ def node_down(state_dir, stop_all, timeout):
         ) from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             click.echo("node agent stopped" + (" with all its models" if stop_all else ""))
             return
         time.sleep(0.1)
@@ -121,3 +146,12 @@ def node_list(as_json):
 def _default_name() -> str:
     cleaned = "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower())
     return cleaned.strip("-")[:63] or "node"
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for its parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -53,6 +53,8 @@ class Node:
                 "0.3",
                 "--startup-timeout",
                 "30",
+                "--local-api-port",
+                "0",
             ],
             cwd=REPO,
             env=self.platform.env,
@@ -321,3 +323,16 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_node_down_stop_all_stops_its_models(stack, weights):
+    platform, node = stack
+    deployment_id = deploy(platform, weights, "goner")
+    running = reaches(platform, deployment_id, "running")
+    pid = requests.get(running["endpoint_url"], timeout=5).json()["pid"]
+    down = platform.cli("node", "down", "--state-dir", str(node.state_dir), "--stop-all")
+    assert down.returncode == 0, down.stderr
+    assert reaches(platform, deployment_id, "stopped")["status"] == "stopped"
+    wait_for(lambda: not _alive(pid), timeout=15)
+    node.process.wait(timeout=10)
+    node.up()  # leave the stack as the other tests expect it

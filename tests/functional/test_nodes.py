@@ -15,11 +15,19 @@ DEPLOYMENTS = "/api/v1/compute/deployments"
 
 def ws_event(route: str, connection_id: str, body=None, headers=None) -> dict:
     event_type = {"$connect": "CONNECT", "$default": "MESSAGE", "$disconnect": "DISCONNECT"}
-    event = {"requestContext": {"routeKey": route, "eventType": event_type[route],
-                                "connectionId": connection_id, "apiId": "local",
-                                "stage": "dev", "domainName": "localhost",
-                                "requestId": "r1"},
-             "isBase64Encoded": False, "headers": headers or {}}
+    event = {
+        "requestContext": {
+            "routeKey": route,
+            "eventType": event_type[route],
+            "connectionId": connection_id,
+            "apiId": "local",
+            "stage": "dev",
+            "domainName": "localhost",
+            "requestId": "r1",
+        },
+        "isBase64Encoded": False,
+        "headers": headers or {},
+    }
     if body is not None:
         event["body"] = body if isinstance(body, str) else json.dumps(body)
     return event
@@ -41,12 +49,14 @@ class NodeSim:
     def connect(self, token=None):
         headers = {"Authorization": f"Bearer {token or self.token}"}
         return self.app.handler_map["node_connect"](
-            ws_event("$connect", self.connection_id, headers=headers), None)
+            ws_event("$connect", self.connection_id, headers=headers), None
+        )
 
     def say(self, **message):
         message.setdefault("id", "m")
-        self.app.handler_map["node_message"](ws_event("$default", self.connection_id, message),
-                                             None)
+        self.app.handler_map["node_message"](
+            ws_event("$default", self.connection_id, message), None
+        )
 
     def hello(self, running=()):
         self.say(type="node_hello", node_id=self.node_id, running=list(running))
@@ -63,8 +73,10 @@ def node(api, app):
 
 
 def create(api, **body):
-    response = api.post(DEPLOYMENTS, {"name": "m", "weights_source": "/srv/m", "gpu": False,
-                                      "command": ["serve"]} | body)
+    response = api.post(
+        DEPLOYMENTS,
+        {"name": "m", "weights_source": "/srv/m", "gpu": False, "command": ["serve"]} | body,
+    )
     assert response.status_code == 201, response.data
     return response.data
 
@@ -78,8 +90,9 @@ def test_register_shows_the_token_once_and_stores_only_its_hash(api):
     assert created["token"].startswith("prismnode_" + created["id"])
     listed = api.get(NODES).data["items"]
     assert [n["id"] for n in listed] == [created["id"]] and "token" not in listed[0]
-    assert created["token"] not in json.dumps(NodeItem.get(created["id"]).attribute_values,
-                                              default=str)
+    assert created["token"] not in json.dumps(
+        NodeItem.get(created["id"]).attribute_values, default=str
+    )
 
 
 def test_a_wrong_or_missing_token_is_refused_at_connect(node, app):
@@ -100,8 +113,11 @@ def test_a_deployment_waits_for_a_node_then_is_placed_when_one_says_hello(api, a
 
 
 def test_gpu_deployments_only_go_to_nodes_with_a_matching_free_gpu(api, node):
-    node.say(type="node_hello", node_id=node.node_id,
-             gpus=[{"index": 0, "name": "NVIDIA A100-SXM4-80GB"}])
+    node.say(
+        type="node_hello",
+        node_id=node.node_id,
+        gpus=[{"index": 0, "name": "NVIDIA A100-SXM4-80GB"}],
+    )
     a100 = create(api, name="a", gpu=True, gpu_type="A100")
     h100 = create(api, name="h", gpu=True, gpu_type="H100")
     second = create(api, name="b", gpu=True, gpu_type="A100")
@@ -113,25 +129,35 @@ def test_gpu_deployments_only_go_to_nodes_with_a_matching_free_gpu(api, node):
 
 def test_messages_walk_the_lifecycle(api, node):
     d = create(api)["id"]
-    node.say(type="deployment_progress", deployment_id=d, status="pulling", bytes_done=10,
-             bytes_total=100)
+    node.say(
+        type="deployment_progress",
+        deployment_id=d,
+        status="pulling",
+        bytes_done=10,
+        bytes_total=100,
+    )
     assert (get(api, d)["status"], get(api, d)["bytes_done"]) == ("pulling", 10)
     node.say(type="deployment_progress", deployment_id=d, status="starting")
     node.say(type="deployment_ready", deployment_id=d, endpoint_url="http://10.0.0.5:9000")
     ready = get(api, d)
     assert (ready["status"], ready["endpoint_url"]) == ("running", "http://10.0.0.5:9000")
     for failures in (1, 2):
-        node.say(type="deployment_health_update", deployment_id=d, healthy=False,
-                 consecutive_failures=failures)
+        node.say(
+            type="deployment_health_update",
+            deployment_id=d,
+            healthy=False,
+            consecutive_failures=failures,
+        )
         assert get(api, d)["status"] == "running"
-    node.say(type="deployment_health_update", deployment_id=d, healthy=False,
-             consecutive_failures=3)
+    node.say(
+        type="deployment_health_update", deployment_id=d, healthy=False, consecutive_failures=3
+    )
     assert get(api, d)["status"] == "unhealthy"
-    node.say(type="deployment_health_update", deployment_id=d, healthy=True,
-             consecutive_failures=0)
+    node.say(type="deployment_health_update", deployment_id=d, healthy=True, consecutive_failures=0)
     assert get(api, d)["status"] == "running"
-    node.say(type="deployment_stopped", deployment_id=d, reason="crash", exit_code=137,
-             message="killed")
+    node.say(
+        type="deployment_stopped", deployment_id=d, reason="crash", exit_code=137, message="killed"
+    )
     failed = get(api, d)
     assert (failed["status"], failed["failure_reason"]) == ("failed", "crash")
     assert "exit code 137" in failed["failure_message"]
@@ -155,8 +181,12 @@ def test_hello_reconciles_both_ways(api, node):
     for d in (kept, vanished, stopped):
         node.say(type="deployment_ready", deployment_id=d, endpoint_url="http://n:1")
     api.delete(f"{DEPLOYMENTS}/{stopped}")
-    node.hello(running=[{"deployment_id": kept, "status": "running", "endpoint_url": "http://n:1"},
-                        {"deployment_id": stopped, "status": "running"}])
+    node.hello(
+        running=[
+            {"deployment_id": kept, "status": "running", "endpoint_url": "http://n:1"},
+            {"deployment_id": stopped, "status": "running"},
+        ]
+    )
     assert get(api, kept)["status"] == "running"
     lost = get(api, vanished)
     assert (lost["status"], lost["failure_reason"]) == ("failed", "node_lost")
@@ -169,8 +199,12 @@ def _age_node(node_id, seconds):
 
 
 def sweep(client):
-    client.lambda_.invoke("sweep_nodes", client.events.generate_cw_event(
-        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]))
+    client.lambda_.invoke(
+        "sweep_nodes",
+        client.events.generate_cw_event(
+            source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
+        ),
+    )
 
 
 def test_a_silent_node_makes_its_deployments_unhealthy_then_lost(api, node, client):
@@ -196,6 +230,14 @@ def test_a_deployment_nobody_can_place_fails_with_no_node(api, client):
 
 
 def test_pinning_an_unknown_node_is_a_400(api):
-    response = api.post(DEPLOYMENTS, {"name": "m", "image": "nginx",
-                                      "node_id": "node_0123456789abcdef"})
+    response = api.post(
+        DEPLOYMENTS, {"name": "m", "image": "nginx", "node_id": "node_0123456789abcdef"}
+    )
     assert response.status_code == 400 and "node_id" in response.data["error"]["fields"]
+
+
+def test_a_stop_the_node_decided_itself_ends_stopped(api, node):
+    d = create(api)["id"]
+    node.say(type="deployment_ready", deployment_id=d, endpoint_url="http://n:1")
+    node.say(type="deployment_stopped", deployment_id=d, reason="stopped", exit_code=0)
+    assert get(api, d)["status"] == "stopped"

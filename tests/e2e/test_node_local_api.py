@@ -1,0 +1,105 @@
+"""`prism node up --standalone`: the node's own HTTP API runs models with no control plane."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from tests.e2e.conftest import PRISM, REPO, free_port
+
+pytestmark = pytest.mark.e2e
+MODEL = [sys.executable, str(REPO / "tests" / "fakes" / "model_server.py")]
+
+
+@pytest.fixture
+def standalone(tmp_path):
+    port = free_port()
+    state = tmp_path / "state"
+    process = subprocess.Popen(
+        [
+            *PRISM,
+            "node",
+            "up",
+            "--standalone",
+            "--state-dir",
+            str(state),
+            "--local-api-port",
+            str(port),
+            "--probe-interval",
+            "0.3",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            requests.get(base + "/health", timeout=1)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    headers = {"Authorization": f"Bearer {(state / 'local-token').read_text().strip()}"}
+    yield base, headers
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=15)
+
+
+def test_the_local_api_deploys_serves_and_stops_a_model(standalone, tmp_path):
+    base, headers = standalone
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "model.json").write_text("{}")
+    body = {"weights_source": str(weights), "command": MODEL, "port": free_port()}
+    accepted = requests.post(base + "/deploy", json=body, headers=headers, timeout=5)
+    assert accepted.status_code == 202
+    deployment_id = accepted.json()["deployment_id"]
+
+    def state():
+        return requests.get(
+            f"{base}/deployments/{deployment_id}", headers=headers, timeout=5
+        ).json()
+
+    deadline = time.monotonic() + 20
+    while state()["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    running = state()
+    assert running["status"] == "running"
+    assert requests.get(running["endpoint_url"], timeout=5).json()["weights"] == ["model.json"]
+    listed = requests.get(base + "/deployments", headers=headers, timeout=5).json()["items"]
+    assert [d["deployment_id"] for d in listed] == [deployment_id]
+    assert (
+        requests.delete(
+            f"{base}/deployments/{deployment_id}", headers=headers, timeout=5
+        ).status_code
+        == 202
+    )
+    deadline = time.monotonic() + 20
+    while state()["status"] != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert state()["status"] == "stopped"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(running["endpoint_url"], timeout=2)
+
+
+def test_the_local_api_needs_its_token_and_valid_input(standalone):
+    base, headers = standalone
+    assert requests.get(base + "/deployments", timeout=5).status_code == 401
+    assert (
+        requests.get(
+            base + "/deployments", headers={"Authorization": "Bearer x"}, timeout=5
+        ).status_code
+        == 401
+    )
+    bad = requests.post(base + "/deploy", data="{nope", headers=headers, timeout=5)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "validation_error"
+    shell = requests.post(
+        base + "/deploy", json={"command": "rm -rf /"}, headers=headers, timeout=5
+    )
+    assert shell.status_code == 400
+    assert json.loads(shell.text)["error"]["message"].startswith("command")
