@@ -9,6 +9,7 @@ Goals: overhead median <= 1.0 s; a crash detected within one probe interval.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -24,8 +25,6 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-import contextlib
 
 from prism.dev.platform import LocalPlatform  # noqa: E402
 
