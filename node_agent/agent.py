@@ -219,8 +219,10 @@ class Agent:
             in_use = {i for r in self.records.values() for i in r.gpu_indices}
         free = gpus.free_indices(self.gpus, in_use, gpu_type)
         if not free:
-            wanted = f"a free {gpu_type} GPU" if gpu_type else "a free GPU"
-            raise RuntimeError_(f"this node has no {wanted} (it has {len(self.gpus)} GPUs)")
+            kind = f"{gpu_type} " if gpu_type else ""
+            raise RuntimeError_(
+                f"this node has no free {kind}GPU ({len(self.gpus)} GPUs, {len(in_use)} in use)"
+            )
         return free[:1]
 
     def _await_ready(self, record: Record) -> None:
