@@ -146,7 +146,7 @@ class Agent:
                 LogsResult(
                     request_id=message.request_id,
                     deployment_id=message.deployment_id,
-                    lines=tail_lines(self._log_path(message.deployment_id), message.tail),
+                    lines=self.logs(message.deployment_id, message.tail),
                 )
             )
 
@@ -364,6 +364,13 @@ class Agent:
             consecutive_failures=tracker.consecutive_failures,
             detail=result.detail,
         )
+
+    def logs(self, deployment_id: str, tail: int) -> list[str]:
+        """A container's own log while it exists; else the log file the agent keeps."""
+        record = self.records.get(deployment_id)
+        if record is not None and record.handle is not None and record.handle.runtime != "process":
+            return self.runtimes[record.handle.runtime].logs(record.handle, tail)
+        return tail_lines(self._log_path(deployment_id), tail)
 
     # --- small helpers -----------------------------------------------------------------
 

@@ -1,0 +1,124 @@
+"""The agent running an image deployment through the real docker SDK against the fake Engine
+API: the same start -> ready -> crash / stop path as processes."""
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import docker
+import pytest
+
+from chalicelib.protocol import DeployConfig, DeployModel, LogsRequest, StopDeployment
+from node_agent.agent import Agent, AgentSettings
+from node_agent.runtime.docker import DockerRuntime
+from tests.fakes.docker_engine import FakeDockerEngine
+
+DEPLOYMENT = "dep_00000000000000d1"
+
+
+class Healthy(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def setup(tmp_path):
+    with FakeDockerEngine(images=["acme/model:1"]) as engine:
+        client = docker.DockerClient(base_url=engine.url, version=engine.api_version)
+        messages = []
+        agent = Agent(
+            AgentSettings(
+                node_id="n", state_dir=tmp_path, probe_interval_s=0.2, liveness_interval_s=0.05
+            ),
+            {"docker": DockerRuntime(client)},
+            messages.append,
+        )
+        stop = threading.Event()
+        supervisor = threading.Thread(target=agent.supervise, args=(stop,), daemon=True)
+        supervisor.start()
+        yield engine, agent, messages
+        stop.set()
+        supervisor.join()
+
+
+def wait_for(messages, kind, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in messages:
+            if message.type == kind:
+                return message
+        time.sleep(0.02)
+    raise AssertionError(f"no {kind}; got {[m.type for m in messages]}")
+
+
+def serve_container_port(agent) -> ThreadingHTTPServer:
+    """The fake engine runs nothing: answer on the mapped port as the container would."""
+    deadline = time.monotonic() + 10
+    while agent.records[DEPLOYMENT].handle is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    server = ThreadingHTTPServer(("127.0.0.1", agent.records[DEPLOYMENT].port), Healthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def deploy(agent):
+    agent.deploy(
+        DeployModel(
+            deployment_id=DEPLOYMENT,
+            image="acme/model:1",
+            env_vars={"MODE": "fast"},
+            deploy_config=DeployConfig(port=8080, health_path="/health"),
+        )
+    )
+
+
+def test_an_image_deployment_becomes_ready_and_a_container_exit_is_a_crash(setup):
+    engine, agent, messages = setup
+    deploy(agent)
+    server = serve_container_port(agent)
+    try:
+        ready = wait_for(messages, "deployment_ready")
+        created = engine.container(f"prism-{DEPLOYMENT}").body
+        assert "MODE=fast" in created["Env"] and "PORT=8080" in created["Env"]
+        assert created["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostIp"] == "127.0.0.1"
+        assert ready.endpoint_url.endswith(f":{agent.records[DEPLOYMENT].port}")
+        engine.set_logs(f"prism-{DEPLOYMENT}", ["loading", "out of memory"])
+        agent.on_message(LogsRequest(deployment_id=DEPLOYMENT, request_id="r", tail=1))
+        assert wait_for(messages, "logs_result").lines == ["out of memory"]
+        engine.exit(f"prism-{DEPLOYMENT}", 137)
+        stopped = wait_for(messages, "deployment_stopped")
+        assert (stopped.reason, stopped.exit_code) == ("crash", 137)
+    finally:
+        server.shutdown()
+
+
+def test_stopping_an_image_deployment_removes_its_container(setup):
+    engine, agent, messages = setup
+    deploy(agent)
+    server = serve_container_port(agent)
+    try:
+        wait_for(messages, "deployment_ready")
+        agent.on_message(StopDeployment(deployment_id=DEPLOYMENT))
+        assert wait_for(messages, "deployment_stopped").reason == "stopped"
+        assert engine.container(f"prism-{DEPLOYMENT}") is None
+    finally:
+        server.shutdown()
+
+
+def test_an_unpullable_image_is_a_start_error_with_the_engines_reason(setup):
+    engine, agent, messages = setup
+    engine.unpullable.add("private/model:1")
+    agent.deploy(
+        DeployModel(
+            deployment_id=DEPLOYMENT,
+            image="private/model:1",
+            deploy_config=DeployConfig(port=8080, health_path="/health"),
+        )
+    )
+    stopped = wait_for(messages, "deployment_stopped")
+    assert stopped.reason == "start_error" and "private/model:1" in stopped.message
