@@ -78,6 +78,11 @@ class DeployConfig(StrictModel):
     port: int = Field(8000, ge=1, le=65535, strict=True)
     health_path: str = Field("/health", pattern=r"^/[^\s]*$", max_length=512)
 
+    @classmethod
+    def of(cls, stored) -> "DeployConfig":
+        """From the stored map attribute (DynamoDB numbers come back as floats/Decimals)."""
+        return cls(port=int(stored.port), health_path=stored.health_path)
+
 
 class CreateDeploymentRequest(StrictModel):
     """Exactly one of `image` (image form), `resource_slug` (marketplace form) or
@@ -181,9 +186,7 @@ class DeploymentOut(BaseModel):
             command=list(item.command or []),
             gpu=item.gpu,
             gpu_type=item.gpu_type,
-            deploy_config=DeployConfig(
-                port=int(item.deploy_config.port), health_path=item.deploy_config.health_path
-            ),
+            deploy_config=DeployConfig.of(item.deploy_config),
             env_var_names=sorted(item.env_dict()),
             budget_max_usd=item.budget_max_usd,
             cost_accrued_usd=item.cost_accrued_usd,
@@ -252,9 +255,7 @@ class ResourceOut(BaseModel):
             command=list(item.command or []),
             gpu=item.gpu,
             gpu_type=item.gpu_type,
-            deploy_config=DeployConfig(
-                port=int(item.deploy_config.port), health_path=item.deploy_config.health_path
-            ),
+            deploy_config=DeployConfig.of(item.deploy_config),
         )
 
 

@@ -164,10 +164,7 @@ class DeploymentService:
             "command": list(resource.command or []),
             "gpu": resource.gpu,
             "gpu_type": resource.gpu_type,
-            "deploy_config": DeployConfig(
-                port=int(resource.deploy_config.port),
-                health_path=resource.deploy_config.health_path,
-            ),
+            "deploy_config": DeployConfig.of(resource.deploy_config),
         }
         return {k: v for k, v in defaults.items() if k not in overridden or k == "resource_slug"}
 
