@@ -1,9 +1,11 @@
 """PRISM control plane: Chalice app. Wiring only; behaviour lives in chalicelib."""
 
+import json
 import time
 
 from chalice import Chalice, Rate, Response
 
+from chalicelib.config import settings
 from chalicelib.logs import logger
 from chalicelib.routes import deployments, marketplace, meta, nodes
 from chalicelib.services import registry
@@ -54,6 +56,25 @@ def structured_logging(event, get_response):
         },
     )
     return response
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def meter_tick(event):
+    """Billable deployments -> the metering queue, many per message."""
+    registry.metering().tick()
+
+
+@app.on_sqs_message(queue=settings.metering_queue, batch_size=10)
+def meter_worker(event):
+    """Charges each deployment in the batch; only the messages that failed come back."""
+    failures = []
+    for record in event:
+        try:
+            registry.metering().work(json.loads(record.body))
+        except Exception:
+            logger.exception("metering message failed")
+            failures.append({"itemIdentifier": record.to_dict()["messageId"]})
+    return {"batchItemFailures": failures}
 
 
 def _in_error_shape(response: Response) -> Response:

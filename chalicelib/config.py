@@ -21,6 +21,9 @@ class Settings:
     nodes_table: str
     connections_table: str
     node_replies_table: str
+    ledger_table: str
+    metering_queue: str  # the queue's name; its URL is looked up once
+    metering_interval_seconds: int  # how often the tick runs (the schedule's rate)
     idempotency_ttl_seconds: int
     # Where the API Gateway management API (post_to_connection) is; locally the gateway's URL.
     websocket_management_url: str | None
@@ -49,6 +52,9 @@ class Settings:
             nodes_table=table("nodes"),
             connections_table=table("connections"),
             node_replies_table=table("node_replies"),
+            ledger_table=table("ledger"),
+            metering_queue=env.get("PRISM_METERING_QUEUE", f"prism-{stage}-metering"),
+            metering_interval_seconds=int(env.get("PRISM_METERING_INTERVAL_SECONDS", "60")),
             idempotency_ttl_seconds=int(env.get("PRISM_IDEMPOTENCY_TTL_SECONDS", "86400")),
             websocket_management_url=env.get("PRISM_WS_MANAGEMENT_URL") or None,
             node_timeout_seconds=int(env.get("PRISM_NODE_TIMEOUT_SECONDS", "60")),

@@ -5,6 +5,7 @@ from functools import cache
 from pydantic.json_schema import models_json_schema
 
 from chalicelib.schemas import (
+    CostList,
     CreateDeploymentRequest,
     CreateNodeRequest,
     DeploymentList,
@@ -61,6 +62,7 @@ def document() -> dict:
                 ResourceList,
                 ErrorBody,
                 LogsOut,
+                CostList,
                 NodeCreated,
                 NodeList,
             )
@@ -155,6 +157,28 @@ def document() -> dict:
                     },
                 ],
                 "responses": _responses({"200": ("log lines", LogsOut)}, (400, 401, 404, 409)),
+            },
+        },
+        dep + "/{deployment_id}/costs": {
+            "get": {
+                "operationId": "getDeploymentCosts",
+                "summary": "The metering ledger, newest first",
+                "parameters": [
+                    *dep_id,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                    {
+                        "name": "next_token",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": _responses({"200": ("the ledger", CostList)}, (400, 401, 404)),
             },
         },
         "/api/v1/compute/nodes": {

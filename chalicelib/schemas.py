@@ -21,6 +21,7 @@ from pydantic import (
 
 from chalicelib.errors import ValidationFailed
 from chalicelib.lifecycle import Status
+from chalicelib.metering import seconds_until_exhausted
 from chalicelib.weights_uri import InvalidWeightsSource, LocalSource, parse_weights_uri
 
 Target = Literal["prism_node", "runpod", "lambda"]
@@ -162,6 +163,10 @@ class DeploymentOut(BaseModel):
     budget_max_usd: Usd | None
     cost_accrued_usd: Usd
     price_per_hour_usd: Usd | None
+    budget_remaining_usd: Usd | None
+    budget_seconds_left: float | None = Field(
+        description="at the current price, when the budget runs out (null: no budget or free)"
+    )
     endpoint_url: str | None
     node_id: str | None
     status_message: str | None = Field(description="why it waits, or what just happened")
@@ -191,6 +196,7 @@ class DeploymentOut(BaseModel):
             budget_max_usd=item.budget_max_usd,
             cost_accrued_usd=item.cost_accrued_usd,
             price_per_hour_usd=item.price_per_hour_usd,
+            **_budget_view(item),
             endpoint_url=item.endpoint_url,
             node_id=item.node_id,
             status_message=item.status_message,
@@ -201,6 +207,21 @@ class DeploymentOut(BaseModel):
             created_at=item.created_at,
             updated_at=item.updated_at,
         )
+
+
+def _budget_view(item) -> dict:
+    if item.budget_max_usd is None:
+        return {"budget_remaining_usd": None, "budget_seconds_left": None}
+    remaining = max(Decimal(0), item.budget_max_usd - (item.cost_accrued_usd or 0))
+    left = None
+    if item.billable and item.price_per_hour_usd:
+        left = round(
+            seconds_until_exhausted(
+                item.cost_accrued_usd or Decimal(0), item.budget_max_usd, item.price_per_hour_usd
+            ),
+            1,
+        )
+    return {"budget_remaining_usd": remaining, "budget_seconds_left": left}
 
 
 class DeploymentList(BaseModel):
@@ -329,3 +350,23 @@ class NodeCreated(NodeOut):
 
 class NodeList(BaseModel):
     items: list[NodeOut]
+
+
+class CostEntry(BaseModel):
+    period_start: datetime
+    period_end: datetime
+    amount_usd: Usd
+    price_per_hour_usd: Usd
+    cost_after_usd: Usd
+
+
+class CostList(BaseModel):
+    deployment_id: str
+    cost_accrued_usd: Usd
+    items: list[CostEntry] = Field(description="newest first")
+    next_token: str | None
+
+
+class CostsQuery(StrictModel):
+    limit: int = Field(50, ge=1, le=500)
+    next_token: str | None = Field(None, max_length=64)

@@ -6,6 +6,7 @@ from chalicelib.errors import ValidationFailed
 from chalicelib.logs import logger
 from chalicelib.routes.common import authenticate, handles_errors, ok, parse_body, parse_query
 from chalicelib.schemas import (
+    CostsQuery,
     CreateDeploymentRequest,
     DeploymentList,
     DeploymentOut,
@@ -89,3 +90,13 @@ def deployment_logs(deployment_id):
     logger.append_keys(deployment_id=deployment_id)
     query = parse_query(request, LogsQuery)
     return ok(registry.deployment_service().logs(owner_id, deployment_id, query.tail))
+
+
+@bp.route(BASE + "/{deployment_id}/costs", methods=["GET"])
+@handles_errors
+def deployment_costs(deployment_id):
+    request = bp.current_request
+    owner_id = authenticate(request)
+    logger.append_keys(deployment_id=deployment_id)
+    query = parse_query(request, CostsQuery)
+    return ok(registry.deployment_service().costs(owner_id, deployment_id, query))

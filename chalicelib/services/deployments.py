@@ -1,5 +1,7 @@
 """Deployment use cases: create (three forms, idempotent), list, detail, stop, health."""
 
+import base64
+import binascii
 import secrets
 
 from aws_lambda_powertools.utilities.idempotency import (
@@ -13,10 +15,13 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
 
 from chalicelib.errors import Conflict, IdempotencyMismatch, ValidationFailed
-from chalicelib.lifecycle import Status
+from chalicelib.lifecycle import FailureReason, Status
 from chalicelib.protocol import HealthCheck, LogsRequest, StopDeployment
 from chalicelib.schemas import (
     CLOUD_TARGETS,
+    CostEntry,
+    CostList,
+    CostsQuery,
     CreateDeploymentRequest,
     DeployConfig,
     HealthOut,
@@ -27,7 +32,14 @@ from chalicelib.services.node_requests import NodeRequests, new_request_id
 from chalicelib.services.pagination import decode_cursor, encode_cursor
 from chalicelib.services.placement import Placement
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.models import DeployConfigAttribute, DeploymentItem, ResourceItem, utcnow
+from chalicelib.store.metering import MeteringRepository
+from chalicelib.store.models import (
+    DeployConfigAttribute,
+    DeploymentItem,
+    LedgerItem,
+    ResourceItem,
+    utcnow,
+)
 from chalicelib.store.nodes import NodeRepository
 from chalicelib.store.resources import ResourceRepository
 
@@ -209,6 +221,26 @@ class DeploymentService:
             stale=True,
         )
 
+    def costs(self, owner_id: str, deployment_id: str, query: CostsQuery) -> CostList:
+        item = self._deployments.get_owned(owner_id, deployment_id)
+        after = _decode_period(query.next_token) if query.next_token else None
+        entries, last = MeteringRepository().ledger(item.id, query.limit, after)
+        return CostList(
+            deployment_id=item.id,
+            cost_accrued_usd=item.cost_accrued_usd,
+            items=[
+                CostEntry(
+                    period_start=e.period_start,
+                    period_end=e.period_end,
+                    amount_usd=e.amount_usd,
+                    price_per_hour_usd=e.price_per_hour_usd,
+                    cost_after_usd=e.cost_after_usd,
+                )
+                for e in entries
+            ],
+            next_token=None if last is None else _encode_period(last),
+        )
+
     def logs(self, owner_id: str, deployment_id: str, tail: int) -> LogsOut:
         item = self._deployments.get_owned(owner_id, deployment_id)
         if not item.node_id:
@@ -226,6 +258,18 @@ class DeploymentService:
 
     # --- stop ---------------------------------------------------------------------------
 
+    def stop_for_budget(self, deployment_id: str, message: str) -> DeploymentItem:
+        """The normal stop path, ending `failed/budget_exceeded` once the stop is confirmed."""
+        item, changed = self._deployments.transition_latest(
+            deployment_id,
+            _budget_stop_target,
+            failure_reason=FailureReason.BUDGET_EXCEEDED.value,
+            failure_message=message,
+        )
+        if changed and item.status == Status.STOPPING and item.node_id:
+            self._node_requests.tell(item.node_id, StopDeployment(deployment_id=item.id))
+        return item
+
     def stop(self, owner_id: str, deployment_id: str) -> DeploymentItem:
         """Idempotent. A deployment nothing was handed to yet stops at once; anything else goes
         to `stopping` until its node or provider confirms."""
@@ -235,6 +279,28 @@ class DeploymentService:
             # Repeated on every DELETE while stopping: a lost message gets another chance.
             self._node_requests.tell(item.node_id, StopDeployment(deployment_id=item.id))
         return item
+
+
+def _encode_period(stored: str) -> str:
+    return base64.urlsafe_b64encode(stored.encode()).decode().rstrip("=")
+
+
+def _decode_period(token: str) -> str:
+    """Back to the stored period_end string; anything else is a 400."""
+    try:
+        stored = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        LedgerItem.period_end.deserialize(stored)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise ValidationFailed(
+            "next_token is not valid; pass back the previous page's value",
+            fields={"next_token": "malformed"},
+        ) from None
+    return stored
+
+
+def _budget_stop_target(item: DeploymentItem) -> Status | None:
+    target = _stop_target(item)
+    return Status.FAILED if target is Status.STOPPED else target
 
 
 def _stop_target(item: DeploymentItem) -> Status | None:

@@ -7,14 +7,18 @@ from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from chalicelib import aws
 from chalicelib.config import settings
 from chalicelib.node_channel import NodeChannel
+from chalicelib.queue import WorkQueue
 from chalicelib.services.auth import AuthService
 from chalicelib.services.catalog import CatalogService
 from chalicelib.services.deployments import DeploymentService
+from chalicelib.services.metering import MeteringService
 from chalicelib.services.node_messages import NodeMessageHandler
 from chalicelib.services.node_requests import NodeRequests
 from chalicelib.services.nodes import NodeService, Sweeper
 from chalicelib.services.placement import Placement
 from chalicelib.store.deployments import DeploymentRepository
+from chalicelib.store.metering import MeteringRepository
+from chalicelib.store.models import utcnow
 from chalicelib.store.nodes import NodeRepository, ReplyRepository
 from chalicelib.store.resources import ResourceRepository
 from chalicelib.store.users import UserRepository
@@ -87,7 +91,20 @@ def sweeper() -> Sweeper:
     )
 
 
+@cache
+def metering() -> MeteringService:
+    queue = WorkQueue(aws.client("sqs"), settings.metering_queue)
+    return MeteringService(
+        MeteringRepository(),
+        queue,
+        deployment_service().stop_for_budget,
+        utcnow,
+        settings.metering_interval_seconds,
+    )
+
+
 FACTORIES = (
+    metering,
     auth_service,
     catalog_service,
     placement,

@@ -81,6 +81,8 @@ class DeploymentRepository:
         ]
         if item.unplaced:  # any status change ends the wait for a node
             actions.append(DeploymentItem.unplaced.remove())
+        if item.billable and target.is_terminal():  # termination confirmed: billing ends
+            actions.append(DeploymentItem.billable.remove())
         actions += _set_actions(changes)
         try:
             item.update(actions=actions, condition=DeploymentItem.status == item.status)

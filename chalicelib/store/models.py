@@ -84,6 +84,18 @@ class UnplacedIndex(GlobalSecondaryIndex):
     created_at = UTCDateTimeAttribute(range_key=True)
 
 
+class BillableIndex(GlobalSecondaryIndex):
+    """Deployments a provider is charging for (sparse: `billable` is set only then). The
+    metering tick reads this and nothing else: stopped deployments are never read."""
+
+    class Meta:
+        index_name = "billable"
+        projection = AllProjection()
+
+    billable = UnicodeAttribute(hash_key=True)
+    id = UnicodeAttribute(range_key=True)
+
+
 class DeploymentItem(Model):
     class Meta(_Meta):
         table_name = settings.deployments_table
@@ -115,6 +127,7 @@ class DeploymentItem(Model):
     failure_message = UnicodeAttribute(null=True)
     status_message = UnicodeAttribute(null=True)  # why it waits, or what just happened
     unplaced = UnicodeAttribute(null=True)  # "1" while a prism_node deployment waits for a node
+    billable = UnicodeAttribute(null=True)  # "1" from instance launch until termination
     bytes_done = NumberAttribute(null=True)
     bytes_total = NumberAttribute(null=True)
     healthy = BooleanAttribute(null=True)
@@ -129,6 +142,7 @@ class DeploymentItem(Model):
     by_owner_status = ByOwnerStatusIndex()
     by_node = ByNodeIndex()
     unplaced_index = UnplacedIndex()
+    billable_index = BillableIndex()
 
     def env_dict(self) -> dict[str, str]:
         env = self.env_vars
@@ -246,3 +260,18 @@ class NodeReplyItem(Model):
     request_id = UnicodeAttribute(hash_key=True)
     payload = UnicodeAttribute()  # the message JSON
     expires_at = NumberAttribute()  # TTL
+
+
+class LedgerItem(Model):
+    """One charge: what was billed for which period at which price. Written in the same
+    transaction as the deployment's running total, so the two never disagree."""
+
+    class Meta(_Meta):
+        table_name = settings.ledger_table
+
+    deployment_id = UnicodeAttribute(hash_key=True)
+    period_end = UTCDateTimeAttribute(range_key=True)
+    period_start = UTCDateTimeAttribute()
+    amount_usd = DecimalAttribute()
+    price_per_hour_usd = DecimalAttribute()
+    cost_after_usd = DecimalAttribute()

@@ -10,11 +10,12 @@ from chalicelib.config import settings
 from chalicelib.services.catalog import CatalogService
 from chalicelib.store.resources import ResourceRepository
 from chalicelib.store.users import UserRepository
-from prism.dev.infra import REPO_ROOT, create_tables
+from prism.dev.infra import REPO_ROOT, create_queues, create_tables
 
 
 def main(user_name: str) -> None:
     create_tables(aws.client("dynamodb"), settings)
+    create_queues(aws.client("sqs"), settings.stage)
     CatalogService(ResourceRepository()).seed(examples_root=REPO_ROOT)
     new = UserRepository().create_user_with_key(user_name)
     print(json.dumps({"user_id": new.user_id, "api_key": new.api_key}))

@@ -55,3 +55,38 @@ def create_tables(dynamodb, settings, template: Path = TEMPLATE) -> list[str]:
             dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
         created.append(name)
     return created
+
+
+def _sub_stage(value, stage: str) -> str:
+    return value["Fn::Sub"].replace("${Stage}", stage) if isinstance(value, dict) else value
+
+
+def create_queues(sqs, stage: str, template: Path = TEMPLATE) -> list[str]:
+    """Create the template's SQS queues (dead-letter queues first, so redrive can point at
+    them). Idempotent. Returns the queue names."""
+    resources = json.loads(template.read_text())["Resources"]
+    queues = {
+        lid: r["Properties"] for lid, r in resources.items() if r.get("Type") == "AWS::SQS::Queue"
+    }
+    arns: dict[str, str] = {}
+    names = []
+    for logical_id in sorted(queues, key=lambda lid: "RedrivePolicy" in queues[lid]):
+        props = queues[logical_id]
+        name = _sub_stage(props["QueueName"], stage)
+        attributes = {
+            k: str(v)
+            for k, v in props.items()
+            if k in ("VisibilityTimeout", "MessageRetentionPeriod")
+        }
+        redrive = props.get("RedrivePolicy")
+        if redrive:
+            target = arns[redrive["deadLetterTargetArn"]["Fn::GetAtt"][0]]
+            attributes["RedrivePolicy"] = json.dumps(
+                {"deadLetterTargetArn": target, "maxReceiveCount": redrive["maxReceiveCount"]}
+            )
+        url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        arns[logical_id] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        names.append(name)
+    return names

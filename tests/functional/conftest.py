@@ -13,7 +13,7 @@ from chalicelib.services import registry
 from chalicelib.services.catalog import CatalogService
 from chalicelib.store.resources import ResourceRepository
 from chalicelib.store.users import UserRepository
-from prism.dev.infra import create_tables
+from prism.dev.infra import create_queues, create_tables
 from prism.dev.moto_server import make_dynamodb_writes_atomic
 from tests.openapi_check import assert_matches_openapi
 
@@ -25,6 +25,7 @@ def aws_backend():
     with mock_aws():
         registry.reset()
         create_tables(aws.client("dynamodb"), settings)
+        create_queues(aws.client("sqs"), settings.stage)
         CatalogService(ResourceRepository()).seed()
         yield
         registry.reset()

@@ -4,6 +4,7 @@ from chalicelib.store.models import (
     ApiKeyItem,
     ConnectionItem,
     DeploymentItem,
+    LedgerItem,
     NodeItem,
     NodeReplyItem,
     ResourceItem,
@@ -19,6 +20,7 @@ MODELS = {
     "PRISM_NODES_TABLE": NodeItem,
     "PRISM_CONNECTIONS_TABLE": ConnectionItem,
     "PRISM_NODE_REPLIES_TABLE": NodeReplyItem,
+    "PRISM_LEDGER_TABLE": LedgerItem,
 }
 
 
@@ -31,7 +33,10 @@ def test_keys_and_indexes_agree():
     assert set(MODELS) <= set(specs)
     for env_var, model in MODELS.items():
         props = specs[env_var].properties
-        assert _keys(props["KeySchema"]) == {"HASH": model._hash_keyname}
+        keys = {"HASH": model._hash_keyname}
+        if model._range_keyname:
+            keys["RANGE"] = model._range_keyname
+        assert _keys(props["KeySchema"]) == keys
         template_indexes = {
             i["IndexName"]: _keys(i["KeySchema"]) for i in props.get("GlobalSecondaryIndexes", [])
         }
@@ -75,4 +80,5 @@ def test_the_api_function_gets_every_table_name_from_the_template():
     variables = json.loads(TEMPLATE.read_text())["Resources"]["APIHandler"]["Properties"][
         "Environment"
     ]["Variables"]
-    assert variables == {spec.env_var: {"Ref": spec.logical_id} for spec in table_specs()}
+    tables = {spec.env_var: {"Ref": spec.logical_id} for spec in table_specs()}
+    assert {k: v for k, v in variables.items() if k in tables} == tables

@@ -1,0 +1,79 @@
+"""Cost metering: the tick fans billable deployments out over SQS; the worker charges each one
+exactly once per period and stops it when its budget is spent."""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from chalicelib.logs import logger
+from chalicelib.metering import charge, seconds_until_exhausted
+from chalicelib.queue import WorkQueue
+from chalicelib.store.metering import BillableEntry, MeteringRepository, stamp
+
+ENTRIES_PER_MESSAGE = 100  # many deployments per message: fewer SQS requests and invocations
+
+
+@dataclass(frozen=True)
+class TickReport:
+    deployments: int
+    messages: int
+
+
+class MeteringService:
+    def __init__(
+        self,
+        repo: MeteringRepository,
+        queue: WorkQueue,
+        stop_for_budget: Callable[[str, str], None],
+        clock: Callable[[], datetime],
+        interval_seconds: int = 60,
+    ):
+        self._repo = repo
+        self._queue = queue
+        self._stop_for_budget = stop_for_budget
+        self._clock = clock
+        self._interval = interval_seconds
+
+    def tick(self) -> TickReport:
+        entries = [BillableEntry.of(item).to_dict() for item in self._repo.billable()]
+        bodies = [
+            {"entries": entries[i : i + ENTRIES_PER_MESSAGE]}
+            for i in range(0, len(entries), ENTRIES_PER_MESSAGE)
+        ]
+        self._queue.send_all(bodies)
+        logger.info("metering tick", extra={"billable": len(entries), "messages": len(bodies)})
+        return TickReport(len(entries), len(bodies))
+
+    def work(self, body: dict) -> None:
+        """One queue message: charge every deployment in it up to now."""
+        now = self._clock()
+        for raw in body["entries"]:
+            self.meter(BillableEntry(**raw), now)
+
+    def meter(self, entry: BillableEntry, now: datetime) -> Decimal | None:
+        price = Decimal(entry.price_per_hour_usd)
+        amount = charge(price, entry.since, now)
+        total = self._repo.charge(entry, now, amount, price)
+        if total is None or entry.budget_max_usd is None:
+            return total  # charged already (duplicate, late or raced message), or no budget
+        budget = Decimal(entry.budget_max_usd)
+        if total >= budget:
+            self._stop_for_budget(
+                entry.deployment_id, f"budget ${budget} reached: ${total} spent at ${price}/h"
+            )
+            return total
+        left = seconds_until_exhausted(total, budget, price)
+        if left < self._interval:
+            # It runs out before the next tick: come back at that moment, so the overshoot is
+            # seconds of cost, not a minute.
+            follow_up = BillableEntry(
+                entry.deployment_id,
+                stamp(now),
+                entry.price_per_hour_usd,
+                str(total),
+                entry.budget_max_usd,
+            )
+            self._queue.send_later({"entries": [follow_up.to_dict()]}, math.ceil(left))
+        return total
