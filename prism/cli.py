@@ -222,6 +222,24 @@ def deploy_logs(deployment_id, tail):
         click.echo(line)
 
 
+@deploy.command("costs")
+@click.argument("deployment_id")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500))
+@click.option("--json", "as_json", is_flag=True)
+def deploy_costs(deployment_id, limit, as_json):
+    """The charges metered for a deployment, newest first."""
+    ledger = api_client().deployment_costs(deployment_id, limit)
+    if as_json:
+        emit_json(ledger)
+        return
+    click.echo(f"{ledger['deployment_id']}: ${ledger['cost_accrued_usd']:,.6f} in all")
+    for entry in ledger["items"]:
+        click.echo(
+            f"  {entry['period_start'][:19]} -> {entry['period_end'][:19]}  "
+            f"${entry['amount_usd']:,.6f} at ${entry['price_per_hour_usd']}/h"
+        )
+
+
 @main.group()
 def marketplace():
     """Browse ready-made deployment recipes."""

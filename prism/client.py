@@ -84,6 +84,11 @@ class ApiClient:
             "GET", _deployment_path(deployment_id) + "/logs", params={"tail": tail}
         )[1]
 
+    def deployment_costs(self, deployment_id: str, limit: int) -> dict:
+        return self._request(
+            "GET", _deployment_path(deployment_id) + "/costs", params={"limit": limit}
+        )[1]
+
     def register_node(self, name: str) -> dict:
         return self._request("POST", "/api/v1/compute/nodes", json={"name": name})[1]
 

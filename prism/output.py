@@ -33,6 +33,12 @@ def _usd(value) -> str:
     return "-" if value is None else f"${value:,.4f}"
 
 
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 def deployments_table(items: list[dict]) -> None:
     table = Table("ID", "NAME", "TARGET", "STATUS", "COST", "BUDGET", "ENDPOINT", "CREATED")
     for d in items:
@@ -68,6 +74,15 @@ def deployment_detail(d: dict) -> None:
         ("cost", _usd(d["cost_accrued_usd"])),
         ("budget", _usd(d["budget_max_usd"])),
         ("price/hour", _usd(d["price_per_hour_usd"])),
+        (
+            "budget left",
+            _usd(d.get("budget_remaining_usd"))
+            + (
+                f" (~{_duration(d['budget_seconds_left'])} at this price)"
+                if d.get("budget_seconds_left") is not None
+                else ""
+            ),
+        ),
         ("created", d["created_at"]),
         ("updated", d["updated_at"]),
     ]

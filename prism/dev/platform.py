@@ -71,6 +71,8 @@ class LocalPlatform:
             | {
                 "PYTHONUNBUFFERED": "1",
                 "PRISM_WS_MANAGEMENT_URL": f"http://{self.host}:{self.management_port}/{STAGE}",
+                # The local ticker's period is the metering interval the worker plans with.
+                "PRISM_METERING_INTERVAL_SECONDS": str(max(1, round(self.tick_seconds))),
             }
         )
 

@@ -6,7 +6,8 @@
   refuses the upgrade with that status.
 - The management API the handlers call back (`POST /@connections/{id}` = post_to_connection;
   410 GoneException for a connection that is gone; DELETE closes it), on a second port.
-- A ticker that fires the app's scheduled handlers every `--tick` seconds.
+- A ticker that fires the app's scheduled handlers every `--tick` seconds, and a drain that
+  delivers the metering queue to the app's SQS handler (Lambda's event source mapping).
 
     python -m prism.dev.ws_gateway --port 8001 --management-port 8002 [--tick 60]
 """
@@ -200,6 +201,51 @@ def run_ticker(app, interval: float, stop: threading.Event) -> None:
                 print(f"scheduled {name} failed: {exc!r}", flush=True)
 
 
+def run_queue_drain(app, sqs, queue_name: str, stop: threading.Event) -> None:
+    """Deliver the metering queue to the app's SQS handler, as Lambda's event source mapping
+    does: batches of up to 10, failed messages (batchItemFailures) left for redelivery."""
+    handler = next(s.name for s in app.event_sources if type(s).__name__ == "SQSEventConfig")
+    url = sqs.get_queue_url(QueueName=queue_name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    while not stop.is_set():
+        try:
+            got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        except Exception as exc:  # the moto server going away at shutdown
+            print(f"queue drain: {exc!r}", flush=True)
+            stop.wait(1)
+            continue
+        messages = got.get("Messages", [])
+        if not messages:
+            continue
+        event = {
+            "Records": [
+                {
+                    "messageId": m["MessageId"],
+                    "receiptHandle": m["ReceiptHandle"],
+                    "body": m["Body"],
+                    "attributes": {},
+                    "messageAttributes": {},
+                    "md5OfBody": m["MD5OfBody"],
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": arn,
+                    "awsRegion": "us-east-1",
+                }
+                for m in messages
+            ]
+        }
+        try:
+            result = app.handler_map[handler](event, None) or {}
+        except Exception as exc:
+            print(f"queue handler failed: {exc!r}", flush=True)
+            continue
+        failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
+        for m in messages:
+            if m["MessageId"] not in failed:
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -215,6 +261,14 @@ def main() -> None:
     threading.Thread(target=management.serve_forever, daemon=True).start()
     stop = threading.Event()
     threading.Thread(target=run_ticker, args=(app, args.tick, stop), daemon=True).start()
+    from chalicelib import aws
+    from chalicelib.config import settings
+
+    threading.Thread(
+        target=run_queue_drain,
+        args=(app, aws.client("sqs"), settings.metering_queue, stop),
+        daemon=True,
+    ).start()
     print(
         f"websocket ws://{args.host}:{args.port} management "
         f"http://{args.host}:{args.management_port}",
