@@ -6,7 +6,7 @@ import time
 from chalice import Chalice, Rate, Response
 
 from chalicelib.config import settings
-from chalicelib.logs import logger
+from chalicelib.logs import logger, metrics
 from chalicelib.routes import deployments, marketplace, meta, nodes
 from chalicelib.services import registry
 
@@ -74,6 +74,7 @@ def meter_worker(event):
         except Exception:
             logger.exception("metering message failed")
             failures.append({"itemIdentifier": record.to_dict()["messageId"]})
+    metrics.flush_metrics()  # one EMF line per invocation
     return {"batchItemFailures": failures}
 
 

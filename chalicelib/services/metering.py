@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from chalicelib.logs import logger
+from chalicelib.logs import Unit, logger, metrics
 from chalicelib.metering import charge, seconds_until_exhausted
 from chalicelib.queue import WorkQueue
 from chalicelib.store.metering import BillableEntry, MeteringRepository, stamp
@@ -56,10 +56,14 @@ class MeteringService:
         price = Decimal(entry.price_per_hour_usd)
         amount = charge(price, entry.since, now)
         total = self._repo.charge(entry, now, amount, price)
+        if total is not None:
+            metrics.add_metric(name="DeploymentsMetered", unit=Unit.Count, value=1)
+            metrics.add_metric(name="UsdCharged", unit=Unit.NoUnit, value=float(amount))
         if total is None or entry.budget_max_usd is None:
             return total  # charged already (duplicate, late or raced message), or no budget
         budget = Decimal(entry.budget_max_usd)
         if total >= budget:
+            metrics.add_metric(name="BudgetStops", unit=Unit.Count, value=1)
             self._stop_for_budget(
                 entry.deployment_id, f"budget ${budget} reached: ${total} spent at ${price}/h"
             )

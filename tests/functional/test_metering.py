@@ -224,7 +224,7 @@ def test_many_deployments_share_few_messages(api, metering, queue, clock):
     assert all(cost(d) == Decimal("0.060000") for d in ids)
 
 
-def test_the_schedule_and_sqs_handlers_run_through_chalice_events(api, client, queue):
+def test_the_schedule_and_sqs_handlers_run_through_chalice_events(api, client, queue, capsys):
     d = billable(api, since=datetime.now(UTC) - timedelta(minutes=1))  # the handlers' real clock
     client.lambda_.invoke(
         "meter_tick",
@@ -240,6 +240,9 @@ def test_the_schedule_and_sqs_handlers_run_through_chalice_events(api, client, q
     result = client.lambda_.invoke("meter_worker", event).payload
     assert len(result["batchItemFailures"]) == 1  # only the bad message is retried
     assert Decimal("0.06") <= cost(d) < Decimal("0.07")  # 3.60/h for a minute and a bit
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert len(emf) == 1 and emf[0]["DeploymentsMetered"] == [1.0], emf
+    assert emf[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "PRISM"
 
 
 def test_detail_and_ledger_show_cost_budget_and_time_left(api, metering, queue, clock):
