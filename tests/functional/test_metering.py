@@ -11,6 +11,7 @@ import pytest
 from chalicelib import aws
 from chalicelib.config import settings
 from chalicelib.lifecycle import Status
+from chalicelib.logs import metrics
 from chalicelib.queue import WorkQueue
 from chalicelib.services import registry
 from chalicelib.services.metering import MeteringService
@@ -55,6 +56,13 @@ def clock():
 @pytest.fixture
 def queue(aws_backend):
     return RecordingQueue(aws.client("sqs"), settings.metering_queue)
+
+
+@pytest.fixture(autouse=True)
+def fresh_metrics():
+    metrics.clear_metrics()  # the Lambda flushes them per invocation; tests call in directly
+    yield
+    metrics.clear_metrics()
 
 
 @pytest.fixture
