@@ -18,6 +18,7 @@ from chalicelib.services.nodes import NodeService, Sweeper
 from chalicelib.services.placement import Placement
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.metering import MeteringRepository
+from chalicelib.store.metering import connection as metering_connection
 from chalicelib.store.models import utcnow
 from chalicelib.store.nodes import NodeRepository, ReplyRepository
 from chalicelib.store.resources import ResourceRepository
@@ -121,5 +122,5 @@ def reset() -> None:
     """Forget built services (tests that swap the AWS backend between cases)."""
     for factory in FACTORIES:
         factory.cache_clear()
-    for client in (aws.client, aws.session, aws.management_api):
+    for client in (aws.client, aws.session, aws.management_api, metering_connection):
         client.cache_clear()

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import cache
 
 from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError
@@ -49,6 +50,12 @@ class BillableEntry:
         return _TIME.deserialize(self.last_metered_at)
 
 
+@cache
+def connection() -> Connection:
+    # One per container: making a botocore client costs more than the transaction itself.
+    return Connection(region=settings.region, host=settings.aws_endpoint_url)
+
+
 class MeteringRepository:
     def billable(self) -> Iterator[DeploymentItem]:
         """Every billable deployment, by Query on the sparse index (never a Scan)."""
@@ -82,9 +89,8 @@ class MeteringRepository:
             price_per_hour_usd=price,
             cost_after_usd=new_total,
         )
-        connection = Connection(region=settings.region, host=settings.aws_endpoint_url)
         try:
-            with TransactWrite(connection=connection) as transaction:
+            with TransactWrite(connection=connection()) as transaction:
                 transaction.update(
                     target,
                     actions=[

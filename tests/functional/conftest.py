@@ -14,10 +14,11 @@ from chalicelib.services.catalog import CatalogService
 from chalicelib.store.resources import ResourceRepository
 from chalicelib.store.users import UserRepository
 from prism.dev.infra import create_queues, create_tables
-from prism.dev.moto_server import make_dynamodb_writes_atomic
+from prism.dev.moto_server import make_dynamodb_writes_atomic, make_transactions_cheap
 from tests.openapi_check import assert_matches_openapi
 
 make_dynamodb_writes_atomic()  # as real DynamoDB: a conditional write is check-and-set
+make_transactions_cheap()  # and a transaction's cost does not grow with the table
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from chalicelib.queue import WorkQueue
 from chalicelib.services import registry
 from chalicelib.services.metering import MeteringService
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.metering import MeteringRepository
+from chalicelib.store.metering import BillableEntry, MeteringRepository
 from chalicelib.store.models import LedgerItem
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
@@ -268,3 +268,22 @@ def test_detail_and_ledger_show_cost_budget_and_time_left(api, metering, queue, 
     rest = api.get(f"{DEPLOYMENTS}/{d}/costs?limit=2&next_token={first['next_token']}").data
     assert [e["cost_after_usd"] for e in rest["items"]] == [0.06] and rest["next_token"] is None
     assert api.get(f"{DEPLOYMENTS}/{d}/costs?next_token=zzz").status_code == 400
+
+
+def test_a_cancelled_charge_leaves_neither_total_nor_ledger_changed(api, clock):
+    d = billable(api)
+    until = clock.at(60)
+    LedgerItem(
+        deployment_id=d,
+        period_end=until,
+        period_start=T0,
+        amount_usd=Decimal(1),
+        price_per_hour_usd=Decimal(1),
+        cost_after_usd=Decimal(1),
+    ).save()
+    item = DeploymentRepository().get(d)
+    entry = BillableEntry.of(item)
+    assert MeteringRepository().charge(entry, until, Decimal("0.06"), Decimal("3.6")) is None
+    after = DeploymentRepository().get(d)
+    assert after.cost_accrued_usd == 0 and after.last_metered_at == T0  # rolled back
+    assert ledger(d) == [Decimal(1)]

@@ -1,0 +1,180 @@
+"""One metering tick + drain on a moto server, beside the bare DynamoDB writes it needs.
+
+10,000 billable and 50,000 stopped deployments are batch-written to a moto server. We time one
+tick (Query on the sparse `billable` index -> SendMessageBatch, 100 deployments a message) plus
+the drain (each message to the worker: one conditional TransactWriteItems per deployment: the
+running total and its ledger entry), then the same server doing just the bare conditional
+UpdateItem calls (boto3) for the same deployments. Every AWS call the server receives is counted.
+Goals: tick + drain <= 1.5x the bare updates; <= 1 write call per deployment per tick; 0 items
+read that were not billable; <= 0.1 SQS requests per deployment.
+
+    .venv/bin/python benchmarks/metering.py [--billable 10000] [--stopped 50000]
+
+On AWS, the same design for 100,000 billable deployments: the tick's Query reads only the sparse
+index (100,000 items, ~25 MB, about 3,100 read units at 8 KB... paged in ~1 MB pages, ~25 pages,
+a few seconds) and sends 1,000 messages in 100 SendMessageBatch calls; the SQS trigger spreads
+them over Lambda invocations (batch 10 = 1,000 deployments an invocation, ~100 invocations, a
+concurrency of a few tens with maximum_concurrency set); the writes are 100,000 transactions of 2
+items a minute, ~3,300 write units a second on-demand for the burst (a transaction costs 2x), well
+inside on-demand table limits (40,000 WCU) and SQS standard throughput (unlimited). Conditional
+writes keep it exactly-once under any redelivery or concurrency.
+"""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from prism.dev.awsenv import local_aws_env  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_moto(call_log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prism.dev.moto_server", "-p", str(port)],
+        cwd=REPO,
+        env=os.environ | {"PRISM_MOTO_CALL_LOG": str(call_log)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            requests.get(url + "/moto-api/", timeout=1)
+            return process, url
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise SystemExit("moto did not start")
+
+
+def calls(log: Path) -> Counter:
+    return Counter(line.strip() for line in log.read_text().splitlines())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--billable", type=int, default=10_000)
+    parser.add_argument("--stopped", type=int, default=50_000)
+    args = parser.parse_args()
+    log = Path(tempfile.mkdtemp()) / "calls.log"
+    log.touch()
+    moto, url = start_moto(log)
+    try:
+        os.environ.update(local_aws_env(url, "bench"))
+        run(args, log)
+    finally:
+        moto.terminate()
+        moto.wait()
+
+
+def run(args, log: Path) -> None:
+    from chalicelib import aws
+    from chalicelib.config import settings
+    from chalicelib.queue import WorkQueue
+    from chalicelib.services.metering import MeteringService
+    from chalicelib.store.metering import MeteringRepository, stamp
+    from chalicelib.store.models import DeployConfigAttribute, DeploymentItem
+    from prism.dev.infra import create_queues, create_tables
+
+    create_tables(aws.client("dynamodb"), settings)
+    create_queues(aws.client("sqs"), settings.stage)
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    started = time.perf_counter()
+    billable_ids = []
+    with DeploymentItem.batch_write() as batch:
+        for i in range(args.billable + args.stopped):
+            billable = i < args.billable
+            item = DeploymentItem(
+                id=f"dep_{i:016x}",
+                owner_id="usr_bench",
+                name=f"m{i}",
+                target="runpod",
+                status="running" if billable else "stopped",
+                owner_status="usr_bench#x",
+                image="acme/llm:1",
+                budget_max_usd=1000,
+                deploy_config=DeployConfigAttribute(port=8000, health_path="/health"),
+                price_per_hour_usd=3.6,
+                last_metered_at=start,
+            )
+            item.billable = "1" if billable else None
+            batch.save(item)
+            if billable:
+                billable_ids.append(item.id)
+    print(
+        f"loaded {args.billable:,} billable + {args.stopped:,} stopped deployments in "
+        f"{time.perf_counter() - started:.0f}s"
+    )
+
+    sqs = aws.client("sqs")
+    queue = WorkQueue(sqs, settings.metering_queue)
+    service = MeteringService(
+        MeteringRepository(), queue, lambda *_: None, lambda: datetime.now(UTC)
+    )
+    before = calls(log)
+    started = time.perf_counter()
+    report = service.tick()
+    drained = 0
+    while drained < report.messages:
+        for message in sqs.receive_message(
+            QueueUrl=queue.url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+        ).get("Messages", []):
+            service.work(json.loads(message["Body"]))
+            sqs.delete_message(QueueUrl=queue.url, ReceiptHandle=message["ReceiptHandle"])
+            drained += 1
+    tick_drain = time.perf_counter() - started
+    used = calls(log) - before
+
+    ddb = aws.client("dynamodb")
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    for deployment_id in billable_ids:  # the bare conditional writes, same server, same items
+        ddb.update_item(
+            TableName=settings.deployments_table,
+            Key={"id": {"S": deployment_id}},
+            UpdateExpression="ADD cost_accrued_usd :a SET last_metered_at = :now",
+            ConditionExpression="attribute_exists(billable)",
+            ExpressionAttributeValues={":a": {"N": "0.06"}, ":now": {"S": stamp(now)}},
+        )
+    bare = time.perf_counter() - started
+
+    n = report.deployments
+    writes = used["DynamoHandler TransactWriteItems"] + used["DynamoHandler UpdateItem"]
+    ddb_calls = sum(v for k, v in used.items() if k.startswith("DynamoHandler"))
+    sqs_calls = sum(v for k, v in used.items() if k.startswith("SQSResponse"))
+    # What the tick's Query returns comes from the sparse index: count any non-billable ones.
+    not_billable = sum(1 for item in MeteringRepository().billable() if item.billable != "1")
+    print(f"tick + drain: {tick_drain:.1f}s for {n:,} deployments in {report.messages} messages")
+    print(f"bare conditional UpdateItem x{len(billable_ids):,}: {bare:.1f}s")
+    print(f"ratio: {tick_drain / bare:.2f}x  (goal <= 1.5x)")
+    print(
+        f"DynamoDB calls per billable deployment: {ddb_calls / n:.3f} "
+        f"(write calls {writes / n:.3f} per deployment per tick, goal <= 1)"
+    )
+    print(
+        f"items read that were not billable: {not_billable} (goal 0); "
+        f"Scan calls: {used['DynamoHandler Scan']}"
+    )
+    print(f"SQS requests per deployment: {sqs_calls / n:.3f} (goal <= 0.1)")
+
+
+if __name__ == "__main__":
+    main()
