@@ -93,7 +93,8 @@ class Connection:
             self._ws = ws
             ws.send(self._hello().to_json())  # first, so the server reconciles before reports
             while self._outbox:
-                ws.send(self._outbox.popleft())
+                ws.send(self._outbox[0])  # dropped from the outbox only once it went out
+                self._outbox.popleft()
         self.connects += 1
         self.connected.set()
         log.info("connected to %s", self.url)
@@ -112,8 +113,8 @@ class Connection:
                     idle = 0.0
                     self.send(Heartbeat())
                 continue
-            if not frame:
-                return  # closed by the server
+            if not frame and not ws.connected:
+                return  # closed by the server (an empty text frame is just malformed)
             self._dispatch(frame)
 
     def _dispatch(self, frame: str) -> None:

@@ -24,8 +24,9 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Record":
-        handle = data.pop("handle", None)
-        return cls(**data, handle=Handle(**handle) if handle else None)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}  # newer agents
+        handle = known.pop("handle", None)
+        return cls(**known, handle=Handle(**handle) if handle else None)
 
 
 class StateStore:
@@ -35,13 +36,13 @@ class StateStore:
     def load(self) -> dict[str, Record]:
         try:
             data = json.loads(self.path.read_text())
+            return {key: Record.from_dict(dict(value)) for key, value in data.items()}
         except FileNotFoundError:
             return {}
-        except ValueError:
+        except (ValueError, TypeError, AttributeError):
             # A corrupt state file must not keep the agent down; the server reconciles.
             self.path.rename(self.path.with_suffix(".corrupt"))
             return {}
-        return {key: Record.from_dict(value) for key, value in data.items()}
 
     def save(self, records: dict[str, Record]) -> None:
         """Atomic: write a temp file, fsync, rename over the old one."""

@@ -84,16 +84,21 @@ class ProcessRuntime:
         return None if child is None else child.poll()
 
     def stop(self, handle: Handle, grace_seconds: float) -> int | None:
+        """SIGTERM the whole process group, SIGKILL whatever is left after the grace period.
+        The group is signalled even when its leader already exited (its workers may not have),
+        but only for a process we started or re-adopted, never a recycled pid."""
         pid, _ = _parse_ref(handle.ref)
-        if not self.is_running(handle):
-            return self.exit_code(handle)
+        child = self._children.get(pid)
+        if child is None and not self.adopt(handle):
+            return None
         self._signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_seconds
-        while time.monotonic() < deadline and self.is_running(handle):
+        while time.monotonic() < deadline and _group_alive(pid):
+            if child is not None:
+                child.poll()  # reap our own leader, or its zombie keeps the group "alive"
             time.sleep(0.05)
-        if self.is_running(handle):
-            self._signal_group(pid, signal.SIGKILL)
-        child = self._children.pop(pid, None)
+        self._signal_group(pid, signal.SIGKILL)
+        self._children.pop(pid, None)
         if child is not None:
             return child.wait(timeout=10)
         while self.adopt(handle):
@@ -109,7 +114,17 @@ class ProcessRuntime:
             os.killpg(pid, sig)  # the model's whole process group: workers die with it
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def tail_lines(path: Path, count: int, max_bytes: int = 1024 * 1024) -> list[str]:
+    if count <= 0:
+        return []
     try:
         with open(path, "rb") as log:
             log.seek(0, os.SEEK_END)
