@@ -139,6 +139,7 @@ class LocalPlatform:
             ],
         )
         self._wait_http("gateway", f"http://{self.host}:{self.management_port}/")
+        self._wait_port("gateway", self.ws_port)
         return user
 
     def _spawn(self, name: str, argv: list[str]) -> None:
@@ -170,6 +171,17 @@ class LocalPlatform:
                 pass
             time.sleep(0.2)
         raise PlatformError(f"{name} did not answer at {url} within {timeout:.0f}s")
+
+    def _wait_port(self, name: str, port: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex((self.host, port)) == 0:
+                    return
+            if self.processes[name].poll() is not None:
+                raise PlatformError(f"{name} exited while starting; see {self.log_dir}")
+            time.sleep(0.05)
+        raise PlatformError(f"{name} did not listen on port {port} within {timeout:.0f}s")
 
     def _bootstrap(self) -> dict:
         result = subprocess.run(
