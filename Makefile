@@ -16,7 +16,7 @@ install: $(STAMP)
 
 ## Start moto (as AWS) + the API locally, create a dev user, print PRISM_API_URL/KEY.
 up: install
-	$(BIN)/prism dev up
+	$(BIN)/prism dev up --demo
 
 ## Lint, then the whole suite (unit, functional on moto, e2e with real processes).
 test: install

@@ -1,11 +1,13 @@
 """`prism dev up`: the whole platform on this machine, until Ctrl-C."""
 
+import os
 import signal
 import threading
 
 import click
 
 from prism.config import CliConfig
+from prism.dev.demo import run_demo
 from prism.dev.platform import LocalPlatform, PlatformError
 
 
@@ -45,7 +47,18 @@ def dev():
     type=click.FloatRange(0.5),
     help="seconds between scheduled runs (the node sweep)",
 )
-def dev_up(host, api_port, aws_port, ws_port, management_port, tick):
+@click.option(
+    "--node/--no-node",
+    default=True,
+    show_default=True,
+    help="also run a node agent on this machine",
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="then deploy the bundled model through the CLI, call it, and stop it",
+)
+def dev_up(host, api_port, aws_port, ws_port, management_port, tick, node, demo):
     """Start moto (AWS), the API and the node WebSocket gateway; create a dev user and write
     the CLI config."""
     platform = LocalPlatform(
@@ -80,6 +93,20 @@ def dev_up(host, api_port, aws_port, ws_port, management_port, tick):
         click.echo(f"PRISM_WS_URL={platform.ws_url}")
         click.echo(f"# AWS (moto) at {platform.aws_url}; CLI config written to {path}")
         click.echo(f"# logs in {platform.log_dir}; Ctrl-C stops everything", err=False)
+        cli_env = os.environ | {
+            "PRISM_CONFIG": str(path),
+            "PRISM_API_URL": platform.api_url,
+            "PRISM_API_KEY": user["api_key"],
+            "PRISM_WS_URL": platform.ws_url,
+        }
+        if node:
+            platform.start_node(user["api_key"], cli_env)
+            click.echo("# node agent 'local' online (logs in node.log)")
+        if demo:
+            if not node:
+                raise click.UsageError("--demo needs the local node (drop --no-node)")
+            run_demo(cli_env)
+        click.echo("# ready", err=False)
         while not stop.wait(0.5):
             for name, process in platform.processes.items():
                 if process.poll() is not None:

@@ -5,6 +5,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -142,12 +143,12 @@ class LocalPlatform:
         self._wait_port("gateway", self.ws_port)
         return user
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], extra_env: dict | None = None) -> None:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the child
         self.processes[name] = subprocess.Popen(
             argv,
             cwd=REPO_ROOT,
-            env=self.env(),
+            env=self.env() | (extra_env or {}),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -196,8 +197,64 @@ class LocalPlatform:
             raise PlatformError(f"could not prepare the local tables: {result.stderr.strip()}")
         return json.loads(result.stdout.strip().splitlines()[-1])
 
+    @property
+    def node_state_dir(self) -> Path:
+        return self.log_dir.parent / "node"
+
+    def start_node(self, api_key: str, env: dict[str, str]) -> None:
+        """A node agent on this machine, registered afresh (the moto server starts empty, so
+        a token from an earlier run would be refused)."""
+        shutil.rmtree(self.node_state_dir, ignore_errors=True)
+        self._spawn(
+            "node",
+            [
+                sys.executable,
+                "-m",
+                "prism",
+                "node",
+                "up",
+                "--state-dir",
+                str(self.node_state_dir),
+                "--name",
+                "local",
+                "--api",
+                self.api_url,
+                "--ws",
+                self.ws_url,
+                "--local-api-port",
+                "0",
+                "--probe-interval",
+                "2",
+                "--heartbeat",
+                "5",
+            ],
+            extra_env=env | {"PRISM_API_KEY": api_key},
+        )
+        headers = {"Authorization": f"Bearer {api_key}"}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.processes["node"].poll() is not None:
+                raise PlatformError(f"the node agent exited; see {self.log_dir / 'node.log'}")
+            nodes = requests.get(
+                f"{self.api_url}/api/v1/compute/nodes", headers=headers, timeout=5
+            ).json()["items"]
+            if any(n["status"] == "online" for n in nodes):
+                return
+            time.sleep(0.2)
+        raise PlatformError("the local node agent did not come online within 60 s")
+
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every process group, then SIGKILL what is left after `grace` seconds."""
+        """The node agent first, with its models, while the API still hears its reports; then
+        SIGTERM every process group, and SIGKILL what is left after `grace` seconds."""
+        node = self.processes.pop("node", None)
+        if node is not None:
+            (self.node_state_dir / "stop-all").touch()
+            _signal_group(node, signal.SIGTERM)
+            try:
+                node.wait(timeout=grace + 20)
+            except subprocess.TimeoutExpired:
+                _signal_group(node, signal.SIGKILL)
+                node.wait()
         for process in self.processes.values():
             _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + grace

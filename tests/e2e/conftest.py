@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -38,6 +38,7 @@ class Platform:
     api_url: str = ""
     api_key: str = ""
     ws_url: str = ""
+    output: list = field(default_factory=list)
 
     def cli(self, *args, key: str | None = None, check: bool = False):
         env = self.env | ({"PRISM_API_KEY": key} if key else {})
@@ -49,7 +50,13 @@ class Platform:
         return result
 
 
-def start_platform(tmp_path: Path, tick: float = 60, extra_env: dict | None = None) -> Platform:
+def start_platform(
+    tmp_path: Path,
+    tick: float = 60,
+    extra_env: dict | None = None,
+    args: tuple[str, ...] = ("--no-node",),
+    ready_line: str = "# ready",
+) -> Platform:
     api_port, aws_port, ws_port, management_port = (free_port() for _ in range(4))
     env = os.environ | {"PRISM_CONFIG": str(tmp_path / "config.json"), "COLUMNS": "200"}
     env |= extra_env or {}
@@ -70,6 +77,7 @@ def start_platform(tmp_path: Path, tick: float = 60, extra_env: dict | None = No
             str(management_port),
             "--tick",
             str(tick),
+            *args,
         ],
         cwd=REPO,
         env=env,
@@ -78,7 +86,7 @@ def start_platform(tmp_path: Path, tick: float = 60, extra_env: dict | None = No
         text=True,
     )
     platform = Platform(process, api_port, aws_port, env, ws_port, management_port)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line and process.poll() is not None:
@@ -89,6 +97,8 @@ def start_platform(tmp_path: Path, tick: float = 60, extra_env: dict | None = No
             platform.api_key = line.split("=", 1)[1].strip()
         if line.startswith("PRISM_WS_URL="):
             platform.ws_url = line.split("=", 1)[1].strip()
+        platform.output.append(line)
+        if line.startswith(ready_line):
             return platform
     raise AssertionError("prism dev up did not print its API key in time")
 
