@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint format bench clean
+.PHONY: install up test lint format bench package clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ format: install
 
 bench: install
 	$(BIN)/python benchmarks/api.py
+
+## CloudFormation/SAM for a stage (STAGE=dev|prod) in out/<stage>/, checked by cfn-lint.
+STAGE ?= dev
+package: install
+	rm -rf out/$(STAGE)
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) \
+		--merge-template infra/resources.json out/$(STAGE)
+	$(BIN)/cfn-lint out/$(STAGE)/sam.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .prism

@@ -1,0 +1,46 @@
+"""`make package`'s template: chalice package merged with infra/resources.json, and cfn-lint
+accepts it with no error (for both stages)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_the_packaged_template_passes_cfn_lint(tmp_path, stage):
+    env = os.environ | {"AWS_DEFAULT_REGION": "us-east-1"}
+    subprocess.run(
+        [
+            str(BIN / "chalice"),
+            "package",
+            "--stage",
+            stage,
+            "--merge-template",
+            "infra/resources.json",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    template = tmp_path / "sam.json"
+    lint = subprocess.run(
+        [str(BIN / "cfn-lint"), str(template)], capture_output=True, text=True, timeout=300
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    resources = json.loads(template.read_text())["Resources"]
+    assert resources["DeploymentsTable"]["Properties"]["TableName"] == {
+        "Fn::Sub": "prism-${Stage}-deployments"
+    }
+    events = resources["MeterWorker"]["Properties"]["Events"]["MeterWorkerSqsEventSource"]
+    assert events["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert f"prism-{stage}-metering" in json.dumps(events["Properties"]["Queue"])
