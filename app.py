@@ -1,12 +1,11 @@
 """PRISM control plane: Chalice app. Wiring only; behaviour lives in chalicelib."""
 
-import json
 import time
 
 from chalice import Chalice, Rate, Response
 
 from chalicelib.config import settings
-from chalicelib.logs import logger, metrics
+from chalicelib.logs import logger
 from chalicelib.routes import deployments, marketplace, meta, nodes
 from chalicelib.services import registry
 
@@ -67,15 +66,9 @@ def meter_tick(event):
 @app.on_sqs_message(queue=settings.metering_queue, batch_size=10)
 def meter_worker(event):
     """Charges each deployment in the batch; only the messages that failed come back."""
-    failures = []
-    for record in event:
-        try:
-            registry.metering().work(json.loads(record.body))
-        except Exception:
-            logger.exception("metering message failed")
-            failures.append({"itemIdentifier": record.to_dict()["messageId"]})
-    metrics.flush_metrics()  # one EMF line per invocation
-    return {"batchItemFailures": failures}
+    return registry.metering().work_batch(
+        (record.to_dict()["messageId"], record.body) for record in event
+    )
 
 
 def _in_error_shape(response: Response) -> Response:

@@ -1,6 +1,7 @@
 """Cost metering: the tick fans billable deployments out over SQS; the worker charges each one
 exactly once per period and stops it when its budget is spent."""
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,19 @@ class MeteringService:
         self._queue.send_all(bodies)
         logger.info("metering tick", extra={"billable": len(entries), "messages": len(bodies)})
         return TickReport(len(entries), len(bodies))
+
+    def work_batch(self, messages) -> dict:
+        """(message id, body) pairs from one SQS batch -> the partial batch response: only
+        the messages that failed are retried (then dead-lettered after 5 tries)."""
+        failures = []
+        for message_id, body in messages:
+            try:
+                self.work(json.loads(body))
+            except Exception:
+                logger.exception("metering message failed", extra={"message_id": message_id})
+                failures.append({"itemIdentifier": message_id})
+        metrics.flush_metrics()  # one EMF line per invocation
+        return {"batchItemFailures": failures}
 
     def work(self, body: dict) -> None:
         """One queue message: charge every deployment in it up to now."""
