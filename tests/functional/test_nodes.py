@@ -241,3 +241,27 @@ def test_a_stop_the_node_decided_itself_ends_stopped(api, node):
     node.say(type="deployment_ready", deployment_id=d, endpoint_url="http://n:1")
     node.say(type="deployment_stopped", deployment_id=d, reason="stopped", exit_code=0)
     assert get(api, d)["status"] == "stopped"
+
+
+def test_an_unreachable_management_api_leaves_the_deployment_waiting_not_a_500(api, node):
+    from chalicelib.services import registry
+
+    channel = registry.placement()._channel
+    broken = channel._client_factory
+    channel._client_factory = lambda: _Unreachable()
+    try:
+        response = api.post(
+            DEPLOYMENTS,
+            {"name": "m", "weights_source": "/srv/m", "gpu": False, "command": ["serve"]},
+        )
+    finally:
+        channel._client_factory = broken
+    assert response.status_code == 201
+    assert response.data["status"] == "provisioning" and response.data["node_id"] is None
+
+
+class _Unreachable:
+    def post_to_connection(self, **_):
+        from botocore.exceptions import EndpointConnectionError
+
+        raise EndpointConnectionError(endpoint_url="https://nowhere.invalid")
