@@ -5,6 +5,7 @@ one supervisor loop watches all of them: liveness often (a crash is noticed with
 of a second), HTTP health every probe interval.
 """
 
+import logging
 import socket
 import threading
 import time
@@ -35,6 +36,8 @@ from node_agent.runtime.base import LaunchSpec, RuntimeError_
 from node_agent.runtime.process import cap_log, tail_lines
 from node_agent.state import Record, StateStore
 from node_agent.weights import PullError, fetch
+
+log = logging.getLogger("prism.node")
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,8 @@ class Agent:
         with self.lock:
             if message.deployment_id in self.records:
                 return None  # a re-sent deploy_model: already on it
+            if message.deployment_id in self.finished:
+                return None  # ended here already (e.g. a stop overtook its deploy_model)
             record = Record(
                 deployment_id=message.deployment_id,
                 status="pulling",
@@ -171,6 +176,10 @@ class Agent:
         except (PullError, FrameworkError, RuntimeError_) as exc:
             reason = "pull_error" if isinstance(exc, PullError) else "start_error"
             self._finish(record, reason, str(exc))
+            return
+        except Exception as exc:  # never leave a deployment hanging in pulling/starting
+            log.exception("starting %s failed", record.deployment_id)
+            self._finish(record, "start_error", f"{type(exc).__name__}: {exc}")
             return
         self._await_ready(record)
 
@@ -231,7 +240,9 @@ class Agent:
         runtime = self.runtimes[record.handle.runtime]
         while time.monotonic() < deadline and not record.stop_requested:
             if not runtime.is_running(record.handle):
-                self._finish(record, "crash", self._exit_message(record, "while starting"))
+                message = self._exit_message(record, "while starting")
+                runtime.stop(record.handle, 0)  # its workers go with it, freeing GPU and port
+                self._finish(record, "crash", message)
                 return
             if probe(url, timeout=1.0).healthy:
                 record.status = "running"
@@ -263,7 +274,11 @@ class Agent:
         with self.lock:
             record = self.records.get(deployment_id)
             if record is None:
-                # Not here (already gone): confirm, so the server can finish its stop.
+                # Not here (gone, or its deploy_model is still on the way): remember it so a
+                # late deploy_model does not start it, and confirm so the server can finish.
+                self.finished.setdefault(
+                    deployment_id, {"deployment_id": deployment_id, "status": "stopped"}
+                )
                 self.send(DeploymentStopped(deployment_id=deployment_id, reason="stopped"))
                 return
             record.stop_requested = True
@@ -328,7 +343,9 @@ class Agent:
         if not runtime.is_running(record.handle):
             if not record.stop_requested:
                 code = runtime.exit_code(record.handle)
-                self._finish(record, "crash", self._exit_message(record, "unexpectedly"), code)
+                message = self._exit_message(record, "unexpectedly")
+                runtime.stop(record.handle, 0)  # its workers go with it, freeing GPU and port
+                self._finish(record, "crash", message, code)
             return
         now = time.monotonic()
         if now - self.last_probe.get(record.deployment_id, 0) < self.settings.probe_interval_s:

@@ -63,8 +63,15 @@ class MeteringService:
     def work(self, body: dict) -> None:
         """One queue message: charge every deployment in it up to now."""
         now = self._clock()
+        failed = 0
         for raw in body["entries"]:
-            self.meter(BillableEntry(**raw), now)
+            try:
+                self.meter(BillableEntry(**raw), now)
+            except Exception:  # one bad entry must not leave the rest of the message unbilled
+                logger.exception("metering a deployment failed", extra={"entry": raw})
+                failed += 1
+        if failed:  # retried as a whole; the entries charged already are refused by condition
+            raise RuntimeError(f"{failed} of {len(body['entries'])} deployments not metered")
 
     def meter(self, entry: BillableEntry, now: datetime) -> Decimal | None:
         price = Decimal(entry.price_per_hour_usd)

@@ -1,7 +1,8 @@
 """What the control plane does with each message a node sends. A node may speak only about
 deployments placed on it; anything else gets an `error` and changes nothing."""
 
-from chalicelib.lifecycle import FailureReason, Status, towards
+from chalicelib.errors import PrismError
+from chalicelib.lifecycle import FailureReason, Status, can_transition, towards
 from chalicelib.logs import logger
 from chalicelib.protocol import (
     DeploymentHealthUpdate,
@@ -58,7 +59,10 @@ class NodeMessageHandler:
         except ProtocolError as exc:
             return [exc.to_error()]
         handler = getattr(self, f"_on_{message.type}")
-        return handler(conn, message) or []
+        try:
+            return handler(conn, message) or []
+        except PrismError as exc:  # e.g. a deployment changing too fast: say so, keep the link
+            return [Error(code=exc.code, message=exc.message, reply_to=message.id)]
 
     # --- one method per message type ------------------------------------------------------
 
@@ -91,11 +95,13 @@ class NodeMessageHandler:
         item = self._owned(conn, message.deployment_id)
         if item is None:
             return [self._not_yours(message)]
+        if late := self._late(item):
+            return late
         target = Status(message.status)
 
         def decide(current):
             status = Status(current.status)
-            return target if status in EARLY and status != target else None
+            return target if status in EARLY and can_transition(status, target) else None
 
         self._deployments.transition_latest(
             item.id,
@@ -110,6 +116,8 @@ class NodeMessageHandler:
         item = self._owned(conn, message.deployment_id)
         if item is None:
             return [self._not_yours(message)]
+        if late := self._late(item):
+            return late
         changes = {
             "endpoint_url": message.endpoint_url,
             "healthy": True,
@@ -130,6 +138,8 @@ class NodeMessageHandler:
         item = self._owned(conn, message.deployment_id)
         if item is None:
             return [self._not_yours(message)]
+        if late := self._late(item):
+            return late
         health = {
             "healthy": message.healthy,
             "health_consecutive_failures": message.consecutive_failures,
@@ -197,6 +207,13 @@ class NodeMessageHandler:
         self._replies.put(message.request_id, message.to_json())
 
     # --- helpers ------------------------------------------------------------------------
+
+    def _late(self, item: DeploymentItem) -> list[Message] | None:
+        """A report about a deployment the server is stopping or has finished: whatever the
+        node runs for it must stop (a stop can overtake its deploy_model)."""
+        if item.status == Status.STOPPING or Status(item.status).is_terminal():
+            return [StopDeployment(deployment_id=item.id)]
+        return None
 
     def _owned(self, conn: ConnectionItem, deployment_id: str) -> DeploymentItem | None:
         item = self._deployments.get(deployment_id)

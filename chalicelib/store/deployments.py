@@ -112,8 +112,18 @@ class DeploymentRepository:
         raise Conflict(f"deployment {deployment_id} is changing too fast; try again")
 
     def record(self, item: DeploymentItem, **changes) -> DeploymentItem:
-        """Update fields that are not the status (health, progress); no status condition."""
-        item.update(actions=_set_actions(changes), add_version_condition=False)
+        """Update fields that are not the status (health, progress), only while the deployment
+        is not over: a late report never rewrites a finished one."""
+        active = [s.value for s in ACTIVE]
+        try:
+            item.update(
+                actions=_set_actions(changes),
+                add_version_condition=False,
+                condition=DeploymentItem.status.is_in(*active),
+            )
+        except UpdateError as exc:
+            if not _is_condition_failure(exc):
+                raise
         return item
 
     def assign_node(self, item: DeploymentItem, node_id: str, message: str) -> bool:

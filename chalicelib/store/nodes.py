@@ -91,16 +91,26 @@ class NodeRepository:
         )
 
     def touch(self, node_id: str, connection_id: str) -> None:
-        """A heartbeat: seen now, and online on this connection (which also heals a node marked
-        offline when another of its connections closed)."""
-        NodeItem(id=node_id).update(
-            actions=[
-                NodeItem.last_seen_at.set(utcnow()),
-                NodeItem.status.set("online"),
-                NodeItem.connection_id.set(connection_id),
-            ],
-            condition=NodeItem.id.exists(),
-        )
+        """A heartbeat: seen now, and online on this connection unless the node has moved to
+        a newer one (a late heartbeat from a dropped socket must not point back at it)."""
+        seen = NodeItem.last_seen_at.set(utcnow())
+        node = NodeItem(id=node_id)
+        try:
+            node.update(
+                actions=[
+                    seen,
+                    NodeItem.status.set("online"),
+                    NodeItem.connection_id.set(connection_id),
+                ],
+                condition=NodeItem.id.exists()
+                & (
+                    NodeItem.connection_id.does_not_exist()
+                    | (NodeItem.connection_id == connection_id)
+                ),
+            )
+        except UpdateError:
+            with contextlib.suppress(UpdateError):
+                node.update(actions=[seen], condition=NodeItem.id.exists())
 
     def mark_offline(self, node: NodeItem, connection_id: str | None = None) -> None:
         """Offline, unless the node already reconnected on another connection."""

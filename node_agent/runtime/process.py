@@ -60,7 +60,7 @@ class ProcessRuntime:
                     if spec.weights_dir and spec.weights_dir.is_dir()
                     else None,
                 )
-        except (FileNotFoundError, PermissionError) as exc:
+        except OSError as exc:  # not found, not executable, not a program (no shebang), ...
             raise RuntimeError_(f"cannot run {spec.command[0]!r}: {exc.strerror}") from None
         self._children[process.pid] = process
         started = _start_time(process.pid) or "0"

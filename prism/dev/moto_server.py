@@ -60,16 +60,17 @@ def make_transactions_cheap() -> None:
 
     @functools.wraps(original)
     def transact_write_items(self, transact_items):
-        before = [_snapshot(self, entry) for entry in transact_items]
-        inside.transaction = True
-        try:
-            return original(self, transact_items)
-        except Exception:
-            for table_name, key, item in before:
-                _restore(self, table_name, key, item)
-            raise
-        finally:
-            inside.transaction = False
+        with _lock:  # snapshot, transaction and any rollback as one step, like DynamoDB
+            before = [_snapshot(self, entry) for entry in transact_items]
+            inside.transaction = True
+            try:
+                return original(self, transact_items)
+            except Exception:
+                for table_name, key, item in before:
+                    _restore(self, table_name, key, item)
+                raise
+            finally:
+                inside.transaction = False
 
     transact_write_items._prism_cheap = True
     DynamoDBBackend.transact_write_items = transact_write_items

@@ -122,3 +122,12 @@ def test_an_unpullable_image_is_a_start_error_with_the_engines_reason(setup):
     )
     stopped = wait_for(messages, "deployment_stopped")
     assert stopped.reason == "start_error" and "private/model:1" in stopped.message
+
+
+def test_a_deployment_that_ended_here_is_not_started_again(setup):
+    engine, agent, messages = setup
+    agent.on_message(StopDeployment(deployment_id=DEPLOYMENT))  # the stop overtook the deploy
+    wait_for(messages, "deployment_stopped")
+    deploy(agent)
+    time.sleep(0.3)
+    assert engine.container(f"prism-{DEPLOYMENT}") is None

@@ -534,3 +534,16 @@ print("after the cap", flush=True)
     data = launch.log_path.read_bytes()
     assert data == b"x" * 999 + b"\n" + b"after the cap\n"
     assert b"\0" not in data
+
+
+def test_a_file_that_is_not_a_program_is_a_clear_start_error(tmp_path):
+    from node_agent.runtime.base import LaunchSpec, RuntimeError_
+    from node_agent.runtime.process import ProcessRuntime
+
+    script = tmp_path / "serve"
+    script.write_text("print('no shebang')\n")
+    script.chmod(0o755)
+    with pytest.raises(RuntimeError_, match="cannot run"):
+        ProcessRuntime().start(
+            LaunchSpec(deployment_id="dep_0000000000000001", port=1, command=[str(script)])
+        )

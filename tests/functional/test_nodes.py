@@ -265,3 +265,28 @@ class _Unreachable:
         from botocore.exceptions import EndpointConnectionError
 
         raise EndpointConnectionError(endpoint_url="https://nowhere.invalid")
+
+
+def test_reports_about_a_stopping_or_finished_deployment_tell_the_node_to_stop_it(api, node):
+    from chalicelib.services import registry
+
+    d = create(api)["id"]
+    node.say(type="deployment_ready", deployment_id=d, endpoint_url="http://n:1")
+    api.delete(f"{DEPLOYMENTS}/{d}")
+    handler = registry.node_message_handler()
+    late = json.dumps(
+        {
+            "type": "deployment_health_update",
+            "id": "h",
+            "deployment_id": d,
+            "healthy": True,
+            "consecutive_failures": 0,
+        }
+    )
+    [reply] = handler.handle(node.connection_id, late)
+    assert (reply.type, reply.deployment_id) == ("stop_deployment", d)
+    node.say(type="deployment_stopped", deployment_id=d, reason="stopped")
+    handler.handle(node.connection_id, late)
+    stopped = get(api, d)
+    assert stopped["status"] == "stopped"
+    assert api.get(f"{DEPLOYMENTS}/{d}/health").data["healthy"] is None  # not rewritten
