@@ -38,6 +38,7 @@ from node_agent.state import Record, StateStore
 from node_agent.weights import PullError, fetch
 
 log = logging.getLogger("prism.node")
+HEALTH_REFRESH_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Agent:
         self.records: dict[str, Record] = {}
         self.trackers: dict[str, HealthTracker] = {}
         self.last_probe: dict[str, float] = {}
+        self.last_report: dict[str, float] = {}
         self.lock = threading.RLock()
         self.gpus = gpus.inventory()
         self.finished: dict[str, dict] = {}  # recent ends, for the node's local API
@@ -354,7 +356,12 @@ class Agent:
         cap_log(Path(record.log_path))
         tracker = self.trackers.setdefault(record.deployment_id, HealthTracker())
         result = probe(self._health_url(record))
-        if tracker.observe(result):
+        changed = tracker.observe(result)
+        # Also re-state health now and then: the server may have marked the deployment
+        # unhealthy while this node was silent, and only a report brings it back.
+        stale = now - self.last_report.get(record.deployment_id, 0) >= HEALTH_REFRESH_S
+        if changed or stale:
+            self.last_report[record.deployment_id] = now
             record.status = "running" if tracker.healthy else "unhealthy"
             self.send(
                 DeploymentHealthUpdate(
