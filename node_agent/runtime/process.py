@@ -14,8 +14,9 @@ from node_agent.runtime.base import Handle, LaunchSpec, RuntimeError_
 LOG_CAP_BYTES = 10 * 1024 * 1024
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
+def start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22); None
+    when it is gone or a zombie (exited, not yet reaped)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -63,12 +64,12 @@ class ProcessRuntime:
         except OSError as exc:  # not found, not executable, not a program (no shebang), ...
             raise RuntimeError_(f"cannot run {spec.command[0]!r}: {exc.strerror}") from None
         self._children[process.pid] = process
-        started = _start_time(process.pid) or "0"
+        started = start_time(process.pid) or "0"
         return Handle(spec.deployment_id, self.name, f"{process.pid}:{started}", spec.port)
 
     def adopt(self, handle: Handle) -> bool:
         pid, started = _parse_ref(handle.ref)
-        return _start_time(pid) == started
+        return start_time(pid) == started
 
     def is_running(self, handle: Handle) -> bool:
         pid, _ = _parse_ref(handle.ref)

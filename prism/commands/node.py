@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from node_agent.runtime.process import start_time
 from prism.client import ApiClient
 from prism.config import CliConfig
 
@@ -125,7 +126,7 @@ def node_down(state_dir, stop_all, timeout):
         ) from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if start_time(pid) is None:  # gone, or a zombie its parent has not reaped
             click.echo("node agent stopped" + (" with all its models" if stop_all else ""))
             return
         time.sleep(0.1)
@@ -146,12 +147,3 @@ def node_list(as_json):
 def _default_name() -> str:
     cleaned = "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower())
     return cleaned.strip("-")[:63] or "node"
-
-
-def _alive(pid: int) -> bool:
-    """Running, and not a zombie waiting for its parent to reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
