@@ -32,6 +32,8 @@ class DeployConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     port: int = Field(ge=1, le=65535)
     health_path: str = Field(pattern=r"^/")
+    weights_allow_patterns: list[str] | None = None  # hf:// file globs
+    weights_ignore_patterns: list[str] | None = None
 
 
 # --- server -> node -----------------------------------------------------------------------
@@ -117,6 +119,7 @@ class DeploymentProgress(Message):
     status: Literal["pulling", "starting"]
     bytes_done: int = Field(0, ge=0)
     bytes_total: int | None = Field(None, ge=0)
+    weights_revision: str | None = Field(None, max_length=128)  # e.g. the hf:// commit sha
 
 
 class DeploymentReady(Message):

@@ -75,14 +75,36 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
+WeightsPattern = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
 class DeployConfig(StrictModel):
     port: int = Field(8000, ge=1, le=65535, strict=True)
     health_path: str = Field("/health", pattern=r"^/[^\s]*$", max_length=512)
+    weights_allow_patterns: list[WeightsPattern] | None = Field(
+        None, max_length=64, description="hf:// only: download just the files matching a glob"
+    )
+    weights_ignore_patterns: list[WeightsPattern] | None = Field(
+        None, max_length=64, description="hf:// only: skip the files matching a glob"
+    )
 
     @classmethod
     def of(cls, stored) -> "DeployConfig":
         """From the stored map attribute (DynamoDB numbers come back as floats/Decimals)."""
-        return cls(port=int(stored.port), health_path=stored.health_path)
+        return cls(
+            port=int(stored.port),
+            health_path=stored.health_path,
+            weights_allow_patterns=_list_or_none(stored.weights_allow_patterns),
+            weights_ignore_patterns=_list_or_none(stored.weights_ignore_patterns),
+        )
+
+    def stored(self) -> dict:
+        """The fields of the store's DeployConfigAttribute."""
+        return self.model_dump()
+
+
+def _list_or_none(value) -> list[str] | None:
+    return None if value is None else list(value)
 
 
 class CreateDeploymentRequest(StrictModel):
@@ -154,6 +176,9 @@ class DeploymentOut(BaseModel):
     image: str | None
     resource_slug: str | None
     weights_source: str | None
+    weights_revision: str | None = Field(
+        description="what weights_source resolved to when pulled: the commit sha for hf://"
+    )
     framework: Framework
     command: list[str]
     gpu: bool
@@ -187,6 +212,7 @@ class DeploymentOut(BaseModel):
             image=item.image,
             resource_slug=item.resource_slug,
             weights_source=item.weights_source,
+            weights_revision=item.weights_revision,
             framework=item.framework,
             command=list(item.command or []),
             gpu=item.gpu,

@@ -6,6 +6,7 @@ of a second), HTTP health every probe interval.
 """
 
 import logging
+import shutil
 import socket
 import threading
 import time
@@ -35,7 +36,7 @@ from node_agent.health import HealthTracker, probe
 from node_agent.runtime.base import LaunchSpec, RuntimeError_
 from node_agent.runtime.process import cap_log, tail_lines
 from node_agent.state import Record, StateStore
-from node_agent.weights import PullError, fetch
+from node_agent.weights import PullError, PullSettings, WeightsCache, fetch
 
 log = logging.getLogger("prism.node")
 HEALTH_REFRESH_S = 60.0
@@ -50,6 +51,8 @@ class AgentSettings:
     startup_timeout_s: float = 600.0
     stop_grace_s: float = 10.0
     liveness_interval_s: float = 0.25
+    weights_cache_max_bytes: int | None = None  # None: 80% of the disk the cache is on
+    pull: PullSettings = PullSettings()
 
 
 def port_is_free(port: int) -> bool:
@@ -81,6 +84,7 @@ class Agent:
         self.lock = threading.RLock()
         self.gpus = gpus.inventory()
         self.finished: dict[str, dict] = {}  # recent ends, for the node's local API
+        self.weights = _weights_cache(settings, self._weights_in_use)
 
     # --- startup and hello -------------------------------------------------------------
 
@@ -186,14 +190,20 @@ class Agent:
         self._await_ready(record)
 
     def _pull_and_launch(self, message: DeployModel, record: Record) -> None:
-        weights_dir = None
+        weights_dir, revision = None, None
         if message.weights_source:
             self.send(DeploymentProgress(deployment_id=record.deployment_id, status="pulling"))
-            weights_dir = fetch(
+            pulled = fetch(
                 message.weights_source,
-                self.settings.state_dir / "weights",
+                self.weights,
                 self._progress_reporter(record.deployment_id),
+                env=message.env_vars,
+                settings=self.settings.pull,
+                allow_patterns=message.deploy_config.weights_allow_patterns,
+                ignore_patterns=message.deploy_config.weights_ignore_patterns,
             )
+            weights_dir, revision = pulled.path, pulled.revision
+            record.weights_dir = str(weights_dir)
         framework = message.framework
         if framework == "auto" and weights_dir is not None:
             framework = detect_framework(weights_dir).framework
@@ -207,7 +217,11 @@ class Agent:
         if runtime_name == "process":
             command = resolve_command(framework, command, weights_dir, record.port)
         record.status = "starting"
-        self.send(DeploymentProgress(deployment_id=record.deployment_id, status="starting"))
+        self.send(
+            DeploymentProgress(
+                deployment_id=record.deployment_id, status="starting", weights_revision=revision
+            )
+        )
         spec = LaunchSpec(
             deployment_id=record.deployment_id,
             port=record.port,
@@ -398,6 +412,10 @@ class Agent:
 
     # --- small helpers -----------------------------------------------------------------
 
+    def _weights_in_use(self) -> set[Path]:
+        with self.lock:
+            return {Path(r.weights_dir) for r in self.records.values() if r.weights_dir}
+
     def _health_url(self, record: Record) -> str:
         return f"http://127.0.0.1:{record.port}{record.health_path}"
 
@@ -425,3 +443,10 @@ class Agent:
     def _save(self) -> None:
         with self.lock:
             self.store.save({k: v for k, v in self.records.items() if v.handle is not None})
+
+
+def _weights_cache(settings: AgentSettings, in_use) -> WeightsCache:
+    root = settings.state_dir / "weights"
+    root.mkdir(parents=True, exist_ok=True)
+    max_bytes = settings.weights_cache_max_bytes or int(shutil.disk_usage(root).total * 0.8)
+    return WeightsCache(root, max_bytes, in_use)

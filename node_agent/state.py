@@ -21,6 +21,7 @@ class Record:
     framework: str | None = None
     gpu_indices: list[int] = field(default_factory=list)
     stop_requested: bool = False
+    weights_dir: str | None = None  # a weights cache entry it runs from: never evicted
 
     @classmethod
     def from_dict(cls, data: dict) -> "Record":

@@ -52,9 +52,7 @@ class CatalogService:
                     command=[resolve(arg) for arg in resource.command],
                     gpu=resource.gpu,
                     gpu_type=resource.gpu_type,
-                    deploy_config=DeployConfigAttribute(
-                        port=config.port, health_path=config.health_path
-                    ),
+                    deploy_config=DeployConfigAttribute(**config.stored()),
                 )
             )
         return len(entries)

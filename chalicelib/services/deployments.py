@@ -132,7 +132,7 @@ class DeploymentService:
             id=new_deployment_id(),
             owner_id=owner_id,
             status=Status.PROVISIONING.value,
-            deploy_config=DeployConfigAttribute(port=config.port, health_path=config.health_path),
+            deploy_config=DeployConfigAttribute(**config.stored()),
             env_vars=dict(request.env_vars),
             budget_max_usd=request.budget_max_usd,
             pinned_node_id=request.node_id,

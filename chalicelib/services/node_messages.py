@@ -103,14 +103,14 @@ class NodeMessageHandler:
             status = Status(current.status)
             return target if status in EARLY and can_transition(status, target) else None
 
-        self._deployments.transition_latest(
-            item.id,
-            decide,
-            first=item,
-            bytes_done=message.bytes_done,
-            bytes_total=message.bytes_total,
-            status_message=None,
+        changes = {"bytes_done": message.bytes_done, "bytes_total": message.bytes_total}
+        if message.weights_revision:
+            changes["weights_revision"] = message.weights_revision
+        latest, changed = self._deployments.transition_latest(
+            item.id, decide, first=item, status_message=None, **changes
         )
+        if not changed and Status(latest.status) == target:
+            self._deployments.record(latest, **changes)  # more bytes, same status
 
     def _on_deployment_ready(self, conn, message: DeploymentReady):
         item = self._owned(conn, message.deployment_id)

@@ -6,6 +6,7 @@ Decide (which node) is pure; apply is a conditional claim on the deployment foll
 
 from chalicelib.node_channel import NodeChannel
 from chalicelib.protocol import DeployConfig, DeployModel, gpu_matches
+from chalicelib.schemas import DeployConfig as RestDeployConfig
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import DeploymentItem, NodeItem
 from chalicelib.store.nodes import NodeRepository
@@ -19,9 +20,7 @@ def deploy_message(item: DeploymentItem) -> DeployModel:
         framework=item.framework,
         command=list(item.command or []),
         env_vars=item.env_dict(),
-        deploy_config=DeployConfig(
-            port=int(item.deploy_config.port), health_path=item.deploy_config.health_path
-        ),
+        deploy_config=DeployConfig(**RestDeployConfig.of(item.deploy_config).model_dump()),
         gpu=bool(item.gpu),
         gpu_type=item.gpu_type,
     )

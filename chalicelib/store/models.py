@@ -60,6 +60,8 @@ class ByOwnerStatusIndex(GlobalSecondaryIndex):
 class DeployConfigAttribute(MapAttribute):
     port = NumberAttribute()
     health_path = UnicodeAttribute()
+    weights_allow_patterns = ListAttribute(of=UnicodeAttribute, null=True)
+    weights_ignore_patterns = ListAttribute(of=UnicodeAttribute, null=True)
 
 
 class ByNodeIndex(GlobalSecondaryIndex):
@@ -130,6 +132,7 @@ class DeploymentItem(Model):
     billable = UnicodeAttribute(null=True)  # "1" from instance launch until termination
     bytes_done = NumberAttribute(null=True)
     bytes_total = NumberAttribute(null=True)
+    weights_revision = UnicodeAttribute(null=True)  # what weights_source resolved to
     healthy = BooleanAttribute(null=True)
     health_consecutive_failures = NumberAttribute(default=0)
     health_latency_ms = NumberAttribute(null=True)

@@ -1,69 +1,69 @@
-"""Getting weights onto the node. This first cut serves local paths and https:// URLs; the
-weights issue adds hf://, r2:// and the shared content-addressed cache behind the same call."""
+"""Getting weights onto the node: one module per kind of source behind `Source` (resolve, then
+download), one shared content-addressed cache, and `fetch` choosing between them.
 
-import hashlib
+  hf://org/model[@rev]   hf.HfWeights        (huggingface_hub, keyed by commit sha)
+  r2:// and s3://        r2.BucketWeights    (boto3, keyed by the objects' ETags)
+  https://               https.HttpsWeights  (requests, keyed by sha256 pin, ETag or Last-Modified)
+  /local/path            used in place, read-only, never copied
+"""
+
 import os
-from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import requests
+from chalicelib.weights_uri import (
+    BucketSource,
+    HfSource,
+    InvalidWeightsSource,
+    LocalSource,
+    UrlSource,
+    parse_weights_uri,
+)
+from node_agent.weights.base import Progress, PullError, PullSettings, Source
+from node_agent.weights.cache import Pulled, WeightsCache
 
-from chalicelib.weights_uri import LocalSource, UrlSource, parse_weights_uri
-
-Progress = Callable[[int, int | None], None]
+__all__ = ["Progress", "PullError", "PullSettings", "Pulled", "WeightsCache", "fetch"]
 
 
-class PullError(Exception):
-    """The weights could not be fetched; the message says what to fix."""
-
-
-def fetch(source: str, cache_dir: Path, progress: Progress) -> Path:
-    parsed = parse_weights_uri(source, allow_http=True)
+def fetch(
+    source: str,
+    cache: WeightsCache,
+    progress: Progress,
+    *,
+    env: dict[str, str] | None = None,
+    settings: PullSettings = PullSettings(),
+    allow_patterns: list[str] | None = None,
+    ignore_patterns: list[str] | None = None,
+) -> Pulled:
+    try:
+        parsed = parse_weights_uri(source, allow_http=True)
+    except InvalidWeightsSource as exc:
+        raise PullError(f"weights source {exc}") from None
     if isinstance(parsed, LocalSource):
-        return _local(Path(parsed.path))
+        return Pulled(_local(Path(parsed.path)))
+    puller = _puller(parsed, env or {}, settings, allow_patterns, ignore_patterns)
+    return cache.get(puller, puller.resolve(), progress)
+
+
+def _puller(parsed, env, settings, allow_patterns, ignore_patterns) -> Source:
+    if isinstance(parsed, HfSource):
+        from node_agent.weights.hf import HfWeights  # huggingface_hub is slow to import
+
+        return HfWeights(parsed, env, settings, allow_patterns, ignore_patterns)
+    if isinstance(parsed, BucketSource):
+        from node_agent.weights.r2 import BucketWeights
+
+        return BucketWeights(parsed, env, settings)
     if isinstance(parsed, UrlSource):
-        return _download(parsed, cache_dir, progress)
-    raise PullError(f"{source}: this node agent cannot pull this kind of source yet")
+        from node_agent.weights.https import HttpsWeights
+
+        return HttpsWeights(parsed, settings)
+    raise PullError("this node agent cannot pull that kind of weights source")
 
 
 def _local(path: Path) -> Path:
     if not path.exists():
         raise PullError(f"{path} does not exist on this node")
-    if not os.access(path, os.R_OK):
+    readable = os.R_OK | (os.X_OK if path.is_dir() else 0)
+    if not os.access(path, readable):
         raise PullError(f"{path} is not readable by the node agent")
     return path
-
-
-def _download(source: UrlSource, cache_dir: Path, progress: Progress) -> Path:
-    key = hashlib.sha256(source.uri().encode()).hexdigest()[:32]
-    target_dir = cache_dir / key
-    name = Path(urlsplit(source.url).path).name or "weights"
-    target = target_dir / name
-    if target.exists():
-        return target_dir
-    target_dir.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(target.suffix + ".partial")
-    digest = hashlib.sha256()
-    try:
-        with requests.get(source.url, stream=True, timeout=(10, 60)) as response:
-            if response.status_code == 404:
-                raise PullError(f"{source.url} not found (404)")
-            if response.status_code in (401, 403):
-                raise PullError(f"{source.url} refused access ({response.status_code})")
-            response.raise_for_status()
-            total = int(response.headers.get("Content-Length", 0)) or None
-            done = 0
-            with open(partial, "wb") as out:
-                for chunk in response.iter_content(1024 * 1024):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    done += len(chunk)
-                    progress(done, total)
-    except requests.RequestException as exc:
-        raise PullError(f"download of {source.url} failed: {type(exc).__name__}") from None
-    if source.sha256 and digest.hexdigest() != source.sha256:
-        partial.unlink(missing_ok=True)
-        raise PullError(f"checksum mismatch for {source.url}: got sha256 {digest.hexdigest()}")
-    partial.rename(target)
-    return target_dir

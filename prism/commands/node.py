@@ -45,6 +45,12 @@ def _state_dir(state_dir: str | None) -> Path:
     type=click.IntRange(0, 65535),
     help="the node's own HTTP API on 127.0.0.1 (0: any)",
 )
+@click.option(
+    "--cache-max-gb",
+    type=click.FloatRange(0.001),
+    help="cap of the node's weights cache; least recently used unused weights go first "
+    "(default: 80% of the disk)",
+)
 @click.option("--no-local-api", is_flag=True, help="do not serve the node's own HTTP API")
 @click.option(
     "--standalone", is_flag=True, help="no control plane: run models through the local API only"
@@ -59,6 +65,7 @@ def node_up(
     probe_interval,
     startup_timeout,
     local_api_port,
+    cache_max_gb,
     no_local_api,
     standalone,
 ):
@@ -76,6 +83,7 @@ def node_up(
         "advertise_host": advertise_host,
         "probe_interval_s": probe_interval,
         "startup_timeout_s": startup_timeout,
+        "weights_cache_max_bytes": int(cache_max_gb * 1e9) if cache_max_gb else None,
     }
     run_agent(config, state, settings, heartbeat_s=heartbeat, local_api=local_api)
 

@@ -4,6 +4,7 @@ against the OpenAPI document (see conftest.Api)."""
 import pytest
 
 BASE = "/api/v1/compute/deployments"
+NO_PATTERNS = {"weights_allow_patterns": None, "weights_ignore_patterns": None}
 IMAGE_FORM = {
     "name": "web",
     "image": "ghcr.io/acme/model-server:1.2",
@@ -40,7 +41,7 @@ def test_image_form_creates_a_provisioning_deployment(api):
     assert d["id"].startswith("dep_")
     assert d["status"] == "provisioning"
     assert (d["image"], d["target"], d["gpu_type"]) == (IMAGE_FORM["image"], "runpod", "A100")
-    assert d["deploy_config"] == {"port": 8080, "health_path": "/healthz"}
+    assert d["deploy_config"] == {"port": 8080, "health_path": "/healthz"} | NO_PATTERNS
     assert d["budget_max_usd"] == 12.5 and d["cost_accrued_usd"] == 0
     assert d["failure_reason"] is None and d["endpoint_url"] is None
 
@@ -66,7 +67,7 @@ def test_marketplace_form_fills_the_recipe_and_keeps_overrides(api):
     assert d["resource_slug"] == "mace-mp-0"
     assert d["weights_source"].startswith("https://github.com/ACEsuit/mace-mp/")
     assert d["framework"] == "custom" and d["command"] == ["python", "-m", "mace_serve"]
-    assert d["deploy_config"] == {"port": 9001, "health_path": "/ready"}
+    assert d["deploy_config"] == {"port": 9001, "health_path": "/ready"} | NO_PATTERNS
 
 
 def test_marketplace_form_with_unknown_slug_names_the_field(api):

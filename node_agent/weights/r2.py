@@ -1,0 +1,182 @@
+"""r2:// and s3:// weights through boto3's S3 client: one object, or every object under a prefix,
+large objects in parallel ranged parts. R2 is S3 with an account endpoint and region "auto"."""
+
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from chalicelib.weights_uri import BucketSource
+from node_agent.weights.base import (
+    ByteCounter,
+    MiB,
+    Progress,
+    PullError,
+    PullSettings,
+    Resolved,
+    env_value,
+)
+
+PARALLEL_FILES = 4
+TRANSFER = TransferConfig(
+    multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB, max_concurrency=8
+)
+NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
+
+
+@dataclass(frozen=True)
+class _Object:
+    key: str
+    relative: str  # where it lands under the weights directory
+    size: int
+    etag: str
+
+
+class BucketWeights:
+    def __init__(self, source: BucketSource, env: dict[str, str], settings: PullSettings):
+        self.source = source
+        self.settings = settings
+        self.client = _client(source.scheme, env, settings)
+        self._objects: list[_Object] = []
+
+    def resolve(self) -> Resolved:
+        try:
+            self._objects = self._single_object() or self._under_prefix()
+        except ClientError as exc:
+            raise self._error(exc) from None
+        except (BotoCoreError, NoCredentialsError) as exc:
+            raise self._error(exc) from None
+        listing = "\n".join(f"{o.relative} {o.etag} {o.size}" for o in self._objects)
+        key = f"{self.source.uri()}|{sha256(listing.encode()).hexdigest()}"
+        return Resolved(key=key, size=sum(o.size for o in self._objects))
+
+    def download(self, into: Path, progress: Progress) -> None:
+        counter = ByteCounter(progress, sum(o.size for o in self._objects))
+        with ThreadPoolExecutor(PARALLEL_FILES) as pool:
+            for future in [pool.submit(self._fetch, o, into, counter) for o in self._objects]:
+                future.result()
+
+    def _fetch(self, obj: _Object, into: Path, counter: ByteCounter) -> None:
+        target = into / obj.relative
+        if target.is_file() and target.stat().st_size == obj.size:
+            counter.add(obj.size)  # finished by an earlier, interrupted pull
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(
+                self.source.bucket, obj.key, str(target), Config=TRANSFER, Callback=counter.add
+            )
+        except ClientError as exc:
+            raise self._error(exc, obj.key) from None
+        except BotoCoreError as exc:
+            raise PullError(f"download of {self._uri(obj.key)} failed: {exc}") from None
+        if target.stat().st_size != obj.size:
+            target.unlink()
+            raise PullError(f"{self._uri(obj.key)}: size changed during the download; retry")
+
+    # -- listing --------------------------------------------------------------------------------
+
+    def _single_object(self) -> list[_Object]:
+        key = self.source.key
+        if not key or key.endswith("/"):
+            return []
+        try:
+            head = self.client.head_object(Bucket=self.source.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in NOT_FOUND:
+                return []  # maybe a prefix
+            raise
+        name = posixpath.basename(key)
+        return [_Object(key, name, head["ContentLength"], head.get("ETag", ""))]
+
+    def _under_prefix(self) -> list[_Object]:
+        prefix = self.source.key.rstrip("/") + "/" if self.source.key else ""
+        objects = []
+        pages = self.client.get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=self.source.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                if item["Key"].endswith("/"):
+                    continue  # a "folder" marker
+                relative = item["Key"][len(prefix) :]
+                _check_relative(relative, item["Key"])
+                objects.append(_Object(item["Key"], relative, item["Size"], item.get("ETag", "")))
+        if not objects:
+            raise PullError(f"{self.source.uri()}: no object or prefix of that name was found")
+        return objects
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    def _uri(self, key: str) -> str:
+        return f"{self.source.scheme}://{self.source.bucket}/{key}"
+
+    def _error(self, exc: Exception, key: str | None = None) -> PullError:
+        where = self._uri(key) if key else self.source.uri()
+        if isinstance(exc, NoCredentialsError):
+            return PullError(f"{where}: no credentials; {_credential_hint(self.source.scheme)}")
+        if isinstance(exc, ClientError):
+            code = _code(exc)
+            if code in NOT_FOUND:
+                return PullError(f"{where} was not found ({code})")
+            if code in DENIED:
+                return PullError(
+                    f"{where}: access denied ({code}); {_credential_hint(self.source.scheme)}"
+                )
+            return PullError(f"{where}: {code}: {exc.response.get('Error', {}).get('Message')}")
+        return PullError(f"{where}: cannot reach the object store ({type(exc).__name__})")
+
+
+def _client(scheme: str, env: dict[str, str], settings: PullSettings):
+    config = Config(
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.stall_timeout_s,
+        retries={"max_attempts": settings.attempts, "mode": "standard"},
+        max_pool_connections=PARALLEL_FILES * TRANSFER.max_concurrency,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    if scheme == "r2":
+        endpoint = env_value(env, "R2_ENDPOINT_URL")
+        if not endpoint and (account := env_value(env, "R2_ACCOUNT_ID")):
+            endpoint = f"https://{account}.r2.cloudflarestorage.com"
+        if not endpoint:
+            raise PullError("r2:// needs R2_ACCOUNT_ID (or R2_ENDPOINT_URL) in env_vars")
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="auto",
+            aws_access_key_id=env_value(env, "R2_ACCESS_KEY_ID"),
+            aws_secret_access_key=env_value(env, "R2_SECRET_ACCESS_KEY"),
+            config=config,
+        )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=env_value(env, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        region_name=env_value(env, "AWS_REGION", "AWS_DEFAULT_REGION") or "us-east-1",
+        aws_access_key_id=env_value(env, "AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=env_value(env, "AWS_SECRET_ACCESS_KEY"),
+        aws_session_token=env_value(env, "AWS_SESSION_TOKEN"),
+        config=config,
+    )
+
+
+def _credential_hint(scheme: str) -> str:
+    if scheme == "r2":
+        return "set R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY in env_vars"
+    return "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in env_vars (or the node's role)"
+
+
+def _check_relative(relative: str, key: str) -> None:
+    parts = relative.split("/")
+    if relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise PullError(f"object key {key!r} cannot be stored safely as a file (., .. or //)")
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))

@@ -1,0 +1,118 @@
+"""hf:// weights through the real huggingface_hub against a fake Hub (HF_ENDPOINT)."""
+
+import pytest
+
+from node_agent.weights import PullError, WeightsCache, fetch
+from tests.fakes.hf_hub import LFS_THRESHOLD, FakeHfHub
+
+FILES = {
+    "config.json": b'{"hidden_size": 8}',
+    "tokenizer/vocab.txt": b"a\nb\n",
+    "model.safetensors": b"w" * (LFS_THRESHOLD + 10),
+}
+
+
+@pytest.fixture
+def hub(isolated_hf):
+    with FakeHfHub() as hub:
+        yield hub
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return WeightsCache(tmp_path / "cache", max_bytes=1 << 30)
+
+
+def pull(hub, cache, uri, env=None, progress=None, **kwargs):
+    env = {"HF_ENDPOINT": hub.url} | (env or {})
+    return fetch(uri, cache, progress or (lambda done, total: None), env=env, **kwargs)
+
+
+def files_in(path):
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def test_a_branch_is_pulled_at_its_commit_and_the_commit_is_recorded(hub, cache):
+    sha = hub.add_commit("org/model", FILES)
+    pulled = pull(hub, cache, "hf://org/model@main")
+    assert pulled.revision == sha
+    assert files_in(pulled.path) == FILES  # no huggingface_hub metadata left behind
+
+
+def test_the_same_commit_again_is_a_cache_hit_that_downloads_nothing(hub, cache):
+    hub.add_commit("org/model", FILES)
+    first = pull(hub, cache, "hf://org/model")
+    served = hub.bytes_served
+    second = pull(hub, cache, "hf://org/model@main")
+    assert second.path == first.path and second.cache_hit
+    assert hub.bytes_served == served
+
+
+def test_a_moved_branch_pulls_the_new_commit_into_a_new_entry(hub, cache):
+    hub.add_commit("org/model", FILES)
+    first = pull(hub, cache, "hf://org/model")
+    new_sha = hub.add_commit("org/model", FILES | {"config.json": b"{}"})
+    second = pull(hub, cache, "hf://org/model")
+    assert second.revision == new_sha and second.path != first.path
+    assert (second.path / "config.json").read_bytes() == b"{}"
+
+
+def test_tags_commits_and_the_kserve_spelling_pin_a_revision(hub, cache):
+    old = hub.add_commit("org/model", FILES, tags=("v1",))
+    hub.add_commit("org/model", FILES | {"config.json": b"{}"})
+    for uri in ("hf://org/model@v1", f"hf://org/model@{old}", "hf://org/model:v1"):
+        pulled = pull(hub, cache, uri)
+        assert pulled.revision == old and files_in(pulled.path) == FILES
+
+
+def test_allow_and_ignore_patterns_choose_the_files(hub, cache):
+    hub.add_commit("org/model", FILES)
+    only_config = pull(hub, cache, "hf://org/model", allow_patterns=["*.json"])
+    no_tokenizer = pull(hub, cache, "hf://org/model", ignore_patterns=["tokenizer/*"])
+    assert set(files_in(only_config.path)) == {"config.json"}
+    assert set(files_in(no_tokenizer.path)) == {"config.json", "model.safetensors"}
+
+
+def test_progress_counts_up_to_the_repository_size(hub, cache):
+    hub.add_commit("org/model", FILES)
+    seen = []
+    pull(hub, cache, "hf://org/model", progress=lambda done, total: seen.append((done, total)))
+    total = sum(len(v) for v in FILES.values())
+    assert seen[-1] == (total, total)
+
+
+def test_a_private_repository_needs_the_token_from_env_vars(hub, cache):
+    hub.add_commit("org/private", FILES, token="hf_secret")
+    with pytest.raises(PullError, match="repository not found; if it is private, pass HF_TOKEN"):
+        pull(hub, cache, "hf://org/private")
+    pulled = pull(hub, cache, "hf://org/private", env={"HF_TOKEN": "hf_secret"})
+    assert files_in(pulled.path) == FILES
+
+
+def test_a_gated_repository_says_to_accept_its_conditions(hub, cache):
+    hub.add_commit("org/gated", FILES, gated=True, token="hf_granted")
+    with pytest.raises(PullError, match="gated: accept its conditions"):
+        pull(hub, cache, "hf://org/gated")
+    assert hub.bytes_served == 0
+    assert list(cache.entries.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("hf://org/missing", "repository not found"),
+        ("hf://org/model@no-such-branch", "revision not found"),
+        ("hf://org/model@" + "0" * 40, "revision not found"),
+    ],
+)
+def test_missing_repositories_and_revisions_fail_with_the_reason(hub, cache, uri, reason):
+    hub.add_commit("org/model", FILES)
+    with pytest.raises(PullError, match=reason):
+        pull(hub, cache, uri)
+
+
+def test_a_hub_that_answers_500_fails_with_the_status(hub, cache):
+    hub.add_commit("org/model", FILES)
+    hub.fail_status = 500
+    with pytest.raises(PullError, match="HTTP 500|cannot reach"):
+        pull(hub, cache, "hf://org/model")
