@@ -8,6 +8,7 @@ import click
 from prism.client import ApiClient, ApiError
 from prism.config import CliConfig
 from prism.output import deployment_detail, deployments_table, emit_json
+from prism.watch import follow
 
 TARGETS = {
     "local": "prism_node",
@@ -102,6 +103,10 @@ def _gpu(gpu: str | None) -> dict:
 @click.option("--framework", type=click.Choice(["auto", "vllm", "tgi", "transformers", "custom"]))
 @click.option("--env", "env_pairs", multiple=True, help="NAME=VALUE (repeatable)")
 @click.option("--allow-http", is_flag=True, help="accept an http:// weights URL")
+@click.option("--allow-pattern", multiple=True, help="hf:// only: pull just files matching a glob")
+@click.option("--ignore-pattern", multiple=True, help="hf:// only: skip files matching a glob")
+@click.option("--wait", is_flag=True, help="follow it (pull progress) until running or failed")
+@click.option("--timeout", default=1800.0, show_default=True, help="seconds --wait waits")
 @click.option("--idempotency-key", help="retrying with the same key never creates twice")
 @click.option("--json", "as_json", is_flag=True, help="print the API's JSON")
 @click.argument("command_args", nargs=-1, metavar="[-- COMMAND...]")
@@ -119,6 +124,10 @@ def deploy_create(
     framework,
     env_pairs,
     allow_http,
+    allow_pattern,
+    ignore_pattern,
+    wait,
+    timeout,
     idempotency_key,
     as_json,
     command_args,
@@ -135,22 +144,27 @@ def deploy_create(
     }
     if target:
         body["target"] = TARGETS[target]
-    if port is not None or health_path is not None:
-        body["deploy_config"] = {
-            k: v for k, v in (("port", port), ("health_path", health_path)) if v is not None
-        }
+    config = {
+        "port": port,
+        "health_path": health_path,
+        "weights_allow_patterns": list(allow_pattern) or None,
+        "weights_ignore_patterns": list(ignore_pattern) or None,
+    }
+    if any(v is not None for v in config.values()):
+        body["deploy_config"] = {k: v for k, v in config.items() if v is not None}
     if env_pairs:
         body["env_vars"] = _env(env_pairs)
     if allow_http:
         body["allow_insecure_http"] = True
     body |= _gpu(gpu)
     body = {k: v for k, v in body.items() if v is not None}
-    created = api_client().create_deployment(body, idempotency_key)
-    if as_json:
-        emit_json(created)
-    else:
+    client = api_client()
+    created = client.create_deployment(body, idempotency_key)
+    if not as_json:
         click.echo(f"created {created['id']} ({created['status']})")
-        deployment_detail(created)
+    if wait:
+        created = _settled(follow(client, created["id"], timeout), as_json)
+    emit_json(created) if as_json else deployment_detail(created)
 
 
 @deploy.command("list")
@@ -177,11 +191,24 @@ def deploy_list(status, limit, follow, as_json):
 
 @deploy.command("status")
 @click.argument("deployment_id")
+@click.option("--watch", is_flag=True, help="follow it (pull progress) until running or over")
+@click.option("--timeout", default=1800.0, show_default=True, help="seconds --watch waits")
 @click.option("--json", "as_json", is_flag=True)
-def deploy_status(deployment_id, as_json):
+def deploy_status(deployment_id, watch, timeout, as_json):
     """Show one deployment."""
-    detail = api_client().get_deployment(deployment_id)
+    client = api_client()
+    detail = client.get_deployment(deployment_id)
+    if watch:
+        detail = follow(client, deployment_id, timeout)
     emit_json(detail) if as_json else deployment_detail(detail)
+
+
+def _settled(detail: dict, as_json: bool) -> dict:
+    """Waiting ends in failure: say why, with a non-zero exit (after the detail)."""
+    if detail["status"] != "failed":
+        return detail
+    emit_json(detail) if as_json else deployment_detail(detail)
+    raise click.ClickException(f"{detail['failure_reason']}: {detail['failure_message']}")
 
 
 @deploy.command("stop")

@@ -39,6 +39,23 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _pulled(d: dict) -> str:
+    done, total = d.get("bytes_done"), d.get("bytes_total")
+    if done is None:
+        return "-"
+    if total:
+        return f"{_size(done)} of {_size(total)} ({100 * done / total:.0f}%)"
+    return _size(done)
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count} B"
+
+
 def deployments_table(items: list[dict]) -> None:
     table = Table("ID", "NAME", "TARGET", "STATUS", "COST", "BUDGET", "ENDPOINT", "CREATED")
     for d in items:
@@ -63,6 +80,8 @@ def deployment_detail(d: dict) -> None:
         ("status", _status(d["status"])),
         ("target", d["target"]),
         ("source", what),
+        ("revision", d.get("weights_revision") or "-"),
+        ("pulled", _pulled(d)),
         ("resource", d["resource_slug"] or "-"),
         ("command", " ".join(d["command"]) or "-"),
         ("gpu", (d["gpu_type"] or "any") if d["gpu"] else "none"),

@@ -103,7 +103,9 @@ class NodeMessageHandler:
             status = Status(current.status)
             return target if status in EARLY and can_transition(status, target) else None
 
-        changes = {"bytes_done": message.bytes_done, "bytes_total": message.bytes_total}
+        changes = {}
+        if message.status == "pulling":
+            changes |= {"bytes_done": message.bytes_done, "bytes_total": message.bytes_total}
         if message.weights_revision:
             changes["weights_revision"] = message.weights_revision
         latest, changed = self._deployments.transition_latest(

@@ -15,6 +15,8 @@ import requests
 import websocket
 
 from tests.e2e.conftest import PRISM, REPO, start_platform, stop_platform
+from tests.fakes.file_server import FileServer
+from tests.fakes.hf_hub import FakeHfHub
 
 pytestmark = pytest.mark.e2e
 MODEL = [sys.executable, str(REPO / "tests" / "fakes" / "model_server.py")]
@@ -101,13 +103,14 @@ def weights(tmp_path):
     return tmp_path
 
 
-def deploy(platform, weights, name="m"):
+def deploy(platform, weights, name="m", extra=()):
     created = json.loads(
         platform.cli(
             "deploy",
             "create",
             "--name",
             name,
+            *extra,
             "--weights",
             str(weights),
             "--gpu",
@@ -188,6 +191,45 @@ def test_a_missing_weights_path_is_a_pull_error(stack, tmp_path):
     failed = reaches(platform, deployment_id, "failed")
     assert failed["failure_reason"] == "pull_error"
     assert "does not exist" in failed["failure_message"]
+
+
+def test_an_hf_deployment_pulls_through_the_node_cache_and_records_the_commit(stack):
+    platform, _ = stack
+    files = {"config.json": b"{}", "model.safetensors": b"w" * 2_000_000}
+    with FakeHfHub() as hub:
+        sha = hub.add_commit("org/tiny", files, token="hf_e2e")
+        hf = ["--env", f"HF_ENDPOINT={hub.url}", "--env", "HF_TOKEN=hf_e2e"]
+        running = json.loads(
+            platform.cli(
+                "deploy", "create", "--name", "hf-one", "--weights", "hf://org/tiny@main",
+                "--gpu", "none", "--port", "9100", "--wait", "--json", *hf, "--", *MODEL,
+                check=True,
+            ).stdout
+        )  # fmt: skip
+        first = running["id"]
+        assert running["status"] == "running" and running["weights_revision"] == sha
+        assert running["bytes_done"] == running["bytes_total"] == sum(map(len, files.values()))
+        assert requests.get(running["endpoint_url"], timeout=5).json()["weights"] == sorted(files)
+        served = hub.bytes_served
+        second = deploy(platform, "hf://org/tiny@main", "hf-two", extra=hf)
+        watched = platform.cli("deploy", "status", second, "--watch", "--json", check=True)
+        assert json.loads(watched.stdout)["status"] == "running"
+        assert hub.bytes_served == served  # the node's cache served the second one
+    for deployment_id in (first, second):
+        platform.cli("deploy", "stop", deployment_id, check=True)
+    assert "hf_e2e" not in json.dumps(status(platform, first))
+
+
+def test_weights_with_the_wrong_sha256_fail_with_a_checksum_mismatch(stack):
+    platform, _ = stack
+    with FileServer() as server:
+        url = server.add("/model.bin", b"real weights")
+        waited = platform.cli(
+            "deploy", "create", "--name", "badhash", "--weights", f"{url}#sha256={'0' * 64}",
+            "--allow-http", "--gpu", "none", "--wait", "--", *MODEL,
+        )  # fmt: skip
+    assert waited.returncode == 1
+    assert "pull_error: checksum mismatch" in waited.stderr
 
 
 def test_logs_come_from_the_node(stack, weights):

@@ -127,6 +127,28 @@ def test_gpu_deployments_only_go_to_nodes_with_a_matching_free_gpu(api, node):
     assert "A100" in get(api, second["id"])["status_message"]
 
 
+def test_pull_progress_and_the_resolved_revision_show_on_the_deployment(api, node):
+    d = create(api)["id"]
+    for done in (10, 60, 100):
+        node.say(
+            type="deployment_progress",
+            deployment_id=d,
+            status="pulling",
+            bytes_done=done,
+            bytes_total=100,
+        )
+        pulling = get(api, d)
+        assert (pulling["status"], pulling["bytes_done"], pulling["bytes_total"]) == (
+            "pulling",
+            done,
+            100,
+        )
+    node.say(
+        type="deployment_progress", deployment_id=d, status="starting", weights_revision="a" * 40
+    )
+    assert get(api, d)["weights_revision"] == "a" * 40
+
+
 def test_messages_walk_the_lifecycle(api, node):
     d = create(api)["id"]
     node.say(
