@@ -41,6 +41,7 @@ class HttpsWeights:
         self.source = source
         self.settings = settings
         self.name = unquote(Path(urlsplit(source.url).path).name) or "weights"
+        self.shown = _without_query(source.url)
         self.session = requests.Session()
         self._head: _Head | None = None
 
@@ -49,9 +50,9 @@ class HttpsWeights:
         if self.source.sha256:  # the content itself is pinned: any URL serving it will do
             key = f"sha256:{self.source.sha256}:{self.name}"
         elif self._head.validator:
-            key = f"url:{self.source.url}|{self._head.validator}|{self._head.size}"
+            key = f"url:{self.shown}|{self._head.validator}|{self._head.size}"
         else:  # nothing says whether the content changed: never reuse it
-            key = f"url:{self.source.url}|unvalidated:{time.time_ns()}"
+            key = f"url:{self.shown}|unvalidated:{time.time_ns()}"
         return Resolved(key=key, size=self._head.size)
 
     def download(self, into: Path, progress: Progress) -> None:
@@ -80,11 +81,11 @@ class HttpsWeights:
                 last_size = size
                 if failures >= self.settings.attempts:
                     raise PullError(
-                        f"download of {self.source.url} failed {failures} times in a row "
+                        f"download of {self.shown} failed {failures} times in a row "
                         f"without progress: {retry}"
                     ) from None
                 wait = retry.wait_s or self._backoff(failures)
-                log.warning("%s: %s; retrying in %.1f s", self.source.url, retry, wait)
+                log.warning("%s: %s; retrying in %.1f s", self.shown, retry, wait)
                 time.sleep(wait)
         self._verify(target)
 
@@ -146,29 +147,27 @@ class HttpsWeights:
         if code in (200, 206):
             return
         if code in (404, 410):
-            raise PullError(f"{self.source.url} was not found ({code}); check the URL")
+            raise PullError(f"{self.shown} was not found ({code}); check the URL")
         if code in (401, 403):
             raise PullError(
-                f"{self.source.url} refused access ({code}); the URL needs credentials or a "
+                f"{self.shown} refused access ({code}); the URL needs credentials or a "
                 "fresh signed link"
             )
         if code == 429 or code >= 500:
             raise _Retry(f"the server answered {code}", _retry_after(response))
-        raise PullError(f"{self.source.url} answered HTTP {code}")
+        raise PullError(f"{self.shown} answered HTTP {code}")
 
     def _verify(self, target: Path) -> None:
         size, expected = _size(target), self._head.size if self._head else None
         if expected is not None and size != expected:
             target.unlink(missing_ok=True)
-            raise PullError(
-                f"{self.source.url}: got {size} bytes where the server announced {expected}"
-            )
+            raise PullError(f"{self.shown}: got {size} bytes where the server announced {expected}")
         if self.source.sha256:
             actual = _sha256_of(target)
             if actual != self.source.sha256:
                 target.unlink(missing_ok=True)
                 raise PullError(
-                    f"checksum mismatch for {self.source.url}: expected sha256 "
+                    f"checksum mismatch for {self.shown}: expected sha256 "
                     f"{self.source.sha256}, got {actual}"
                 )
 
@@ -208,11 +207,17 @@ class HttpsWeights:
             except _Retry as retry:
                 reason = str(retry)
             time.sleep(self._backoff(attempt + 1))
-        raise PullError(f"cannot reach {self.source.url}: {reason}")
+        raise PullError(f"cannot reach {self.shown}: {reason}")
 
     def _backoff(self, failures: int) -> float:
         base = min(30.0, self.settings.backoff_s * 2 ** max(0, failures - 1))
         return base * random.uniform(0.8, 1.2)
+
+
+def _without_query(url: str) -> str:
+    """A signed URL's query is a credential: messages and logs show the URL without it."""
+    parts = urlsplit(url)
+    return parts._replace(query="…" if parts.query else "", fragment="").geturl()
 
 
 def _validator(response) -> str | None:

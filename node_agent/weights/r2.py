@@ -1,6 +1,7 @@
 """r2:// and s3:// weights through boto3's S3 client: one object, or every object under a prefix,
 large objects in parallel ranged parts. R2 is S3 with an account endpoint and region "auto"."""
 
+import functools
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -133,6 +134,35 @@ class BucketWeights:
 
 
 def _client(scheme: str, env: dict[str, str], settings: PullSettings):
+    if scheme == "r2":
+        endpoint = env_value(env, "R2_ENDPOINT_URL")
+        if not endpoint and (account := env_value(env, "R2_ACCOUNT_ID")):
+            endpoint = f"https://{account}.r2.cloudflarestorage.com"
+        if not endpoint:
+            raise PullError("r2:// needs R2_ACCOUNT_ID (or R2_ENDPOINT_URL) in env_vars")
+        return _s3_client(
+            endpoint,
+            "auto",
+            (env_value(env, "R2_ACCESS_KEY_ID"), env_value(env, "R2_SECRET_ACCESS_KEY"), None),
+            settings,
+        )
+    return _s3_client(
+        env_value(env, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        env_value(env, "AWS_REGION", "AWS_DEFAULT_REGION") or "us-east-1",
+        (
+            env_value(env, "AWS_ACCESS_KEY_ID"),
+            env_value(env, "AWS_SECRET_ACCESS_KEY"),
+            env_value(env, "AWS_SESSION_TOKEN"),
+        ),
+        settings,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _s3_client(endpoint, region, credentials: tuple, settings: PullSettings):
+    """Made once per endpoint and credentials: a boto3 client costs ~50 ms, more than a cache
+    hit may take."""
+    key_id, secret, token = credentials
     config = Config(
         connect_timeout=settings.connect_timeout_s,
         read_timeout=settings.stall_timeout_s,
@@ -141,27 +171,13 @@ def _client(scheme: str, env: dict[str, str], settings: PullSettings):
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    if scheme == "r2":
-        endpoint = env_value(env, "R2_ENDPOINT_URL")
-        if not endpoint and (account := env_value(env, "R2_ACCOUNT_ID")):
-            endpoint = f"https://{account}.r2.cloudflarestorage.com"
-        if not endpoint:
-            raise PullError("r2:// needs R2_ACCOUNT_ID (or R2_ENDPOINT_URL) in env_vars")
-        return boto3.session.Session().client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="auto",
-            aws_access_key_id=env_value(env, "R2_ACCESS_KEY_ID"),
-            aws_secret_access_key=env_value(env, "R2_SECRET_ACCESS_KEY"),
-            config=config,
-        )
     return boto3.session.Session().client(
         "s3",
-        endpoint_url=env_value(env, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
-        region_name=env_value(env, "AWS_REGION", "AWS_DEFAULT_REGION") or "us-east-1",
-        aws_access_key_id=env_value(env, "AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=env_value(env, "AWS_SECRET_ACCESS_KEY"),
-        aws_session_token=env_value(env, "AWS_SESSION_TOKEN"),
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        aws_session_token=token,
         config=config,
     )
 

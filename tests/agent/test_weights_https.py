@@ -176,3 +176,11 @@ def test_a_corrupt_archive_is_refused(server, cache):
     url = server.add("/broken.tar.gz", tar_gz({"w.bin": b"w" * 10_000})[:-200])
     with pytest.raises(PullError, match="broken.tar.gz is damaged or truncated"):
         pull(url, cache)
+
+
+def test_a_signed_urls_query_never_appears_in_the_failure(server, cache):
+    url = server.add("/model.bin", BODY, Faults(status=403))
+    with pytest.raises(PullError) as failure:
+        pull(f"{url}?X-Amz-Signature=secretsignature", cache)
+    assert "secretsignature" not in str(failure.value)
+    assert "/model.bin?…" in str(failure.value)
