@@ -9,6 +9,67 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class CloudSettings:
+    """Cloud GPU provisioning: where the providers are, their keys, and the workflow clock."""
+
+    provision_state_machine_arn: str
+    teardown_state_machine_arn: str
+    poll_seconds: int  # between provider status polls and health checks while provisioning
+    boot_deadline_seconds: dict  # provider -> give up on an instance that is not up by then
+    health_grace_seconds: int  # an up instance must answer its health path within this
+    terminate_retry_seconds: int  # teardown retries terminate this often...
+    terminate_give_up_seconds: int  # ...for this long, then flags the instance for the reaper
+    reaper_grace_seconds: int  # an instance of ours with no live deployment older than this goes
+    max_offers: int  # offers (GPU type x region) tried when one has no capacity
+    # provider -> API key: from the environment locally, else from this SSM SecureString
+    api_keys: dict
+    api_key_parameters: dict
+    runpod_api_url: str | None
+    runpod_endpoint_template: str | None
+    lambda_api_url: str | None
+    lambda_endpoint_template: str | None
+    lambda_ssh_key_name: str
+
+    @classmethod
+    def from_env(cls, env, stage: str, region: str) -> "CloudSettings":
+        account = env.get("PRISM_AWS_ACCOUNT_ID", "123456789012")  # moto's default account
+
+        def machine(kind: str) -> str:
+            return env.get(
+                f"PRISM_{kind.upper()}_STATE_MACHINE_ARN",
+                f"arn:aws:states:{region}:{account}:stateMachine:prism-{stage}-{kind}",
+            )
+
+        return cls(
+            provision_state_machine_arn=machine("provision"),
+            teardown_state_machine_arn=machine("teardown"),
+            poll_seconds=int(env.get("PRISM_CLOUD_POLL_SECONDS", "10")),
+            boot_deadline_seconds={
+                "runpod": int(env.get("PRISM_RUNPOD_BOOT_DEADLINE_SECONDS", "1200")),
+                "lambda": int(env.get("PRISM_LAMBDA_BOOT_DEADLINE_SECONDS", "1800")),
+            },
+            health_grace_seconds=int(env.get("PRISM_CLOUD_HEALTH_GRACE_SECONDS", "600")),
+            terminate_retry_seconds=int(env.get("PRISM_CLOUD_TERMINATE_RETRY_SECONDS", "30")),
+            terminate_give_up_seconds=int(env.get("PRISM_CLOUD_TERMINATE_GIVE_UP_SECONDS", "900")),
+            reaper_grace_seconds=int(env.get("PRISM_REAPER_GRACE_SECONDS", "600")),
+            max_offers=int(env.get("PRISM_CLOUD_MAX_OFFERS", "5")),
+            api_keys={
+                "runpod": env.get("RUNPOD_API_KEY") or None,
+                "lambda": env.get("LAMBDA_API_KEY") or None,
+            },
+            api_key_parameters={
+                "runpod": env.get("PRISM_RUNPOD_KEY_PARAMETER", f"/prism/{stage}/runpod-api-key"),
+                "lambda": env.get("PRISM_LAMBDA_KEY_PARAMETER", f"/prism/{stage}/lambda-api-key"),
+            },
+            runpod_api_url=env.get("PRISM_RUNPOD_API_URL") or None,
+            runpod_endpoint_template=env.get("PRISM_RUNPOD_ENDPOINT_TEMPLATE") or None,
+            lambda_api_url=env.get("PRISM_LAMBDA_API_URL") or None,
+            lambda_endpoint_template=env.get("PRISM_LAMBDA_ENDPOINT_TEMPLATE") or None,
+            lambda_ssh_key_name=env.get("PRISM_LAMBDA_SSH_KEY_NAME", "prism"),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     stage: str
     region: str
@@ -31,18 +92,20 @@ class Settings:
     node_lost_seconds: int  # ... and for this long: they fail with node_lost
     no_node_timeout_seconds: int  # a prism_node deployment waits this long for a node
     node_reply_timeout_seconds: float  # how long a live health/logs request waits for the node
+    cloud: CloudSettings
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
         stage = env.get("PRISM_STAGE", "dev")
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
 
         def table(kind: str) -> str:
             return env.get(f"PRISM_{kind.upper()}_TABLE", f"prism-{stage}-{kind}")
 
         return cls(
             stage=stage,
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            region=region,
             aws_endpoint_url=env.get("PRISM_AWS_ENDPOINT_URL") or None,
             deployments_table=table("deployments"),
             users_table=table("users"),
@@ -61,6 +124,7 @@ class Settings:
             node_lost_seconds=int(env.get("PRISM_NODE_LOST_SECONDS", "300")),
             no_node_timeout_seconds=int(env.get("PRISM_NO_NODE_TIMEOUT_SECONDS", "600")),
             node_reply_timeout_seconds=float(env.get("PRISM_NODE_REPLY_TIMEOUT_SECONDS", "3")),
+            cloud=CloudSettings.from_env(env, stage, region),
         )
 
 

@@ -15,6 +15,8 @@ from chalicelib.store.models import DeploymentItem, utcnow
 
 MAX_RETRIES = 5
 UNPLACED = "1"
+CLOUD = "1"
+BILLABLE = "1"
 DEPLOYMENT_ID = re.compile(r"^dep_[0-9a-f]{16}$")  # what new_deployment_id() makes
 
 
@@ -49,6 +51,8 @@ class DeploymentRepository:
         item.owner_status = owner_status_key(item.owner_id, item.status)
         if item.target == "prism_node" and not item.node_id:
             item.unplaced = UNPLACED
+        if item.target != "prism_node":
+            item.cloud = CLOUD
         try:
             item.save(condition=DeploymentItem.id.does_not_exist())
         except PutError as exc:
@@ -83,6 +87,8 @@ class DeploymentRepository:
             actions.append(DeploymentItem.unplaced.remove())
         if item.billable and target.is_terminal():  # termination confirmed: billing ends
             actions.append(DeploymentItem.billable.remove())
+        if item.cloud and target.is_terminal():
+            actions.append(DeploymentItem.cloud.remove())
         actions += _set_actions(changes)
         try:
             item.update(actions=actions, condition=DeploymentItem.status == item.status)
@@ -171,6 +177,37 @@ class DeploymentRepository:
                 node_id, filter_condition=DeploymentItem.status.is_in(*active)
             )
         )
+
+    def cloud_active(self) -> list[DeploymentItem]:
+        """Cloud deployments that are not over, by Query on their sparse index."""
+        return list(DeploymentItem.cloud_index.query(CLOUD))
+
+    def record_instance(
+        self, item: DeploymentItem, instance_id: str, price, launched_at, region=None
+    ) -> bool:
+        """Remember the provider instance and start billing it, in one write that holds only
+        while the deployment is still provisioning without an instance (False: it was stopped
+        meanwhile, and the caller must terminate what it launched)."""
+        try:
+            item.update(
+                actions=[
+                    DeploymentItem.provider_instance_id.set(instance_id),
+                    DeploymentItem.provider_region.set(region) if region else None,
+                    DeploymentItem.launched_at.set(launched_at),
+                    DeploymentItem.billable.set(BILLABLE),
+                    DeploymentItem.price_per_hour_usd.set(price),
+                    DeploymentItem.last_metered_at.set(launched_at),
+                    DeploymentItem.status_message.set(f"instance {instance_id} launched"),
+                ],
+                condition=(DeploymentItem.status == Status.PROVISIONING.value)
+                & DeploymentItem.provider_instance_id.does_not_exist(),
+                add_version_condition=False,
+            )
+        except UpdateError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
 
     def unplaced(self, created_before=None) -> list[DeploymentItem]:
         condition = None if created_before is None else (DeploymentItem.created_at < created_before)

@@ -86,6 +86,18 @@ class UnplacedIndex(GlobalSecondaryIndex):
     created_at = UTCDateTimeAttribute(range_key=True)
 
 
+class CloudIndex(GlobalSecondaryIndex):
+    """Cloud deployments that are not over (sparse: `cloud` is set only then): what the
+    reaper and the cloud health checks read."""
+
+    class Meta:
+        index_name = "cloud"
+        projection = AllProjection()
+
+    cloud = UnicodeAttribute(hash_key=True)
+    id = UnicodeAttribute(range_key=True)
+
+
 class BillableIndex(GlobalSecondaryIndex):
     """Deployments a provider is charging for (sparse: `billable` is set only then). The
     metering tick reads this and nothing else: stopped deployments are never read."""
@@ -130,6 +142,9 @@ class DeploymentItem(Model):
     status_message = UnicodeAttribute(null=True)  # why it waits, or what just happened
     unplaced = UnicodeAttribute(null=True)  # "1" while a prism_node deployment waits for a node
     billable = UnicodeAttribute(null=True)  # "1" from instance launch until termination
+    cloud = UnicodeAttribute(null=True)  # "1" while a cloud deployment is not over
+    provider_region = UnicodeAttribute(null=True)
+    launched_at = UTCDateTimeAttribute(null=True)  # the provider instance's launch
     bytes_done = NumberAttribute(null=True)
     bytes_total = NumberAttribute(null=True)
     weights_revision = UnicodeAttribute(null=True)  # what weights_source resolved to
@@ -146,6 +161,7 @@ class DeploymentItem(Model):
     by_node = ByNodeIndex()
     unplaced_index = UnplacedIndex()
     billable_index = BillableIndex()
+    cloud_index = CloudIndex()
 
     def env_dict(self) -> dict[str, str]:
         env = self.env_vars

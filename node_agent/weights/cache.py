@@ -59,6 +59,7 @@ class WeightsCache:
         self.entries, self.partial, self.locks = root / "entries", root / "partial", root / "locks"
         for folder in (self.entries, self.partial, self.locks):
             folder.mkdir(parents=True, exist_ok=True)
+        self._empty_trash()  # what an agent killed while deleting left behind
 
     def get(self, source: Source, resolved: Resolved, progress: Progress) -> Pulled:
         digest = hashlib.sha256(resolved.key.encode()).hexdigest()[:40]
@@ -74,11 +75,11 @@ class WeightsCache:
             self._ensure_room(resolved.size, partial)
             try:
                 source.download(partial, progress)
+                self._publish(partial, entry, digest, resolved)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise PullError(f"the node's disk is full ({self.root})") from None
-                raise
-            self._publish(partial, entry, digest, resolved)
+                raise PullError(f"cannot write the weights under {self.root}: {exc}") from None
         self.evict()
         return Pulled(entry, resolved.revision)
 
@@ -89,9 +90,10 @@ class WeightsCache:
         total = self.size()
         for _, digest, path, size in candidates:
             if total + needed <= self.max_bytes:
-                return
+                break
             if self._remove(digest, path):
                 total -= size
+        self._empty_trash()  # deleting is slow: done after choosing, outside every lock
 
     def size(self) -> int:
         entries = sum(self._entry_size(d.name) for d in self.entries.iterdir() if d.is_dir())
@@ -139,13 +141,23 @@ class WeightsCache:
 
     def _remove(self, digest: str, path: Path) -> bool:
         with self._lock(digest, wait=False) as held:
-            if not held or not path.is_dir():
-                return False  # being pulled or used right now
-            trash = self.root / f"trash-{uuid.uuid4().hex}"
-            path.rename(trash)  # gone at once for readers; deleting may take a while
+            if not held or not path.is_dir() or self._still_wanted(digest, path):
+                return False  # being pulled, just handed out, or used by a deployment
+            path.rename(self.root / f"trash-{uuid.uuid4().hex}")  # gone at once for readers
             (self.entries / f"{digest}.json").unlink(missing_ok=True)
-        shutil.rmtree(trash, ignore_errors=True)
         return True
+
+    def _still_wanted(self, digest: str, path: Path) -> bool:
+        """Asked again under the entry's lock: a cache hit may have happened since the
+        candidates were listed."""
+        if path.parent != self.entries:
+            return False
+        recent = time.time() - self._last_used(digest, path) < RECENT_USE_S
+        return recent or path.resolve() in {Path(p).resolve() for p in self.in_use()}
+
+    def _empty_trash(self) -> None:
+        for trash in self.root.glob("trash-*"):
+            shutil.rmtree(trash, ignore_errors=True)
 
     def _entry_size(self, digest: str) -> int:
         try:

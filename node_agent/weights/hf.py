@@ -8,6 +8,7 @@ import shutil
 import threading
 from pathlib import Path
 
+import httpx2
 from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -69,7 +70,12 @@ class HfWeights:
         )
         if not wanted:
             raise PullError(f"{self._where()}: no file matches the allow/ignore patterns")
-        key = f"hf:{self.source.repo_id}@{self.sha}|allow={self.allow}|ignore={self.ignore}"
+        # The endpoint is part of what the weights are: a mirror that lies about a commit must
+        # not fill the cache for deployments pulling from the real Hub.
+        key = (
+            f"hf:{self.endpoint}|{self.source.repo_id}@{self.sha}"
+            f"|allow={self.allow}|ignore={self.ignore}"
+        )
         self.size = sum(f.size for f in files if f.path in wanted)
         return Resolved(key=key, size=self.size, revision=self.sha)
 
@@ -146,6 +152,10 @@ class _HubErrors:
             if status in (401, 403):
                 return PullError(f"{self.where}: access refused ({status}); {token_hint}")
             return PullError(f"{self.where}: the Hub answered HTTP {status}")
+        if isinstance(exc, httpx2.TimeoutException):
+            return PullError(f"{self.where}: the Hub stopped sending bytes (stalled); retry later")
+        if isinstance(exc, httpx2.HTTPError):
+            return PullError(f"{self.where}: cannot reach {self.endpoint} ({type(exc).__name__})")
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return exc  # the cache reports a full disk
         if isinstance(exc, OSError | ValueError):

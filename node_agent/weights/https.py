@@ -40,7 +40,7 @@ class HttpsWeights:
     def __init__(self, source: UrlSource, settings: PullSettings):
         self.source = source
         self.settings = settings
-        self.name = unquote(Path(urlsplit(source.url).path).name) or "weights"
+        self.name = _file_name(source.url)
         self.shown = _without_query(source.url)
         self.session = requests.Session()
         self._head: _Head | None = None
@@ -63,22 +63,28 @@ class HttpsWeights:
         staging.mkdir(exist_ok=True)
         self._download_file(staging / self.name, progress)
         for leftover in into.iterdir():  # what an interrupted earlier unpack left
-            if leftover != staging:
-                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            if leftover == staging:
+                continue
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
         self._unpack(staging, into)
 
     # -- the transfer -----------------------------------------------------------------------
 
     def _download_file(self, target: Path, progress: Progress) -> None:
-        failures, last_size = 0, _size(target)
+        failures, best = 0, _size(target)
         while True:
             try:
                 self._attempt(target, progress)
                 break
             except _Retry as retry:
                 size = _size(target)
-                failures = 0 if size > last_size else failures + 1  # progress resets the count
-                last_size = size
+                # Only bytes never had before count as progress: a server that sends the same
+                # prefix again and again must still run out of attempts.
+                failures = 0 if size > best else failures + 1
+                best = max(best, size)
                 if failures >= self.settings.attempts:
                     raise PullError(
                         f"download of {self.shown} failed {failures} times in a row "
@@ -107,6 +113,12 @@ class HttpsWeights:
                 if response.status_code == 416 and done:
                     return self._finished_already(target, done)
                 self._check_status(response)
+                if response.headers.get("Content-Encoding", "identity") != "identity":
+                    raise PullError(
+                        f"{self.shown} was sent compressed ({response.headers['Content-Encoding']})"
+                        " although the agent asked for the bytes as they are; serve it without "
+                        "Content-Encoding"
+                    )
                 if response.status_code != 206:
                     done = 0  # the server sent the whole body (new content or no Range)
                 elif not _range_starts_at(response, done):
@@ -177,6 +189,11 @@ class HttpsWeights:
         except ArchiveError as exc:
             shutil.rmtree(staging)
             raise PullError(str(exc)) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+            raise PullError(f"{self.name} cannot be unpacked: {exc.strerror}") from None
         shutil.rmtree(staging)
 
     # -- metadata -----------------------------------------------------------------------------
@@ -212,6 +229,14 @@ class HttpsWeights:
     def _backoff(self, failures: int) -> float:
         base = min(30.0, self.settings.backoff_s * 2 ** max(0, failures - 1))
         return base * random.uniform(0.8, 1.2)
+
+
+def _file_name(url: str) -> str:
+    """The URL's last path segment as a file name, or "weights" when it is not a safe one
+    (an encoded slash, NUL, '.' or '..' must never become a path)."""
+    name = unquote(Path(urlsplit(url).path).name)
+    unsafe = not name or name in (".", "..") or any(c in name for c in "/\\\x00")
+    return "weights" if unsafe else name
 
 
 def _without_query(url: str) -> str:

@@ -9,6 +9,7 @@ from hashlib import sha256
 from pathlib import Path
 
 import boto3
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -44,7 +45,10 @@ class BucketWeights:
     def __init__(self, source: BucketSource, env: dict[str, str], settings: PullSettings):
         self.source = source
         self.settings = settings
-        self.client = _client(source.scheme, env, settings)
+        try:
+            self.client = _client(source.scheme, env, settings)
+        except ValueError as exc:  # e.g. an endpoint URL without https://
+            raise PullError(f"{source.uri()}: invalid object store settings: {exc}") from None
         self._objects: list[_Object] = []
 
     def resolve(self) -> Resolved:
@@ -55,14 +59,21 @@ class BucketWeights:
         except (BotoCoreError, NoCredentialsError) as exc:
             raise self._error(exc) from None
         listing = "\n".join(f"{o.relative} {o.etag} {o.size}" for o in self._objects)
-        key = f"{self.source.uri()}|{sha256(listing.encode()).hexdigest()}"
+        # The endpoint (R2 account) is part of what the weights are: another store with the
+        # same bucket name and forged ETags must not fill the cache.
+        endpoint = self.client.meta.endpoint_url
+        key = f"{endpoint}|{self.source.uri()}|{sha256(listing.encode()).hexdigest()}"
         return Resolved(key=key, size=sum(o.size for o in self._objects))
 
     def download(self, into: Path, progress: Progress) -> None:
+        _remove_strays(into, {o.relative for o in self._objects})
         counter = ByteCounter(progress, sum(o.size for o in self._objects))
-        with ThreadPoolExecutor(PARALLEL_FILES) as pool:
+        pool = ThreadPoolExecutor(PARALLEL_FILES)
+        try:
             for future in [pool.submit(self._fetch, o, into, counter) for o in self._objects]:
                 future.result()
+        finally:  # the first failure stops the rest instead of waiting for every object
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _fetch(self, obj: _Object, into: Path, counter: ByteCounter) -> None:
         target = into / obj.relative
@@ -76,8 +87,11 @@ class BucketWeights:
             )
         except ClientError as exc:
             raise self._error(exc, obj.key) from None
-        except BotoCoreError as exc:
-            raise PullError(f"download of {self._uri(obj.key)} failed: {exc}") from None
+        except (BotoCoreError, Boto3Error) as exc:
+            raise PullError(
+                f"download of {self._uri(obj.key)} failed after retries (stalled or dropped "
+                f"connections): {type(exc).__name__}"
+            ) from None
         if target.stat().st_size != obj.size:
             target.unlink()
             raise PullError(f"{self._uri(obj.key)}: size changed during the download; retry")
@@ -186,6 +200,14 @@ def _credential_hint(scheme: str) -> str:
     if scheme == "r2":
         return "set R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY in env_vars"
     return "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in env_vars (or the node's role)"
+
+
+def _remove_strays(into: Path, wanted: set[str]) -> None:
+    """Files an interrupted earlier pull left (s3transfer's temporary names) must not end up
+    in the published weights."""
+    for path in [p for p in into.rglob("*") if p.is_file()]:
+        if path.relative_to(into).as_posix() not in wanted:
+            path.unlink()
 
 
 def _check_relative(relative: str, key: str) -> None:

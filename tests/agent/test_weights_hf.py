@@ -116,3 +116,24 @@ def test_a_hub_that_answers_500_fails_with_the_status(hub, cache):
     hub.fail_status = 500
     with pytest.raises(PullError, match="HTTP 500|cannot reach"):
         pull(hub, cache, "hf://org/model")
+
+
+def test_an_unreachable_hub_is_a_pull_error_naming_it(cache, isolated_hf):
+    with pytest.raises(PullError, match="cannot reach http://127.0.0.1:9"):
+        fetch(
+            "hf://org/model",
+            cache,
+            lambda done, total: None,
+            env={"HF_ENDPOINT": "http://127.0.0.1:9"},
+        )
+
+
+def test_a_mirror_never_fills_the_cache_for_the_real_hub(hub, cache):
+    """The endpoint is part of the cache key: a lying mirror cannot poison other pulls."""
+    hub.add_commit("org/model", FILES)
+    with FakeHfHub() as mirror:
+        mirror.add_commit("org/model", FILES)  # claims the very same commit sha
+        from_mirror = pull(mirror, cache, "hf://org/model")
+    from_hub = pull(hub, cache, "hf://org/model")
+    assert from_hub.revision == from_mirror.revision
+    assert from_hub.path != from_mirror.path and not from_hub.cache_hit

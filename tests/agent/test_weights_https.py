@@ -184,3 +184,10 @@ def test_a_signed_urls_query_never_appears_in_the_failure(server, cache):
         pull(f"{url}?X-Amz-Signature=secretsignature", cache)
     assert "secretsignature" not in str(failure.value)
     assert "/model.bin?…" in str(failure.value)
+
+
+def test_an_encoded_slash_in_the_file_name_never_escapes_the_entry(server, cache, tmp_path):
+    url = server.add("/x/..%2F..%2F..%2Fescaped.txt", b"owned")
+    pulled = pull(url, cache)
+    assert (pulled.path / "weights").read_bytes() == b"owned"
+    assert not list(tmp_path.rglob("escaped.txt"))

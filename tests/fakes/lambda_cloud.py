@@ -1,0 +1,491 @@
+"""A fake Lambda Cloud API v1: a real HTTP server speaking the wire format of
+/work/shared/reference/external-apis.md, so the real provider client runs over real HTTP:
+
+    with FakeLambdaCloud(boot_seconds=0.2) as cloud:
+        provider = LambdaCloudProvider(cloud.api_key, "prism", api_url=cloud.url,
+                                       endpoint_template=cloud.endpoint_template)
+
+Routes (all under /api/v1, `Authorization: Bearer <api_key>`, else 401 global/invalid-api-key):
+    GET  /instance-types                  -> {"data": {type: {instance_type, regions_with_...}}}
+    POST /instance-operations/launch      -> {"data": {"instance_ids": [id]}}
+    GET  /instances                       -> {"data": [instance, ...]}  (not yet terminated)
+    GET  /instances/{id}                  -> {"data": instance}; 404 global/object-does-not-exist
+    POST /instance-operations/terminate   -> {"data": {"terminated_instances": [instance, ...]}}
+Errors are `{"error": {"code", "message", "suggestion"?}}` with the real codes.
+
+Instances are "booting" for `boot_seconds`, then "active" with ip 127.0.0.1; a terminate makes
+them "terminating" for `terminating_seconds`, then "terminated"; they answer GET for
+`forget_after_s` more. An active instance's model "answers" at `endpoint_template`:
+    GET|POST /vm/{id}/{port}/<anything>  -> 200 {"ok": true, "instance": id}
+                                            (500 if id in `unhealthy`, 502 while not active)
+
+Faults (counters decrement per request): capacity_failures, no_capacity, rate_limit_next
+(+ retry_after_s), server_error_next, terminate_failures, never_boot, unhealthy, quota.
+"""
+
+import contextlib
+import copy
+import json
+import threading
+import time
+import uuid
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+API_PREFIX = "/api/v1"
+FAKE_IP = "127.0.0.1"
+
+REGIONS = {
+    "us-east-1": "Virginia, USA",
+    "us-west-1": "California, USA",
+    "us-west-2": "Arizona, USA",
+    "us-west-3": "Utah, USA",
+    "europe-central-1": "Germany",
+}
+
+_INSTANCE_KEYS = (  # what GET /instances/{id} shows; the rest of a record is the fake's own
+    "id",
+    "name",
+    "ip",
+    "private_ip",
+    "status",
+    "ssh_key_names",
+    "file_system_names",
+    "region",
+    "instance_type",
+    "hostname",
+    "jupyter_token",
+    "jupyter_url",
+    "is_reserved",
+)
+
+
+def instance_type_entry(
+    name: str,
+    gpu_description: str,
+    price_cents_per_hour: int,
+    regions: list[str],
+    *,
+    gpus: int = 1,
+    vcpus: int = 30,
+    memory_gib: int = 200,
+    storage_gib: int = 512,
+) -> dict[str, Any]:
+    """One value of GET /instance-types' `data`, as Lambda shapes it."""
+    return {
+        "instance_type": {
+            "name": name,
+            "description": f"{gpus}x {gpu_description}",
+            "gpu_description": gpu_description,
+            "price_cents_per_hour": price_cents_per_hour,
+            "specs": {
+                "vcpus": vcpus,
+                "memory_gib": memory_gib,
+                "storage_gib": storage_gib,
+                "gpus": gpus,
+            },
+        },
+        "regions_with_capacity_available": [
+            {"name": r, "description": REGIONS.get(r, r)} for r in regions
+        ],
+    }
+
+
+def default_instance_types() -> dict[str, dict[str, Any]]:
+    entries = [
+        instance_type_entry(
+            "gpu_1x_a100_sxm4", "A100 (40 GB SXM4)", 129, ["us-east-1", "us-west-1"]
+        ),
+        instance_type_entry(
+            "gpu_1x_h100_pcie", "H100 (80 GB PCIe)", 249, ["us-west-3"], vcpus=26, storage_gib=1024
+        ),
+        instance_type_entry(
+            "gpu_8x_a100_80gb_sxm4",
+            "A100 (80 GB SXM4)",
+            1432,
+            ["us-east-1"],
+            gpus=8,
+            vcpus=240,
+            memory_gib=1800,
+            storage_gib=19500,
+        ),
+        instance_type_entry("gpu_1x_a10", "A10 (24 GB PCIe)", 75, ["us-east-1", "us-west-1"]),
+    ]
+    return {e["instance_type"]["name"]: e for e in entries}
+
+
+class _ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        suggestion: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.suggestion, self.headers = suggestion, headers or {}
+
+    def body(self) -> dict[str, Any]:
+        error = {"code": self.code, "message": self.message}
+        if self.suggestion:
+            error["suggestion"] = self.suggestion
+        return {"error": error}
+
+
+def _invalid(message: str) -> _ApiError:
+    return _ApiError(400, "global/invalid-parameters", message)
+
+
+def _not_found(message: str = "Specified instance does not exist.") -> _ApiError:
+    return _ApiError(404, "global/object-does-not-exist", message)
+
+
+def _no_capacity() -> _ApiError:
+    return _ApiError(
+        400,
+        "instance-operations/launch/insufficient-capacity",
+        "Not enough capacity to fulfill launch request.",
+        "Choose an instance type with more availability, or try again later.",
+    )
+
+
+class FakeLambdaCloud:
+    """In-memory Lambda Cloud on 127.0.0.1; see the module docstring for what it answers."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "lambda_test_key",
+        boot_seconds: float = 0.5,
+        instance_types: dict | None = None,
+    ):
+        self.api_key = api_key
+        self.boot_seconds = boot_seconds
+        self.instance_types = copy.deepcopy(
+            instance_types if instance_types is not None else default_instance_types()
+        )
+        self.terminating_seconds = 0.2
+        self.forget_after_s = 300.0  # terminated instances answer GET this long, then 404
+        self.clock = time.time  # bill(now=...) takes this clock's readings
+        # faults
+        self.capacity_failures = 0
+        self.no_capacity: set[tuple[str, str]] = set()
+        self.rate_limit_next = 0
+        self.retry_after_s: float = 1
+        self.server_error_next = 0
+        self.terminate_failures = 0
+        self.never_boot: set[str] = set()  # instance names
+        self.unhealthy: set[str] = set()  # instance ids
+        self.quota: int | None = None  # max not-terminated instances, else global/quota-exceeded
+        # observations
+        self.launches: list[dict] = []
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every API request
+        self._instances: dict[str, dict] = {}
+        self._lock = threading.RLock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.base_url: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> "FakeLambdaCloud":
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.cloud = self
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+        self._server = None
+
+    def __enter__(self) -> "FakeLambdaCloud":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}{API_PREFIX}"
+
+    @property
+    def endpoint_template(self) -> str:
+        return f"{self.base_url}/vm/{{id}}/{{port}}"
+
+    # -- assertions --------------------------------------------------------------------------
+
+    @property
+    def instances(self) -> dict[str, dict]:
+        """Every instance ever launched, by id, with its status as of now."""
+        with self._lock:
+            for record in self._instances.values():
+                self._refresh(record)
+            return self._instances
+
+    def live_instances(self) -> list[dict]:
+        """Instances still billed: no terminate accepted for them yet."""
+        return [r for r in self.instances.values() if r["terminated_at"] is None]
+
+    def bill(self, instance_id: str, now: float | None = None) -> Decimal:
+        """Price x billed hours. Billing stops at the accepted terminate call, not when the
+        status reads "terminated": the control plane is accountable from its own call on."""
+        record = self._instances[instance_id]
+        end = record["terminated_at"] or (self.clock() if now is None else now)
+        seconds = Decimal(max(0.0, end - record["launched_at"]))
+        return _price(record["instance_type"]) * seconds / 3600
+
+    def total_bill(self) -> Decimal:
+        return sum((self.bill(i) for i in list(self._instances)), Decimal(0))
+
+    # -- API ---------------------------------------------------------------------------------
+
+    def handle_api(
+        self, method: str, path: str, token: str | None, body: Any
+    ) -> tuple[int, dict, dict[str, str]]:
+        """(status, JSON body, extra headers) for one request under /api/v1."""
+        with self._lock:
+            self.requests.append((method, path))
+            try:
+                self._inject_faults()
+                if token != self.api_key:
+                    raise _ApiError(401, "global/invalid-api-key", "API key was invalid.")
+                return 200, {"data": self._route(method, path, body)}, {}
+            except _ApiError as err:
+                return err.status, err.body(), err.headers
+
+    def handle_vm(self, instance_id: str) -> tuple[int, dict]:
+        with self._lock:
+            record = self._instances.get(instance_id)
+            if record is None or self._refresh(record)["status"] != "active":
+                return 502, {"ok": False, "error": "instance not reachable"}
+            if instance_id in self.unhealthy:
+                return 500, {"ok": False, "instance": instance_id}
+            return 200, {"ok": True, "instance": instance_id}
+
+    def _inject_faults(self) -> None:
+        if self.rate_limit_next > 0:
+            self.rate_limit_next -= 1
+            retry = self.retry_after_s
+            header = str(int(retry)) if float(retry).is_integer() else str(retry)
+            raise _ApiError(
+                429, "global/too-many-requests", "Too many requests.", None, {"Retry-After": header}
+            )
+        if self.server_error_next > 0:
+            self.server_error_next -= 1
+            raise _ApiError(500, "global/internal-error", "Internal server error.")
+
+    def _route(self, method: str, path: str, body: Any) -> Any:
+        parts = [unquote(p) for p in path.strip("/").split("/")]
+        match method, parts:
+            case "GET", ["instance-types"]:
+                return self._instance_types()
+            case "GET", ["instances"]:
+                return [self._view(r) for r in self._known() if r["status"] != "terminated"]
+            case "GET", ["instances", instance_id]:
+                return self._view(self._find(instance_id))
+            case "POST", ["instance-operations", "launch"]:
+                return self._launch(body)
+            case "POST", ["instance-operations", "terminate"]:
+                return self._terminate(body)
+        raise _ApiError(404, "global/not-found", f"No route for {method} {path}.")
+
+    def _instance_types(self) -> dict[str, Any]:
+        answer = copy.deepcopy(self.instance_types)
+        for name, entry in answer.items():
+            entry["regions_with_capacity_available"] = [
+                r
+                for r in entry["regions_with_capacity_available"]
+                if (name, r["name"]) not in self.no_capacity
+            ]
+        return answer
+
+    def _launch(self, body: Any) -> dict[str, Any]:
+        entry, region = self._check_launch(body)
+        type_name = entry["instance_type"]["name"]
+        if self.capacity_failures > 0 or (type_name, region) in self.no_capacity:
+            self.capacity_failures = max(0, self.capacity_failures - 1)
+            raise _no_capacity()
+        if region not in {r["name"] for r in entry["regions_with_capacity_available"]}:
+            raise _no_capacity()
+        live = [r for r in self._known() if r["terminated_at"] is None]
+        if self.quota is not None and len(live) >= self.quota:
+            raise _ApiError(
+                400,
+                "global/quota-exceeded",
+                "Launching would exceed your instance quota.",
+                "Terminate instances or contact support to raise your quota.",
+            )
+        record = self._new_record(body, entry, region)
+        self._instances[record["id"]] = record
+        self.launches.append(copy.deepcopy(body))
+        return {"instance_ids": [record["id"]]}
+
+    def _check_launch(self, body: Any) -> tuple[dict, str]:
+        if not isinstance(body, dict):
+            raise _invalid("Request body must be a JSON object.")
+        entry = self.instance_types.get(body.get("instance_type_name"))
+        if entry is None:
+            raise _invalid("Invalid instance type.")
+        region = body.get("region_name")
+        if region not in REGIONS:
+            raise _invalid("Invalid region.")
+        keys = body.get("ssh_key_names")
+        if not (isinstance(keys, list) and len(keys) == 1 and isinstance(keys[0], str)):
+            raise _invalid("Exactly one SSH key name is required.")
+        if body.get("quantity", 1) != 1:
+            raise _invalid("Quantity must be 1.")
+        name = body.get("name")
+        if name is not None and not (isinstance(name, str) and len(name) <= 64):
+            raise _invalid("Name must be a string of at most 64 characters.")
+        if len(body.get("file_system_names") or []) > 1:
+            raise _invalid("At most one file system can be attached.")
+        if not isinstance(body.get("user_data", ""), str):
+            raise _invalid("user_data must be a string.")
+        return entry, region
+
+    def _new_record(self, body: dict, entry: dict, region: str) -> dict[str, Any]:
+        return {
+            "id": uuid.uuid4().hex,
+            "name": body.get("name"),
+            "ip": None,
+            "private_ip": None,
+            "status": "booting",
+            "ssh_key_names": list(body["ssh_key_names"]),
+            "file_system_names": list(body.get("file_system_names") or []),
+            "region": {"name": region, "description": REGIONS[region]},
+            "instance_type": copy.deepcopy(entry["instance_type"]),
+            "hostname": None,
+            "jupyter_token": uuid.uuid4().hex,
+            "jupyter_url": None,
+            "is_reserved": False,
+            # the fake's own
+            "user_data": body.get("user_data"),
+            "launched_at": self.clock(),
+            "terminated_at": None,
+        }
+
+    def _terminate(self, body: Any) -> dict[str, Any]:
+        ids = body.get("instance_ids") if isinstance(body, dict) else None
+        if not (isinstance(ids, list) and ids and all(isinstance(i, str) for i in ids)):
+            raise _invalid("instance_ids must be a non-empty list of instance ids.")
+        records = [self._find(i) for i in ids]  # all known, or nothing is terminated
+        if self.terminate_failures > 0:
+            self.terminate_failures -= 1
+            raise _ApiError(500, "global/internal-error", "Internal server error.")
+        now = self.clock()
+        for record in records:
+            if record["terminated_at"] is None:  # again: a no-op, as the real API is idempotent
+                record["terminated_at"] = now
+        return {"terminated_instances": [self._view(self._refresh(r)) for r in records]}
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _known(self) -> list[dict]:
+        """Instances the API still knows about (terminated ones are forgotten after a while)."""
+        now = self.clock()
+        return [
+            self._refresh(r)
+            for r in self._instances.values()
+            if r["terminated_at"] is None
+            or now - r["terminated_at"] < self.terminating_seconds + self.forget_after_s
+        ]
+
+    def _find(self, instance_id: str) -> dict:
+        for record in self._known():
+            if record["id"] == instance_id:
+                return record
+        raise _not_found()
+
+    def _refresh(self, record: dict) -> dict:
+        now = self.clock()
+        if record["terminated_at"] is not None:
+            gone = now - record["terminated_at"] >= self.terminating_seconds
+            record["status"] = "terminated" if gone else "terminating"
+        elif record["name"] in self.never_boot:
+            record["status"] = "booting"
+        elif now - record["launched_at"] >= self.boot_seconds:
+            record["status"] = "active"
+            record.update(
+                ip=FAKE_IP,
+                private_ip="10.0.0.2",
+                hostname=f"{FAKE_IP.replace('.', '-')}.cloud.lambdalabs.com",
+                jupyter_url=f"https://jupyter-{record['id'][:8]}.lambdaspaces.com",
+            )
+        return record
+
+    @staticmethod
+    def _view(record: dict) -> dict[str, Any]:
+        return {k: copy.deepcopy(record[k]) for k in _INSTANCE_KEYS}
+
+
+def _price(instance_type: dict[str, Any]) -> Decimal:
+    return Decimal(instance_type["price_cents_per_hour"]) / 100
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # keep-alive handler threads must not block stop()
+    cloud: FakeLambdaCloud
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    protocol_version = "HTTP/1.1"  # keep-alive: requests.Session reuses its connection
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle("DELETE")
+
+    def _handle(self, method: str) -> None:
+        cloud = self.server.cloud
+        path = urlsplit(self.path).path
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if path.startswith("/vm/"):
+            parts = path.split("/")  # "", "vm", id, port, ...
+            status, body = cloud.handle_vm(unquote(parts[2]) if len(parts) > 3 else "")
+            return self._reply(status, body, {})
+        if not path.startswith(API_PREFIX + "/"):
+            return self._reply(404, {"error": {"code": "global/not-found", "message": "Not found"}})
+        try:
+            payload = json.loads(raw) if raw else None
+        except ValueError:
+            return self._reply(400, _invalid("Request body is not valid JSON.").body())
+        status, body, headers = cloud.handle_api(
+            method, path[len(API_PREFIX) :], self._token(), payload
+        )
+        self._reply(status, body, headers)
+
+    def _token(self) -> str | None:
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
+
+    def _reply(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        with contextlib.suppress(OSError):  # the client gave up (timeout tests)
+            self.wfile.write(data)
