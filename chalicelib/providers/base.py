@@ -110,8 +110,9 @@ class Provider(Protocol):
 
     def launch(self, spec: LaunchSpec, offer: Offer) -> Instance: ...
 
-    def get(self, instance_id: str) -> Instance | None:
-        """None when the provider no longer knows the instance (it is gone)."""
+    def get(self, instance_id: str, port: int | None = None) -> Instance | None:
+        """None when the provider no longer knows the instance (it is gone). `port`: the
+        model's port, for providers whose instances do not know it (VMs)."""
 
     def terminate(self, instance_id: str) -> None:
         """Idempotent: an instance that is already gone is success."""

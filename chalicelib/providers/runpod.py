@@ -128,7 +128,8 @@ class RunPodProvider:
             raise CapacityError("RunPod returned no pod for this launch")
         return self._instance(pod)
 
-    def get(self, instance_id: str) -> Instance | None:
+    def get(self, instance_id: str, port: int | None = None) -> Instance | None:
+        """`port` is not needed: a pod knows the ports it exposes."""
         try:
             data = self._call(_POD, {"input": {"podId": instance_id}})
         except _NotFound:
