@@ -38,6 +38,60 @@ def sweep_nodes(event):
     registry.sweeper().sweep()
 
 
+@app.schedule(Rate(5, unit=Rate.MINUTES))
+def reap_cloud(event):
+    """Orphaned instances terminated, stuck cloud deployments failed, stalled teardowns rerun."""
+    registry.cloud().reap()
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def check_cloud_health(event):
+    """Running cloud deployments probed: 3 failures in a row -> unhealthy."""
+    registry.cloud().check_running()
+
+
+# The steps of infra/statemachines/*.asl.json. An exception's class name is the error the
+# state machine's Retry and Catch match (RateLimited, TransientError, Cancelled, ...).
+@app.lambda_function(name="cloud_launch")
+def cloud_launch(event, context):
+    return registry.cloud().launch(event)
+
+
+@app.lambda_function(name="cloud_poll")
+def cloud_poll(event, context):
+    return registry.cloud().poll(event)
+
+
+@app.lambda_function(name="cloud_check_health")
+def cloud_check_health(event, context):
+    return registry.cloud().check_health(event)
+
+
+@app.lambda_function(name="cloud_mark_running")
+def cloud_mark_running(event, context):
+    return registry.cloud().mark_running(event)
+
+
+@app.lambda_function(name="cloud_provision_failed")
+def cloud_provision_failed(event, context):
+    return registry.cloud().provision_failed(event)
+
+
+@app.lambda_function(name="cloud_terminate")
+def cloud_terminate(event, context):
+    return registry.cloud().terminate(event)
+
+
+@app.lambda_function(name="cloud_finish_teardown")
+def cloud_finish_teardown(event, context):
+    return registry.cloud().finish_teardown(event)
+
+
+@app.lambda_function(name="cloud_teardown_unconfirmed")
+def cloud_teardown_unconfirmed(event, context):
+    return registry.cloud().teardown_unconfirmed(event)
+
+
 @app.middleware("http")
 def structured_logging(event, get_response):
     """One JSON access line per request; keys appended by routes (owner_id, deployment_id)

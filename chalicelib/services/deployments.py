@@ -16,6 +16,7 @@ from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePer
 
 from chalicelib.errors import Conflict, IdempotencyMismatch, ValidationFailed
 from chalicelib.lifecycle import FailureReason, Status
+from chalicelib.logs import logger
 from chalicelib.protocol import HealthCheck, LogsRequest, StopDeployment
 from chalicelib.schemas import (
     CLOUD_TARGETS,
@@ -57,6 +58,7 @@ class DeploymentService:
         nodes: NodeRepository,
         placement: Placement,
         node_requests: NodeRequests,
+        workflows,
         idempotency_ttl_seconds: int = 86400,
     ):
         self._deployments = deployments
@@ -64,6 +66,7 @@ class DeploymentService:
         self._nodes = nodes
         self._placement = placement
         self._node_requests = node_requests
+        self._workflows = workflows
         self._idempotency_config = IdempotencyConfig(
             event_key_jmespath="[owner_id, key]",
             payload_validation_jmespath="body",
@@ -120,6 +123,12 @@ class DeploymentService:
                 "gpu_type is required for cloud targets (for example A100 or RTX4090)",
                 fields={"gpu_type": "required when target is runpod or lambda"},
             )
+        if recipe["target"] in CLOUD_TARGETS and not recipe["image"]:
+            raise ValidationFailed(
+                "cloud targets run a container image (image); weights deployments run on "
+                "prism_node for now",
+                fields={"image": "required when target is runpod or lambda"},
+            )
         if request.node_id:
             node = self._nodes.get(request.node_id)
             if node is None or node.owner_id != owner_id:
@@ -138,7 +147,19 @@ class DeploymentService:
             pinned_node_id=request.node_id,
             **recipe,
         )
-        return self._placement.place(self._deployments.create(item))
+        item = self._deployments.create(item)
+        if item.target in CLOUD_TARGETS:
+            self._start_workflow(self._workflows.start_provision, item)
+            return item
+        return self._placement.place(item)
+
+    def _start_workflow(self, start, item: DeploymentItem) -> None:
+        """A workflow that cannot start now never fails the user's request: the reaper fails
+        or restarts what stays stuck."""
+        try:
+            start(item.id)
+        except Exception:
+            logger.exception("cannot start a cloud workflow", extra={"deployment_id": item.id})
 
     def _recipe(self, request: CreateDeploymentRequest) -> dict:
         """What to run: the request itself, or a catalog resource with the request's overrides."""
@@ -266,8 +287,8 @@ class DeploymentService:
             failure_reason=FailureReason.BUDGET_EXCEEDED.value,
             failure_message=message,
         )
-        if changed and item.status == Status.STOPPING and item.node_id:
-            self._node_requests.tell(item.node_id, StopDeployment(deployment_id=item.id))
+        if changed and item.status == Status.STOPPING:
+            self._hand_stop_over(item)
         return item
 
     def stop(self, owner_id: str, deployment_id: str) -> DeploymentItem:
@@ -275,10 +296,17 @@ class DeploymentService:
         to `stopping` until its node or provider confirms."""
         item = self._deployments.get_owned(owner_id, deployment_id)
         item, _ = self._deployments.transition_latest(item.id, _stop_target, first=item)
-        if item.status == Status.STOPPING and item.node_id:
-            # Repeated on every DELETE while stopping: a lost message gets another chance.
-            self._node_requests.tell(item.node_id, StopDeployment(deployment_id=item.id))
+        if item.status == Status.STOPPING:
+            # Repeated on every DELETE while stopping: a lost message gets another chance
+            # (a teardown already running is not started twice).
+            self._hand_stop_over(item)
         return item
+
+    def _hand_stop_over(self, item: DeploymentItem) -> None:
+        if item.target in CLOUD_TARGETS:
+            self._start_workflow(self._workflows.start_teardown, item)
+        elif item.node_id:
+            self._node_requests.tell(item.node_id, StopDeployment(deployment_id=item.id))
 
 
 def _encode_period(stored: str) -> str:
@@ -307,7 +335,8 @@ def _stop_target(item: DeploymentItem) -> Status | None:
     status = Status(item.status)
     if status.is_terminal() or status is Status.STOPPING:
         return None
-    handed_over = item.node_id or item.provider_instance_id
+    # A cloud deployment's provision workflow may be launching right now: always tear down.
+    handed_over = item.node_id or item.provider_instance_id or item.target in CLOUD_TARGETS
     if status is Status.PROVISIONING and not handed_over:
         return Status.STOPPED
     return Status.STOPPING

@@ -4,18 +4,20 @@ from functools import cache
 
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
-from chalicelib import aws
+from chalicelib import aws, providers
 from chalicelib.config import settings
 from chalicelib.node_channel import NodeChannel
 from chalicelib.queue import WorkQueue
 from chalicelib.services.auth import AuthService
 from chalicelib.services.catalog import CatalogService
+from chalicelib.services.cloud import CloudService
 from chalicelib.services.deployments import DeploymentService
 from chalicelib.services.metering import MeteringService
 from chalicelib.services.node_messages import NodeMessageHandler
 from chalicelib.services.node_requests import NodeRequests
 from chalicelib.services.nodes import NodeService, Sweeper
 from chalicelib.services.placement import Placement
+from chalicelib.services.workflows import Workflows
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.metering import MeteringRepository
 from chalicelib.store.metering import connection as metering_connection
@@ -59,7 +61,26 @@ def deployment_service() -> DeploymentService:
         NodeRepository(),
         placement(),
         node_requests(),
+        workflows(),
         idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+    )
+
+
+@cache
+def workflows() -> Workflows:
+    return Workflows(aws.client("stepfunctions"), settings.cloud)
+
+
+@cache
+def cloud() -> CloudService:
+    return CloudService(
+        DeploymentRepository(),
+        lambda name: providers.provider_for(name, settings.cloud),
+        metering().meter,
+        workflows(),
+        settings.cloud,
+        utcnow,
+        configured=lambda: providers.configured(settings.cloud),
     )
 
 
@@ -106,6 +127,8 @@ def metering() -> MeteringService:
 
 FACTORIES = (
     metering,
+    workflows,
+    cloud,
     auth_service,
     catalog_service,
     placement,
@@ -124,3 +147,4 @@ def reset() -> None:
         factory.cache_clear()
     for client in (aws.client, aws.session, aws.management_api, metering_connection):
         client.cache_clear()
+    providers._key_from_ssm.cache_clear()

@@ -188,11 +188,12 @@ class DeploymentRepository:
         """Remember the provider instance and start billing it, in one write that holds only
         while the deployment is still provisioning without an instance (False: it was stopped
         meanwhile, and the caller must terminate what it launched)."""
+        region_action = [DeploymentItem.provider_region.set(region)] if region else []
         try:
             item.update(
-                actions=[
+                actions=region_action
+                + [
                     DeploymentItem.provider_instance_id.set(instance_id),
-                    DeploymentItem.provider_region.set(region) if region else None,
                     DeploymentItem.launched_at.set(launched_at),
                     DeploymentItem.billable.set(BILLABLE),
                     DeploymentItem.price_per_hour_usd.set(price),

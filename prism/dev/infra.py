@@ -1,7 +1,10 @@
 """Create on a (moto) DynamoDB endpoint exactly the tables infra/resources.json declares,
 so local and cloud share one definition."""
 
+import io
 import json
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,3 +93,67 @@ def create_queues(sqs, stage: str, template: Path = TEMPLATE) -> list[str]:
         ]["QueueArn"]
         names.append(name)
     return names
+
+
+STATE_MACHINES = REPO_ROOT / "infra" / "statemachines"
+LOCAL_ROLE = "prism-local-states"
+
+
+def step_function_name(substitution: str) -> str:
+    """`CloudLaunchArn` (a ${...} in a state machine definition) -> `cloud_launch`, the name
+    of the @app.lambda_function it stands for."""
+    words = re.findall(r"[A-Z][a-z0-9]*", substitution.removesuffix("Arn"))
+    return "_".join(word.lower() for word in words)
+
+
+def create_state_machines(sfn, lambda_client, iam, stage: str) -> list[str]:
+    """Create (or update) the state machines of infra/statemachines on a moto server, each
+    ${...Arn} pointing at a Lambda function named like Chalice names the app's functions
+    (prism-<stage>-<name>); moto's Lambda backend routes those to the app in-process."""
+    role = _local_role(iam)
+    arns = {}
+    for path in sorted(STATE_MACHINES.glob("*.asl.json")):
+        text = path.read_text()
+        for substitution in sorted(set(re.findall(r"\$\{(\w+)\}", text))):
+            function = f"prism-{stage}-{step_function_name(substitution)}"
+            arn = _ensure_function(lambda_client, function, role)
+            text = text.replace("${" + substitution + "}", arn)
+        name = f"prism-{stage}-{path.name.removesuffix('.asl.json')}"
+        arns[name] = _ensure_state_machine(sfn, name, text, role)
+    return sorted(arns)
+
+
+def _local_role(iam) -> str:
+    try:
+        return iam.get_role(RoleName=LOCAL_ROLE)["Role"]["Arn"]
+    except iam.exceptions.NoSuchEntityException:
+        document = {"Version": "2012-10-17", "Statement": []}
+        return iam.create_role(RoleName=LOCAL_ROLE, AssumeRolePolicyDocument=json.dumps(document))[
+            "Role"
+        ]["Arn"]
+
+
+def _ensure_function(lambda_client, name: str, role: str) -> str:
+    try:
+        return lambda_client.get_function(FunctionName=name)["Configuration"]["FunctionArn"]
+    except lambda_client.exceptions.ResourceNotFoundException:
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as archive:
+            archive.writestr("app.py", "# routed to the Chalice app by prism.dev.lambda_router\n")
+        return lambda_client.create_function(
+            FunctionName=name,
+            Runtime="python3.11",
+            Role=role,
+            Handler="app.handler",
+            Code={"ZipFile": code.getvalue()},
+        )["FunctionArn"]
+
+
+def _ensure_state_machine(sfn, name: str, definition: str, role: str) -> str:
+    existing = {m["name"]: m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]}
+    if name in existing:
+        sfn.update_state_machine(stateMachineArn=existing[name], definition=definition)
+        return existing[name]
+    return sfn.create_state_machine(name=name, definition=definition, roleArn=role)[
+        "stateMachineArn"
+    ]

@@ -178,8 +178,8 @@ class FakeLambdaCloud:
         self.retry_after_s: float = 1
         self.server_error_next = 0
         self.terminate_failures = 0
-        self.never_boot: set[str] = set()  # instance names
-        self.unhealthy: set[str] = set()  # instance ids
+        self.never_boot: set[str] = set()  # instance names ("*": every instance)
+        self.unhealthy: set[str] = set()  # instance ids ("*": every instance)
         self.quota: int | None = None  # max not-terminated instances, else global/quota-exceeded
         # observations
         self.launches: list[dict] = []
@@ -270,7 +270,7 @@ class FakeLambdaCloud:
             record = self._instances.get(instance_id)
             if record is None or self._refresh(record)["status"] != "active":
                 return 502, {"ok": False, "error": "instance not reachable"}
-            if instance_id in self.unhealthy:
+            if instance_id in self.unhealthy or "*" in self.unhealthy:
                 return 500, {"ok": False, "instance": instance_id}
             return 200, {"ok": True, "instance": instance_id}
 
@@ -413,7 +413,7 @@ class FakeLambdaCloud:
         if record["terminated_at"] is not None:
             gone = now - record["terminated_at"] >= self.terminating_seconds
             record["status"] = "terminated" if gone else "terminating"
-        elif record["name"] in self.never_boot:
+        elif record["name"] in self.never_boot or "*" in self.never_boot:
             record["status"] = "booting"
         elif now - record["launched_at"] >= self.boot_seconds:
             record["status"] = "active"

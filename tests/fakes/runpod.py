@@ -126,8 +126,8 @@ class FakeRunPod:
         self.retry_after_s: float = 1
         self.server_error_next = 0
         self.terminate_failures = 0
-        self.never_boot: set[str] = set()  # pod names
-        self.unhealthy: set[str] = set()  # pod ids
+        self.never_boot: set[str] = set()  # pod names ("*": every pod)
+        self.unhealthy: set[str] = set()  # pod ids ("*": every pod)
         self.pods: dict[str, dict[str, Any]] = {}
         self.requests: list[str] = []  # root fields of each GraphQL operation served
         self.lock = threading.RLock()
@@ -270,6 +270,7 @@ class FakeRunPod:
         return (
             pod["desiredStatus"] == "RUNNING"
             and pod["name"] not in self.never_boot
+            and "*" not in self.never_boot
             and time.time() >= pod["boot_at"]
         )
 
@@ -636,7 +637,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return 404, {"error": f"no pod {pod_id!r} with http port {port}"}
             if not fake.booted(pod):
                 return 502, {"error": "pod is not running"}
-            if pod_id in fake.unhealthy:
+            if pod_id in fake.unhealthy or "*" in fake.unhealthy:
                 return 500, {"ok": False, "pod": pod_id}
             return 200, {"ok": True, "pod": pod_id}
 

@@ -1,0 +1,412 @@
+"""Cloud GPU deployments: the steps the provision and teardown state machines run (each a
+Lambda task taking the execution's state and returning the next), the orphan reaper, and the
+health checks of running cloud deployments.
+
+Waiting lives in the state machines (Wait states); every step here is short and safe to run
+again: launch adopts an instance already carrying the deployment's name, terminate of a gone
+instance is success, and a deployment that is being stopped ends its provision workflow
+(teardown owns it from there).
+"""
+
+import json
+import shlex
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import requests
+
+from chalicelib.config import CloudSettings
+from chalicelib.lifecycle import Status, towards
+from chalicelib.logs import Unit, logger, metrics
+from chalicelib.providers import ProviderNotConfigured
+from chalicelib.providers.base import (
+    CapacityError,
+    Instance,
+    InstanceState,
+    LaunchSpec,
+    Provider,
+    RateLimited,
+    instance_name,
+)
+from chalicelib.store.deployments import DeploymentRepository
+from chalicelib.store.metering import BillableEntry
+from chalicelib.store.models import DeploymentItem
+
+UNHEALTHY_AFTER = 3  # consecutive failed probes
+SHORT_RETRY_AFTER_S = 10.0  # a 429 asking for less than this is waited out inside the step
+
+
+class Cancelled(Exception):
+    """The deployment is stopping or over: the provision workflow ends, teardown owns it."""
+
+
+class NoCapacity(Exception):
+    """No offer of the GPU had capacity."""
+
+
+class DeadlineExceeded(Exception):
+    """The instance did not come up, or did not answer its health path, in time."""
+
+
+class InstanceLost(Exception):
+    """The provider ended the instance before it came up."""
+
+
+@dataclass(frozen=True)
+class ReapReport:
+    terminated: list[str]
+    failed: list[str]
+    restarted_teardowns: list[str]
+
+
+def probe(url: str, timeout_s: float = 5.0) -> bool:
+    try:
+        return requests.get(url, timeout=timeout_s).status_code < 400
+    except requests.RequestException:
+        return False
+
+
+class CloudService:
+    def __init__(
+        self,
+        deployments: DeploymentRepository,
+        providers: Callable[[str], Provider],
+        meter: Callable[[BillableEntry, datetime], object],
+        workflows,
+        cloud: CloudSettings,
+        clock: Callable[[], datetime],
+        probe: Callable[[str], bool] = probe,
+        configured: Callable[[], list[str]] = lambda: [],
+    ):
+        self._deployments = deployments
+        self._providers = providers
+        self._meter = meter
+        self._workflows = workflows
+        self._cloud = cloud
+        self._clock = clock
+        self._probe = probe
+        self._configured = configured
+
+    # --- provision ----------------------------------------------------------------------
+
+    def launch(self, state: dict) -> dict:
+        item = self._provisioning(state["deployment_id"])
+        provider = self._providers(item.target)
+        launched_at = self._clock()
+        instance = self._adopt(item, provider) or self._launch_first_offer(item, provider)
+        price = instance.price_per_hour
+        if not item.provider_instance_id and not self._deployments.record_instance(
+            item, instance.id, price, launched_at, instance.region
+        ):
+            provider.terminate(instance.id)  # stopped while we launched: nobody wants it
+            raise Cancelled(f"{item.id} was stopped while its instance was launched")
+        logger.info(
+            "instance launched",
+            extra={"deployment_id": item.id, "instance_id": instance.id, "price_per_hour": price},
+        )
+        deadline = launched_at + timedelta(seconds=self._cloud.boot_deadline_seconds[item.target])
+        return state | {"instance_id": instance.id, "boot_deadline": deadline.isoformat()}
+
+    def poll(self, state: dict) -> dict:
+        item = self._provisioning(state["deployment_id"])
+        instance = self._providers(item.target).get(
+            state["instance_id"], port=int(item.deploy_config.port)
+        )
+        if instance is None or instance.state in (InstanceState.TERMINATED, InstanceState.FAILED):
+            word = "is gone" if instance is None else f"is {instance.provider_status}"
+            raise InstanceLost(f"the {item.target} instance {state['instance_id']} {word}")
+        if instance.state is InstanceState.RUNNING and instance.endpoint_url:
+            self._deployments.transition_latest(
+                item.id,
+                towards(Status.STARTING),
+                first=item,
+                endpoint_url=instance.endpoint_url,
+                status_message="instance up; waiting for the model's health path",
+            )
+            grace = timedelta(seconds=self._cloud.health_grace_seconds)
+            return state | {"phase": "up", "health_deadline": (self._clock() + grace).isoformat()}
+        if self._clock() > datetime.fromisoformat(state["boot_deadline"]):
+            raise DeadlineExceeded(
+                f"the {item.target} instance {instance.id} was still {instance.provider_status}"
+                f" at its boot deadline ({self._cloud.boot_deadline_seconds[item.target]} s)"
+            )
+        return state | {"phase": "booting"}
+
+    def check_health(self, state: dict) -> dict:
+        item = self._provisioning(state["deployment_id"])
+        url = item.endpoint_url + item.deploy_config.health_path
+        if self._probe(url):
+            return state | {"healthy": True}
+        if self._clock() > datetime.fromisoformat(state["health_deadline"]):
+            raise DeadlineExceeded(
+                f"{url} did not answer within {self._cloud.health_grace_seconds} s of the "
+                "instance coming up"
+            )
+        return state | {"healthy": False}
+
+    def mark_running(self, state: dict) -> dict:
+        item = self._provisioning(state["deployment_id"])
+        self._deployments.transition_latest(
+            item.id,
+            towards(Status.RUNNING),
+            first=item,
+            healthy=True,
+            health_consecutive_failures=0,
+            health_checked_at=self._clock(),
+            status_message=None,
+        )
+        return state
+
+    def provision_failed(self, state: dict) -> dict:
+        """The Catch of every provision step: stop through teardown (terminate + confirm),
+        ending failed/provision_error with the provider's message."""
+        message = _error_message(state.get("error", {}))
+        item, _ = self._deployments.transition_latest(
+            state["deployment_id"],
+            towards(Status.STOPPING),
+            failure_reason="provision_error",
+            failure_message=message,
+        )
+        logger.warning("provisioning failed", extra={"deployment_id": item.id, "why": message})
+        if item.status == Status.STOPPING:
+            self._workflows.start_teardown(item.id)
+        return state
+
+    # --- teardown -------------------------------------------------------------------------
+
+    def terminate(self, state: dict) -> dict:
+        """Ask the provider to terminate (again) and report whether it is confirmed gone."""
+        item = self._deployments.get(state["deployment_id"])
+        started = state.get("teardown_started") or self._clock().isoformat()
+        state = state | {"teardown_started": started}
+        instance_id = item.provider_instance_id
+        try:
+            provider = self._providers(item.target)
+            instance_id = instance_id or self._find_by_name(provider, item.id)
+            confirmed = instance_id is None or _terminated(provider, instance_id)
+        except ProviderNotConfigured:
+            confirmed = instance_id is None  # without a key nothing was ever launched
+        except Exception as exc:  # every provider failure is retried on the next round
+            logger.warning(
+                "terminate not confirmed yet",
+                extra={"deployment_id": item.id, "instance_id": instance_id, "why": str(exc)},
+            )
+            confirmed = False
+        give_up_at = datetime.fromisoformat(started) + timedelta(
+            seconds=self._cloud.terminate_give_up_seconds
+        )
+        return state | {"confirmed": confirmed, "give_up": self._clock() > give_up_at}
+
+    def finish_teardown(self, state: dict) -> dict:
+        """Termination confirmed: charge up to now, then end (failed when a failure reason was
+        recorded on the way, e.g. budget_exceeded or provision_error)."""
+        item = self._deployments.get(state["deployment_id"])
+        now = self._clock()
+        if item.billable:
+            self._meter(BillableEntry.of(item), now)
+            item = self._deployments.get(item.id)
+        target = Status.FAILED if item.failure_reason else Status.STOPPED
+        if Status(item.status) is not Status.STOPPING:
+            self._deployments.transition_latest(item.id, towards(Status.STOPPING), first=item)
+        self._deployments.transition_latest(
+            item.id,
+            towards(target),
+            healthy=None,
+            status_message="instance terminated",
+        )
+        return state
+
+    def teardown_unconfirmed(self, state: dict) -> dict:
+        item = self._deployments.get(state["deployment_id"])
+        logger.error(
+            "instance termination NOT confirmed: the reaper keeps trying",
+            extra={"deployment_id": item.id, "instance_id": item.provider_instance_id},
+        )
+        metrics.add_metric(name="TeardownUnconfirmed", unit=Unit.Count, value=1)
+        metrics.flush_metrics()
+        self._deployments.record(
+            item, status_message="termination not confirmed yet; retried every 5 minutes"
+        )
+        return state
+
+    # --- the reaper -----------------------------------------------------------------------
+
+    def reap(self) -> ReapReport:
+        """Terminate instances of ours no live deployment owns, fail deployments stuck past
+        their deadline, and restart teardowns that gave up."""
+        report = ReapReport([], [], [])
+        for name in self._configured():
+            self._reap_orphans(self._providers(name), report)
+        for item in self._deployments.cloud_active():
+            self._reap_stuck(item, report)
+        return report
+
+    def _reap_orphans(self, provider: Provider, report: ReapReport) -> None:
+        now = self._clock()
+        for instance in provider.list_owned():
+            item = self._deployments.get(instance.deployment_id or "")
+            if not _orphan(item, instance, now, self._cloud.reaper_grace_seconds):
+                continue
+            provider.terminate(instance.id)
+            report.terminated.append(instance.id)
+            logger.warning(
+                "reaped an orphaned instance",
+                extra={
+                    "provider": provider.name,
+                    "instance_id": instance.id,
+                    "deployment_id": instance.deployment_id,
+                    "price_per_hour": instance.price_per_hour,
+                },
+            )
+            metrics.add_metric(name="OrphansReaped", unit=Unit.Count, value=1)
+
+    def _reap_stuck(self, item: DeploymentItem, report: ReapReport) -> None:
+        status, age = Status(item.status), (self._clock() - item.updated_at).total_seconds()
+        deadline = (
+            self._cloud.boot_deadline_seconds.get(item.target, 1800)
+            + self._cloud.health_grace_seconds
+        )
+        if status in (Status.PROVISIONING, Status.STARTING) and age > deadline:
+            self.provision_failed(
+                {
+                    "deployment_id": item.id,
+                    "error": {"Cause": f"still {status} {int(age)} s after its last change"},
+                }
+            )
+            report.failed.append(item.id)
+        elif status is Status.STOPPING and age > self._cloud.terminate_give_up_seconds:
+            self._workflows.start_teardown(item.id, attempt=int(time.time()) // 300)
+            report.restarted_teardowns.append(item.id)
+
+    # --- health of running cloud deployments ----------------------------------------------
+
+    def check_running(self) -> int:
+        """Probe every running cloud deployment's health path: 3 failures in a row make it
+        unhealthy, a success running again. Returns how many were probed."""
+        watched = [
+            item
+            for item in self._deployments.cloud_active()
+            if item.status in (Status.RUNNING, Status.UNHEALTHY) and item.endpoint_url
+        ]
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(self._check_one, watched))
+        return len(watched)
+
+    def _check_one(self, item: DeploymentItem) -> None:
+        healthy = self._probe(item.endpoint_url + item.deploy_config.health_path)
+        failures = 0 if healthy else int(item.health_consecutive_failures or 0) + 1
+        changes = {
+            "healthy": healthy,
+            "health_consecutive_failures": failures,
+            "health_checked_at": self._clock(),
+        }
+        if healthy and item.status == Status.UNHEALTHY:
+            self._deployments.transition_latest(item.id, towards(Status.RUNNING), **changes)
+        elif failures >= UNHEALTHY_AFTER and item.status == Status.RUNNING:
+            self._deployments.transition_latest(item.id, towards(Status.UNHEALTHY), **changes)
+        else:
+            self._deployments.record(item, **changes)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _provisioning(self, deployment_id: str) -> DeploymentItem:
+        item = self._deployments.get(deployment_id)
+        if item is None or Status(item.status) in (Status.STOPPING, Status.STOPPED, Status.FAILED):
+            raise Cancelled(f"{deployment_id} is no longer being provisioned")
+        return item
+
+    def _adopt(self, item: DeploymentItem, provider: Provider) -> Instance | None:
+        """The instance launched for this deployment by an earlier attempt, if any (a retried
+        launch must never start a second one)."""
+        if item.provider_instance_id:
+            return provider.get(item.provider_instance_id, port=int(item.deploy_config.port))
+        wanted = instance_name(item.id)
+        return next((i for i in provider.list_owned() if i.name == wanted), None)
+
+    def _find_by_name(self, provider: Provider, deployment_id: str) -> str | None:
+        wanted = instance_name(deployment_id)
+        return next((i.id for i in provider.list_owned() if i.name == wanted), None)
+
+    def _launch_first_offer(self, item: DeploymentItem, provider: Provider) -> Instance:
+        offers = provider.offers(item.gpu_type or "")[: self._cloud.max_offers]
+        spec = _launch_spec(item)
+        tried = []
+        for offer in offers:
+            try:
+                instance = _with_short_rate_limit(lambda offer=offer: provider.launch(spec, offer))
+            except CapacityError as exc:
+                tried.append(f"{offer.gpu_type}{' in ' + offer.region if offer.region else ''}")
+                logger.info("no capacity", extra={"offer": tried[-1], "why": str(exc)})
+                continue
+            if instance.price_per_hour is None:  # not reported yet: the offer's price
+                instance = replace(instance, price_per_hour=offer.price_per_hour)
+            return instance
+        raise NoCapacity(
+            f"no {item.gpu_type or 'GPU'} capacity at {item.target}"
+            + (f" (tried {', '.join(tried)})" if tried else ": no offer matches that GPU type")
+        )
+
+
+def _terminated(provider: Provider, instance_id: str) -> bool:
+    provider.terminate(instance_id)
+    instance = provider.get(instance_id)
+    return instance is None or instance.state is InstanceState.TERMINATED
+
+
+def _with_short_rate_limit(launch: Callable[[], Instance]) -> Instance:
+    """A 429 asking for a short wait is waited out here; longer ones go back to the state
+    machine's Retry with backoff."""
+    try:
+        return launch()
+    except RateLimited as exc:
+        if exc.retry_after_s is None or exc.retry_after_s > SHORT_RETRY_AFTER_S:
+            raise
+        time.sleep(exc.retry_after_s)
+        return launch()
+
+
+def _launch_spec(item: DeploymentItem) -> LaunchSpec:
+    port = int(item.deploy_config.port)
+    user_data = None
+    if item.target == "lambda":
+        user_data = _docker_user_data(item.image, port, item.env_dict())
+    return LaunchSpec(
+        deployment_id=item.id,
+        image=item.image,
+        port=port,
+        env=item.env_dict(),
+        user_data=user_data,
+    )
+
+
+def _docker_user_data(image: str, port: int, env: dict[str, str]) -> str:
+    """cloud-init for a Lambda VM (Docker and the NVIDIA toolkit come installed): run the
+    image with every GPU and the port published."""
+    env_args = " ".join(f"-e {shlex.quote(f'{k}={v}')}" for k, v in sorted(env.items()))
+    return (
+        "#!/bin/bash\nset -euo pipefail\n"
+        f"docker run -d --restart unless-stopped --gpus all -p {port}:{port} "
+        f"-e PORT={port} {env_args} {shlex.quote(image)}\n"
+    )
+
+
+def _orphan(item: DeploymentItem | None, instance: Instance, now: datetime, grace: int) -> bool:
+    if item is None or Status(item.status).is_terminal():
+        return True
+    if item.provider_instance_id:
+        return item.provider_instance_id != instance.id  # a second launch for one deployment
+    # Launched but never recorded (the control plane died in between): give launch its time.
+    return (now - item.created_at).total_seconds() > grace
+
+
+def _error_message(error: dict) -> str:
+    """The message of a state machine Catch: Cause is the Lambda's error JSON, or text."""
+    cause = error.get("Cause") or error.get("Error") or "provisioning failed"
+    try:
+        parsed = json.loads(cause)
+    except (TypeError, ValueError):
+        return str(cause)
+    return parsed.get("errorMessage") or str(parsed) if isinstance(parsed, dict) else str(cause)
