@@ -204,7 +204,7 @@ def bench_r2(work: Path, weights: Path, size: int, rounds: int) -> dict:
 
 
 def bench_hf(work: Path, weights: Path, size: int, rounds: int) -> dict:
-    from tests.fakes.hf_hub import FakeHfHub
+    from prism.dev.fakes.hf_hub import FakeHfHub
 
     with FakeHfHub() as hub:
         hub.add_commit(REPO_ID, {"model.safetensors": weights, "config.json": b"{}"})

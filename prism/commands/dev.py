@@ -58,7 +58,32 @@ def dev():
     is_flag=True,
     help="then deploy the bundled model through the CLI, call it, and stop it",
 )
-def dev_up(host, api_port, aws_port, ws_port, management_port, tick, node, demo):
+@click.option(
+    "--fake-clouds",
+    is_flag=True,
+    help="run fake RunPod and Lambda Cloud servers: --target runpod|lambda works offline",
+)
+@click.option("--runpod-port", default=8003, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--lambda-port", default=8004, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--fake-price-per-hour",
+    type=click.FloatRange(0),
+    help="with --fake-clouds: every GPU at this USD/h (watch a budget stop in seconds)",
+)
+def dev_up(
+    host,
+    api_port,
+    aws_port,
+    ws_port,
+    management_port,
+    tick,
+    node,
+    demo,
+    fake_clouds,
+    runpod_port,
+    lambda_port,
+    fake_price_per_hour,
+):
     """Start moto (AWS), the API and the node WebSocket gateway; create a dev user and write
     the CLI config."""
     platform = LocalPlatform(
@@ -68,6 +93,10 @@ def dev_up(host, api_port, aws_port, ws_port, management_port, tick, node, demo)
         ws_port=ws_port,
         management_port=management_port,
         tick_seconds=tick,
+        fake_clouds=fake_clouds,
+        runpod_port=runpod_port,
+        lambda_port=lambda_port,
+        fake_price_per_hour=fake_price_per_hour,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -93,6 +122,11 @@ def dev_up(host, api_port, aws_port, ws_port, management_port, tick, node, demo)
         click.echo(f"PRISM_WS_URL={platform.ws_url}")
         click.echo(f"# AWS (moto) at {platform.aws_url}; CLI config written to {path}")
         click.echo(f"# logs in {platform.log_dir}; Ctrl-C stops everything", err=False)
+        if fake_clouds:
+            click.echo(
+                f"# fake RunPod at http://{host}:{runpod_port}/graphql, fake Lambda Cloud at "
+                f"http://{host}:{lambda_port}/api/v1"
+            )
         cli_env = os.environ | {
             "PRISM_CONFIG": str(path),
             "PRISM_API_URL": platform.api_url,

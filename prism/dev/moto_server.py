@@ -137,4 +137,14 @@ if __name__ == "__main__":
         log_scans_to(os.environ["PRISM_MOTO_SCAN_LOG"])
     if os.environ.get("PRISM_MOTO_CALL_LOG"):
         log_calls_to(os.environ["PRISM_MOTO_CALL_LOG"])
+    if os.environ.get("PRISM_STAGE"):  # the local platform: Step Functions runs the app's steps
+        import sys
+
+        from prism.dev.lambda_router import route_lambda_to_app
+
+        port = sys.argv[sys.argv.index("-p") + 1] if "-p" in sys.argv else "5000"
+        os.environ["MOTO_PORT"] = port  # where moto's Step Functions calls Lambda
+        from app import app
+
+        route_lambda_to_app(app, os.environ["PRISM_STAGE"])
     main()

@@ -17,6 +17,7 @@ from pathlib import Path
 import requests
 
 from prism.dev.awsenv import local_aws_env
+from prism.dev.fakes.__main__ import local_env as fake_cloud_env
 from prism.dev.infra import REPO_ROOT
 
 STAGE = "dev"
@@ -50,6 +51,10 @@ class LocalPlatform:
     ws_port: int = 8001
     management_port: int = 8002
     tick_seconds: float = 60.0
+    fake_clouds: bool = False  # fake RunPod + Lambda Cloud, so cloud targets work offline
+    runpod_port: int = 8003
+    lambda_port: int = 8004
+    fake_price_per_hour: float | None = None  # every fake GPU at this price (budget demos)
     log_dir: Path = field(default_factory=lambda: REPO_ROOT / ".prism" / "logs")
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -74,7 +79,17 @@ class LocalPlatform:
                 "PRISM_WS_MANAGEMENT_URL": f"http://{self.host}:{self.management_port}/{STAGE}",
                 # The local ticker's period is the metering interval the worker plans with.
                 "PRISM_METERING_INTERVAL_SECONDS": str(max(1, round(self.tick_seconds))),
+                # Step Functions' waits between provider polls (seconds, as the ticker's).
+                "PRISM_CLOUD_POLL_SECONDS": str(max(1, min(10, round(self.tick_seconds)))),
+                "PRISM_CLOUD_TERMINATE_RETRY_SECONDS": str(
+                    max(1, min(30, round(self.tick_seconds)))
+                ),
             }
+            | (
+                fake_cloud_env(self.host, self.runpod_port, self.lambda_port)
+                if self.fake_clouds
+                else {}
+            )
         )
 
     def start(self) -> dict:
@@ -85,6 +100,8 @@ class LocalPlatform:
             "ws": self.ws_port,
             "management": self.management_port,
         }
+        if self.fake_clouds:
+            ports |= {"runpod": self.runpod_port, "lambda": self.lambda_port}
         for option, port in ports.items():
             if not port_is_free(self.host, port):
                 raise PlatformError(
@@ -92,6 +109,25 @@ class LocalPlatform:
                     f"or choose another with --{option}-port"
                 )
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.fake_clouds:
+            self._spawn(
+                "fakes",
+                [
+                    sys.executable,
+                    "-m",
+                    "prism.dev.fakes",
+                    "--runpod-port",
+                    str(self.runpod_port),
+                    "--lambda-port",
+                    str(self.lambda_port),
+                    *(
+                        ["--price-per-hour", str(self.fake_price_per_hour)]
+                        if self.fake_price_per_hour
+                        else []
+                    ),
+                ],
+            )
+            self._wait_port("fakes", self.lambda_port)
         self._spawn(
             "moto",
             [

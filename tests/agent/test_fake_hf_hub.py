@@ -17,7 +17,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from tests.fakes.hf_hub import LFS_THRESHOLD, FakeHfHub
+from prism.dev.fakes.hf_hub import LFS_THRESHOLD, FakeHfHub
 
 MiB = 1024 * 1024
 FILES = {

@@ -3,7 +3,7 @@
 import pytest
 
 from node_agent.weights import PullError, WeightsCache, fetch
-from tests.fakes.hf_hub import LFS_THRESHOLD, FakeHfHub
+from prism.dev.fakes.hf_hub import LFS_THRESHOLD, FakeHfHub
 
 FILES = {
     "config.json": b'{"hidden_size": 8}',

@@ -14,9 +14,9 @@ import pytest
 import requests
 import websocket
 
+from prism.dev.fakes.hf_hub import FakeHfHub
 from tests.e2e.conftest import PRISM, REPO, start_platform, stop_platform
 from tests.fakes.file_server import FileServer
-from tests.fakes.hf_hub import FakeHfHub
 
 pytestmark = pytest.mark.e2e
 MODEL = [sys.executable, str(REPO / "tests" / "fakes" / "model_server.py")]

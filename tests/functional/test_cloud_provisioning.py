@@ -16,10 +16,10 @@ from chalicelib.config import settings
 from chalicelib.services import registry
 from chalicelib.services.catalog import CatalogService
 from chalicelib.store.resources import ResourceRepository
+from prism.dev.fakes.lambda_cloud import FakeLambdaCloud
+from prism.dev.fakes.runpod import FakeRunPod
 from prism.dev.infra import create_queues, create_state_machines, create_tables
 from prism.dev.lambda_router import SFN_CONFIG, route_lambda_to_app
-from tests.fakes.lambda_cloud import FakeLambdaCloud
-from tests.fakes.runpod import FakeRunPod
 
 DEPLOYMENTS = "/api/v1/compute/deployments"
 TERMINAL = {"stopped", "failed"}
@@ -68,9 +68,10 @@ def _wait_for_executions(timeout=30.0):
     deadline = time.monotonic() + timeout
     for machine in sfn.list_state_machines()["stateMachines"]:
         arn = machine["stateMachineArn"]
-        while time.monotonic() < deadline and sfn.list_executions(
-            stateMachineArn=arn, statusFilter="RUNNING"
-        )["executions"]:
+        while (
+            time.monotonic() < deadline
+            and sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING")["executions"]
+        ):
             time.sleep(0.2)
 
 

@@ -20,7 +20,7 @@ from chalicelib.providers.base import (
     TransientError,
 )
 from chalicelib.providers.runpod import RunPodProvider
-from tests.fakes.runpod import FakeRunPod
+from prism.dev.fakes.runpod import FakeRunPod
 
 KEY = "rp_secret_key_5f3a"
 A100_PCIE = Offer("NVIDIA A100 80GB PCIe", None, Decimal("1.64"))

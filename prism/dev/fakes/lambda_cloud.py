@@ -162,8 +162,10 @@ class FakeLambdaCloud:
         api_key: str = "lambda_test_key",
         boot_seconds: float = 0.5,
         instance_types: dict | None = None,
+        port: int = 0,
     ):
         self.api_key = api_key
+        self._port = port
         self.boot_seconds = boot_seconds
         self.instance_types = copy.deepcopy(
             instance_types if instance_types is not None else default_instance_types()
@@ -193,7 +195,7 @@ class FakeLambdaCloud:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> "FakeLambdaCloud":
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", self._port), _Handler)
         self._server.cloud = self
         self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(

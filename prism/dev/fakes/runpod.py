@@ -114,6 +114,7 @@ class FakeRunPod:
         boot_seconds: float = 0.5,
         gpu_types: list[dict] | None = None,
         terminated_visible_s: float = 0.0,
+        port: int = 0,
     ):
         self.api_key = api_key
         self.boot_seconds = boot_seconds
@@ -131,7 +132,7 @@ class FakeRunPod:
         self.pods: dict[str, dict[str, Any]] = {}
         self.requests: list[str] = []  # root fields of each GraphQL operation served
         self.lock = threading.RLock()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.fake = self
         self._thread: threading.Thread | None = None
         self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
