@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install up test lint format bench package clean
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-agent.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
@@ -37,8 +37,9 @@ bench: install
 STAGE ?= dev
 package: install
 	rm -rf out/$(STAGE)
+	$(BIN)/python -m prism.dev.infra out/merge-$(STAGE).json
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) \
-		--merge-template infra/resources.json out/$(STAGE)
+		--merge-template out/merge-$(STAGE).json out/$(STAGE)
 	$(BIN)/cfn-lint out/$(STAGE)/sam.json
 
 clean:

@@ -157,3 +157,84 @@ def _ensure_state_machine(sfn, name: str, definition: str, role: str) -> str:
     return sfn.create_state_machine(name=name, definition=definition, roleArn=role)[
         "stateMachineArn"
     ]
+
+
+# Functions that start executions, and so need the state machines' ARNs.
+STARTS_WORKFLOWS = ("APIHandler", "MeterWorker", "ReapCloud", "CloudProvisionFailed")
+
+
+def merged_template(template: Path = TEMPLATE) -> dict:
+    """infra/resources.json plus the state machines of infra/statemachines and their role:
+    what `chalice package --merge-template` takes (`make package` writes it out)."""
+    merged = json.loads(template.read_text())
+    resources = merged["Resources"]
+    invoked: set[str] = set()
+    for path in sorted(STATE_MACHINES.glob("*.asl.json")):
+        kind = path.name.removesuffix(".asl.json")
+        definition = json.loads(path.read_text())
+        substitutions = sorted(set(re.findall(r"\$\{(\w+)\}", path.read_text())))
+        functions = {s: s.removesuffix("Arn") for s in substitutions}
+        invoked |= set(functions.values())
+        resources[f"{kind.capitalize()}StateMachine"] = {
+            "Type": "AWS::StepFunctions::StateMachine",
+            "Properties": {
+                "StateMachineName": {"Fn::Sub": f"prism-${{Stage}}-{kind}"},
+                "Definition": definition,
+                "DefinitionSubstitutions": {
+                    s: {"Fn::GetAtt": [logical_id, "Arn"]} for s, logical_id in functions.items()
+                },
+                "RoleArn": {"Fn::GetAtt": ["StatesRole", "Arn"]},
+            },
+        }
+    resources["StatesRole"] = _states_role(sorted(invoked))
+    for logical_id in STARTS_WORKFLOWS:
+        variables = (
+            resources.setdefault(logical_id, {})
+            .setdefault("Properties", {})
+            .setdefault("Environment", {})
+            .setdefault("Variables", {})
+        )
+        variables["PRISM_PROVISION_STATE_MACHINE_ARN"] = {"Ref": "ProvisionStateMachine"}
+        variables["PRISM_TEARDOWN_STATE_MACHINE_ARN"] = {"Ref": "TeardownStateMachine"}
+    return merged
+
+
+def _states_role(functions: list[str]) -> dict:
+    """Step Functions may invoke exactly the step functions, nothing else."""
+    return {
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "AssumeRolePolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": "states.amazonaws.com"},
+                        "Action": "sts:AssumeRole",
+                    }
+                ],
+            },
+            "Policies": [
+                {
+                    "PolicyName": "invoke-cloud-steps",
+                    "PolicyDocument": {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                "Action": "lambda:InvokeFunction",
+                                "Resource": [{"Fn::GetAtt": [f, "Arn"]} for f in functions],
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+
+
+if __name__ == "__main__":  # python -m prism.dev.infra OUT.json: the merge template
+    import sys
+
+    Path(sys.argv[1]).parent.mkdir(parents=True, exist_ok=True)
+    Path(sys.argv[1]).write_text(json.dumps(merged_template(), indent=2) + "\n")

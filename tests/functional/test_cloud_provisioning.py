@@ -206,3 +206,20 @@ def test_the_reaper_terminates_an_instance_the_control_plane_never_recorded(api,
     orphan = provider.launch(LaunchSpec("dep_" + "f" * 16, "acme/llm:1", 8000), offer)
     registry.cloud().reap()
     assert orphan.id not in {p["id"] for p in fakes["runpod"].live_pods()}
+
+
+def test_the_state_machines_on_moto_are_the_infra_files(api):
+    """Local runs exactly what is deployed: the definitions come from infra/statemachines."""
+    import json
+
+    from prism.dev.infra import STATE_MACHINES
+
+    sfn = aws.client("stepfunctions")
+    for machine in sfn.list_state_machines()["stateMachines"]:
+        kind = machine["name"].removeprefix(f"prism-{settings.stage}-")
+        deployed = json.loads(
+            sfn.describe_state_machine(stateMachineArn=machine["stateMachineArn"])["definition"]
+        )
+        source = json.loads((STATE_MACHINES / f"{kind}.asl.json").read_text())
+        assert deployed.keys() == source.keys()
+        assert deployed["States"].keys() == source["States"].keys()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from prism.dev.infra import merged_template
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -16,6 +18,8 @@ BIN = Path(sys.executable).parent
 @pytest.mark.parametrize("stage", ["dev", "prod"])
 def test_the_packaged_template_passes_cfn_lint(tmp_path, stage):
     env = os.environ | {"AWS_DEFAULT_REGION": "us-east-1"}
+    merge = tmp_path / "merge.json"
+    merge.write_text(json.dumps(merged_template()))
     subprocess.run(
         [
             str(BIN / "chalice"),
@@ -23,8 +27,8 @@ def test_the_packaged_template_passes_cfn_lint(tmp_path, stage):
             "--stage",
             stage,
             "--merge-template",
-            "infra/resources.json",
-            str(tmp_path),
+            str(merge),
+            str(tmp_path / "out"),
         ],
         cwd=REPO,
         env=env,
@@ -32,7 +36,7 @@ def test_the_packaged_template_passes_cfn_lint(tmp_path, stage):
         capture_output=True,
         timeout=600,
     )
-    template = tmp_path / "sam.json"
+    template = tmp_path / "out" / "sam.json"
     lint = subprocess.run(
         [str(BIN / "cfn-lint"), str(template)], capture_output=True, text=True, timeout=300
     )
@@ -44,3 +48,10 @@ def test_the_packaged_template_passes_cfn_lint(tmp_path, stage):
     events = resources["MeterWorker"]["Properties"]["Events"]["MeterWorkerSqsEventSource"]
     assert events["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert f"prism-{stage}-metering" in json.dumps(events["Properties"]["Queue"])
+    machine = resources["ProvisionStateMachine"]["Properties"]
+    assert machine["DefinitionSubstitutions"]["CloudLaunchArn"] == {
+        "Fn::GetAtt": ["CloudLaunch", "Arn"]
+    }
+    assert "CloudLaunch" in resources  # the step is a function of the packaged app
+    api_env = resources["APIHandler"]["Properties"]["Environment"]["Variables"]
+    assert api_env["PRISM_TEARDOWN_STATE_MACHINE_ARN"] == {"Ref": "TeardownStateMachine"}
