@@ -4,22 +4,18 @@ RunPod and Lambda Cloud servers speaking the real wire formats. After every scen
 instance left at the provider without a live deployment, and the USD charged matches the
 provider's own bill to the cent."""
 
-import dataclasses
 import time
 from decimal import Decimal
 
 import pytest
-from moto import mock_aws
 
 from chalicelib import aws
 from chalicelib.config import settings
+from chalicelib.lifecycle import Status
 from chalicelib.services import registry
-from chalicelib.services.catalog import CatalogService
-from chalicelib.store.resources import ResourceRepository
 from prism.dev.fakes.lambda_cloud import FakeLambdaCloud
 from prism.dev.fakes.runpod import FakeRunPod
-from prism.dev.infra import create_queues, create_state_machines, create_tables
-from prism.dev.lambda_router import SFN_CONFIG, route_lambda_to_app
+from tests.cloud_sandbox import cloud_sandbox, fast_cloud_settings, wait_for_executions
 
 DEPLOYMENTS = "/api/v1/compute/deployments"
 TERMINAL = {"stopped", "failed"}
@@ -34,45 +30,9 @@ def fakes():
 @pytest.fixture
 def aws_backend(fakes, monkeypatch):
     """Overrides the functional conftest's backend: Step Functions really executes."""
-    cloud = dataclasses.replace(
-        settings.cloud,
-        poll_seconds=1,
-        terminate_retry_seconds=1,
-        health_grace_seconds=4,
-        boot_deadline_seconds={"runpod": 4, "lambda": 4},
-        api_keys={"runpod": fakes["runpod"].api_key, "lambda": fakes["lambda"].api_key},
-        runpod_api_url=fakes["runpod"].url,
-        runpod_endpoint_template=fakes["runpod"].endpoint_template,
-        lambda_api_url=fakes["lambda"].url,
-        lambda_endpoint_template=fakes["lambda"].endpoint_template,
-    )
-    monkeypatch.setattr(registry, "settings", dataclasses.replace(settings, cloud=cloud))
-    with mock_aws(config=SFN_CONFIG):
-        registry.reset()
-        create_tables(aws.client("dynamodb"), settings)
-        create_queues(aws.client("sqs"), settings.stage)
-        create_state_machines(
-            aws.client("stepfunctions"), aws.client("lambda"), aws.client("iam"), settings.stage
-        )
-        from app import app
-
-        route_lambda_to_app(app, settings.stage)
-        CatalogService(ResourceRepository()).seed()
+    monkeypatch.setattr(registry, "settings", registry.settings)  # restored afterwards
+    with cloud_sandbox(fast_cloud_settings(fakes["runpod"], fakes["lambda"])):
         yield
-        _wait_for_executions()
-        registry.reset()
-
-
-def _wait_for_executions(timeout=30.0):
-    sfn = aws.client("stepfunctions")
-    deadline = time.monotonic() + timeout
-    for machine in sfn.list_state_machines()["stateMachines"]:
-        arn = machine["stateMachineArn"]
-        while (
-            time.monotonic() < deadline
-            and sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING")["executions"]
-        ):
-            time.sleep(0.2)
 
 
 def create(api, target="runpod", **body):
@@ -98,7 +58,7 @@ def reaches(api, deployment_id, wanted, timeout=30.0):
 
 
 def assert_nothing_leaked_and_billed_exactly(fake, api, deployment_ids):
-    _wait_for_executions()
+    wait_for_executions()
     live = fake.live_pods() if isinstance(fake, FakeRunPod) else fake.live_instances()
     live_names = {i["name"] for i in live}
     for deployment_id in deployment_ids:
@@ -223,3 +183,42 @@ def test_the_state_machines_on_moto_are_the_infra_files(api):
         source = json.loads((STATE_MACHINES / f"{kind}.asl.json").read_text())
         assert deployed.keys() == source.keys()
         assert deployed["States"].keys() == source["States"].keys()
+
+
+def test_a_budget_stop_tears_the_instance_down_and_ends_budget_exceeded(api, fakes):
+    deployment_id = create(api)
+    reaches(api, deployment_id, {"running"})
+    registry.deployment_service().stop_for_budget(deployment_id, "budget $50 reached")
+    failed = reaches(api, deployment_id, TERMINAL)
+    assert (failed["status"], failed["failure_reason"]) == ("failed", "budget_exceeded")
+    assert_nothing_leaked_and_billed_exactly(fakes["runpod"], api, [deployment_id])
+
+
+def test_running_cloud_deployments_turn_unhealthy_after_three_failed_probes(api, fakes):
+    deployment_id = create(api, "lambda")
+    reaches(api, deployment_id, {"running"})
+    (instance_id,) = [i["id"] for i in fakes["lambda"].live_instances()]
+    fakes["lambda"].unhealthy.add(instance_id)
+    for expected in ("running", "running", "unhealthy"):
+        registry.cloud().check_running()
+        assert detail(api, deployment_id)["status"] == expected
+    fakes["lambda"].unhealthy.discard(instance_id)
+    registry.cloud().check_running()
+    assert detail(api, deployment_id)["status"] == "running"
+    api.delete(f"{DEPLOYMENTS}/{deployment_id}")
+    reaches(api, deployment_id, TERMINAL)
+    assert_nothing_leaked_and_billed_exactly(fakes["lambda"], api, [deployment_id])
+
+
+def test_the_reaper_terminates_the_instance_of_a_deployment_that_is_over(api, fakes):
+    """Termination was never confirmed (say the provider lost the request): the instance of a
+    finished deployment is found by its name and terminated."""
+    deployment_id = create(api)
+    reaches(api, deployment_id, {"running"})
+    repo = registry.cloud()._deployments
+    item = repo.get(deployment_id)
+    repo.transition(item, Status.STOPPING)  # as if torn down by hand, unconfirmed
+    repo.transition(repo.get(deployment_id), Status.STOPPED)
+    assert fakes["runpod"].live_pods()
+    report = registry.cloud().reap()
+    assert report.terminated and not fakes["runpod"].live_pods()

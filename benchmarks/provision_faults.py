@@ -1,0 +1,214 @@
+"""Randomized fault runs of cloud provisioning against the fake RunPod and Lambda Cloud.
+
+Each run creates a deployment on a random provider with random faults injected (no capacity,
+429 with Retry-After, 5xx bursts, terminate failures, an instance that never boots, a model
+that never answers its health path) and a random ending (stopped once running, stopped while
+provisioning, left to fail), or simulates the control plane dying between launch and recording
+the instance (an instance of ours with no deployment record). Everything runs for real: the
+state machines on moto's Step Functions interpreter, their Lambda steps in the Chalice app,
+the providers over HTTP. After the runs, the reaper runs once, as its schedule would.
+
+Prints: runs, instances launched, instances leaked (goal 0), deployments stuck in a
+non-terminal state after the deadline (goal 0), and max |charged - provider bill|.
+
+    .venv/bin/python benchmarks/provision_faults.py [--runs 200] [--concurrency 20] [--seed 1]
+"""
+
+import argparse
+import os
+import random
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.update(
+    AWS_ACCESS_KEY_ID="bench",
+    AWS_SECRET_ACCESS_KEY="bench",
+    AWS_DEFAULT_REGION="us-east-1",
+    PRISM_STAGE="bench",
+    POWERTOOLS_LOG_LEVEL="CRITICAL",
+    POWERTOOLS_METRICS_DISABLED="true",
+)
+os.environ.pop("PRISM_AWS_ENDPOINT_URL", None)
+
+import logging  # noqa: E402
+
+from chalicelib.lifecycle import Status  # noqa: E402
+from chalicelib.providers import provider_for  # noqa: E402
+from chalicelib.providers.base import LaunchSpec, ProviderError  # noqa: E402
+from chalicelib.schemas import CreateDeploymentRequest  # noqa: E402
+from chalicelib.services import registry  # noqa: E402
+from chalicelib.store.users import UserRepository  # noqa: E402
+from prism.dev.fakes.lambda_cloud import FakeLambdaCloud  # noqa: E402
+from prism.dev.fakes.runpod import FakeRunPod  # noqa: E402
+from tests.cloud_sandbox import cloud_sandbox, fast_cloud_settings, wait_for_executions  # noqa: E402
+
+ENDINGS = ("stop_when_running", "stop_while_provisioning", "never_boots", "never_healthy")
+RUN_DEADLINE_S = 90.0
+lock = threading.Lock()
+
+
+def inject_faults(fakes: dict, rng: random.Random) -> None:
+    """Bump the fakes' fault counters: the next requests, whoever makes them, hit them."""
+    fake = fakes[rng.choice(("runpod", "lambda"))]
+    with lock:
+        fault = rng.choice(("capacity", "rate_limit", "server_error", "terminate", "none"))
+        if fault == "capacity":
+            fake.capacity_failures += rng.randint(1, 2)
+        elif fault == "rate_limit":
+            fake.rate_limit_next += rng.randint(1, 2)
+            fake.retry_after_s = 1
+        elif fault == "server_error":
+            fake.server_error_next += rng.randint(1, 3)
+        elif fault == "terminate":
+            fake.terminate_failures += rng.randint(1, 3)
+
+
+def one_run(index: int, owner_id: str, fakes: dict, seed: int) -> dict:
+    rng = random.Random(seed * 100_003 + index)
+    if rng.random() < 0.05:
+        return orphan_run(index, fakes, rng)
+    target = rng.choice(("runpod", "lambda"))
+    inject_faults(fakes, rng)
+    service = registry.deployment_service()
+    request = CreateDeploymentRequest(
+        name=f"run-{index}",
+        target=target,
+        image="acme/llm:1",
+        gpu_type="A100" if target == "runpod" else rng.choice(("A100", "H100")),
+        budget_max_usd=100,
+    )
+    item = service.create(owner_id, request, None)
+    ending = rng.choice(ENDINGS)
+    name = f"prism-{item.id}"
+    if ending == "never_boots":
+        fakes[target].never_boot.add(name)
+    started = time.monotonic()
+    if ending == "stop_while_provisioning":
+        time.sleep(rng.uniform(0, 2))
+        service.stop(owner_id, item.id)
+    elif ending == "never_healthy":
+        mark_unhealthy_when_launched(fakes[target], name, started)
+    if ending in ("stop_when_running", "never_healthy"):
+        # never_healthy: if faults delayed the launch past our marking, it comes up healthy.
+        status = wait_for(item.id, {Status.RUNNING} | TERMINAL_STATUSES, started)
+        if status == Status.RUNNING:
+            service.stop(owner_id, item.id)
+    final = wait_for(item.id, TERMINAL_STATUSES, started)
+    return {"deployment_id": item.id, "target": target, "ending": ending, "final": final}
+
+
+def mark_unhealthy_when_launched(fake, name: str, started: float) -> None:
+    repo = registry.cloud()._deployments
+    while time.monotonic() - started < RUN_DEADLINE_S:
+        for instance_id, record in list(instances_of(fake).items()):
+            if record["name"] == name:
+                fake.unhealthy.add(instance_id)
+                return
+        if Status(repo.get(name.removeprefix("prism-")).status).is_terminal():
+            return  # it failed before launching anything
+        time.sleep(0.05)
+
+
+def orphan_run(index: int, fakes: dict, rng: random.Random) -> dict:
+    """The control plane launched an instance and died before recording it."""
+    target = rng.choice(("runpod", "lambda"))
+    provider = provider_for(target, registry.settings.cloud)
+    spec = LaunchSpec(f"dep_{index:016x}", "acme/llm:1", 8000)
+    for _ in range(20):  # the injected faults hit this launch too
+        try:
+            provider.launch(spec, provider.offers("A100")[0])
+            break
+        except ProviderError:
+            time.sleep(0.5)
+    return {"deployment_id": None, "target": target, "ending": "orphan", "final": None}
+
+
+TERMINAL_STATUSES = {Status.STOPPED, Status.FAILED}
+
+
+def wait_for(deployment_id: str, wanted: set, started: float) -> Status | None:
+    repo = registry.cloud()._deployments
+    while time.monotonic() - started < RUN_DEADLINE_S:
+        status = Status(repo.get(deployment_id).status)
+        if status in wanted:
+            return status
+        time.sleep(0.25)
+    return None
+
+
+def instances_of(fake) -> dict:
+    return fake.pods if isinstance(fake, FakeRunPod) else fake.instances
+
+
+def live_of(fake) -> list[dict]:
+    return fake.live_pods() if isinstance(fake, FakeRunPod) else fake.live_instances()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    logging.disable(logging.CRITICAL)  # moto logs every Fail state it runs
+    with FakeRunPod(boot_seconds=0.3) as runpod, FakeLambdaCloud(boot_seconds=0.3) as lam:
+        fakes = {"runpod": runpod, "lambda": lam}
+        cloud = fast_cloud_settings(runpod, lam, reaper_grace_seconds=0)
+        with cloud_sandbox(cloud):
+            owner = UserRepository().create_user_with_key("bench").user_id
+            started = time.monotonic()
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                runs = list(
+                    pool.map(lambda i: one_run(i, owner, fakes, args.seed), range(args.runs))
+                )
+            wait_for_executions()
+            reaped = registry.cloud().reap()  # its 5-minute schedule, once
+            report(runs, fakes, reaped, time.monotonic() - started)
+
+
+def report(runs: list[dict], fakes: dict, reaped, seconds: float) -> None:
+    repo = registry.cloud()._deployments
+    launched = sum(len(instances_of(f)) for f in fakes.values())
+    deployments = {r["deployment_id"]: r for r in runs if r["deployment_id"]}
+    stuck = [d for d in deployments if not Status(repo.get(d).status).is_terminal()]
+    leaked = []
+    worst = Decimal(0)
+    for fake in fakes.values():
+        for record in live_of(fake):
+            owner = record["name"].removeprefix("prism-")
+            item = repo.get(owner)
+            if item is None or Status(item.status).is_terminal():
+                leaked.append(record["id"])
+        for instance_id, record in instances_of(fake).items():
+            item = repo.get(record["name"].removeprefix("prism-"))
+            if item is None or not Status(item.status).is_terminal():
+                continue  # an orphan (nobody is charged), or still running (charged by ticks)
+            worst = max(worst, abs(Decimal(item.cost_accrued_usd) - fake.bill(instance_id)))
+    endings = {}
+    for run in runs:
+        key = (run["ending"], str(run["final"]))
+        endings[key] = endings.get(key, 0) + 1
+    print(f"runs                 {len(runs)} in {seconds:.0f} s")
+    for (ending, final), count in sorted(endings.items()):
+        print(f"  {ending:24} -> {final:8} {count}")
+    print(f"instances launched   {launched}")
+    print(f"orphans reaped       {len(reaped.terminated)}")
+    print(f"instances leaked     {len(leaked)} (goal 0)")
+    print(f"deployments stuck    {len(stuck)} (goal 0)")
+    for deployment_id in stuck:
+        item = repo.get(deployment_id)
+        print(
+            f"  {deployment_id} {item.status} since {item.updated_at:%H:%M:%S}: "
+            f"{item.status_message} / {item.failure_message} (instance {item.provider_instance_id})"
+        )
+    print(f"max |charged - bill| ${worst:.6f} (goal < $0.01)")
+
+
+if __name__ == "__main__":
+    main()
