@@ -161,6 +161,16 @@ def _ensure_state_machine(sfn, name: str, definition: str, role: str) -> str:
 
 # Functions that start executions, and so need the state machines' ARNs.
 STARTS_WORKFLOWS = ("APIHandler", "MeterWorker", "ReapCloud", "CloudProvisionFailed")
+# Functions that send to nodes over the WebSocket API's management endpoint.
+TALKS_TO_NODES = (
+    "APIHandler",
+    "MeterWorker",
+    "SweepNodes",
+    "WebsocketConnect",
+    "WebsocketMessage",
+    "WebsocketDisconnect",
+)
+MANAGEMENT_URL = {"Fn::Sub": "https://${WebsocketAPI}.execute-api.${AWS::Region}.amazonaws.com/api"}
 
 
 def merged_template(template: Path = TEMPLATE) -> dict:
@@ -188,15 +198,22 @@ def merged_template(template: Path = TEMPLATE) -> dict:
         }
     resources["StatesRole"] = _states_role(sorted(invoked))
     for logical_id in STARTS_WORKFLOWS:
-        variables = (
-            resources.setdefault(logical_id, {})
-            .setdefault("Properties", {})
-            .setdefault("Environment", {})
-            .setdefault("Variables", {})
-        )
+        variables = _env_of(resources, logical_id)
         variables["PRISM_PROVISION_STATE_MACHINE_ARN"] = {"Ref": "ProvisionStateMachine"}
         variables["PRISM_TEARDOWN_STATE_MACHINE_ARN"] = {"Ref": "TeardownStateMachine"}
+    for logical_id in TALKS_TO_NODES:
+        _env_of(resources, logical_id)["PRISM_WS_MANAGEMENT_URL"] = MANAGEMENT_URL
     return merged
+
+
+def _env_of(resources: dict, logical_id: str) -> dict:
+    """The merge-template fragment holding a Chalice function's environment variables."""
+    return (
+        resources.setdefault(logical_id, {})
+        .setdefault("Properties", {})
+        .setdefault("Environment", {})
+        .setdefault("Variables", {})
+    )
 
 
 def _states_role(functions: list[str]) -> dict:

@@ -55,3 +55,5 @@ def test_the_packaged_template_passes_cfn_lint(tmp_path, stage):
     assert "CloudLaunch" in resources  # the step is a function of the packaged app
     api_env = resources["APIHandler"]["Properties"]["Environment"]["Variables"]
     assert api_env["PRISM_TEARDOWN_STATE_MACHINE_ARN"] == {"Ref": "TeardownStateMachine"}
+    management = resources["SweepNodes"]["Properties"]["Environment"]["Variables"]
+    assert "${WebsocketAPI}" in management["PRISM_WS_MANAGEMENT_URL"]["Fn::Sub"]
