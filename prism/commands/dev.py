@@ -3,6 +3,7 @@
 import os
 import signal
 import threading
+from pathlib import Path
 
 import click
 
@@ -66,6 +67,17 @@ def dev():
 @click.option("--runpod-port", default=8003, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--lambda-port", default=8004, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
+    "--fake-hub",
+    is_flag=True,
+    help="run a fake Hugging Face Hub holding hf://prism/tiny-regressor (HF_ENDPOINT is set)",
+)
+@click.option("--hub-port", default=8005, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    help="where logs and the local node's state go (default: .prism in the checkout)",
+)
+@click.option(
     "--fake-price-per-hour",
     type=click.FloatRange(0),
     help="with --fake-clouds: every GPU at this USD/h (watch a budget stop in seconds)",
@@ -83,6 +95,9 @@ def dev_up(
     runpod_port,
     lambda_port,
     fake_price_per_hour,
+    fake_hub,
+    hub_port,
+    state_dir,
 ):
     """Start moto (AWS), the API and the node WebSocket gateway; create a dev user and write
     the CLI config."""
@@ -97,6 +112,9 @@ def dev_up(
         runpod_port=runpod_port,
         lambda_port=lambda_port,
         fake_price_per_hour=fake_price_per_hour,
+        fake_hub=fake_hub,
+        hub_port=hub_port,
+        **({"log_dir": Path(state_dir).resolve() / "logs"} if state_dir else {}),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -122,6 +140,8 @@ def dev_up(
         click.echo(f"PRISM_WS_URL={platform.ws_url}")
         click.echo(f"# AWS (moto) at {platform.aws_url}; CLI config written to {path}")
         click.echo(f"# logs in {platform.log_dir}; Ctrl-C stops everything", err=False)
+        if fake_hub:
+            click.echo(f"# fake Hugging Face Hub at {platform.hub_url} (hf://prism/tiny-regressor)")
         if fake_clouds:
             click.echo(
                 f"# fake RunPod at http://{host}:{runpod_port}/graphql, fake Lambda Cloud at "

@@ -55,6 +55,8 @@ class LocalPlatform:
     runpod_port: int = 8003
     lambda_port: int = 8004
     fake_price_per_hour: float | None = None  # every fake GPU at this price (budget demos)
+    fake_hub: bool = False  # a fake Hugging Face Hub with hf://prism/tiny-regressor
+    hub_port: int = 8005
     log_dir: Path = field(default_factory=lambda: REPO_ROOT / ".prism" / "logs")
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -65,6 +67,10 @@ class LocalPlatform:
     @property
     def aws_url(self) -> str:
         return f"http://{self.host}:{self.moto_port}"
+
+    @property
+    def hub_url(self) -> str:
+        return f"http://{self.host}:{self.hub_port}"
 
     @property
     def ws_url(self) -> str:
@@ -85,12 +91,16 @@ class LocalPlatform:
                     max(1, min(30, round(self.tick_seconds)))
                 ),
             }
-            | (
-                fake_cloud_env(self.host, self.runpod_port, self.lambda_port)
-                if self.fake_clouds
-                else {}
-            )
+            | self._fakes_env()
         )
+
+    def _fakes_env(self) -> dict[str, str]:
+        env = {}
+        if self.fake_clouds:
+            env |= fake_cloud_env(self.host, self.runpod_port, self.lambda_port)
+        if self.fake_hub:
+            env["HF_ENDPOINT"] = self.hub_url  # the node agent pulls hf:// from it
+        return env
 
     def start(self) -> dict:
         """Start everything; returns the dev user's {"user_id", "api_key"}."""
@@ -102,6 +112,8 @@ class LocalPlatform:
         }
         if self.fake_clouds:
             ports |= {"runpod": self.runpod_port, "lambda": self.lambda_port}
+        if self.fake_hub:
+            ports |= {"hub": self.hub_port}
         for option, port in ports.items():
             if not port_is_free(self.host, port):
                 raise PlatformError(
@@ -109,25 +121,8 @@ class LocalPlatform:
                     f"or choose another with --{option}-port"
                 )
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        if self.fake_clouds:
-            self._spawn(
-                "fakes",
-                [
-                    sys.executable,
-                    "-m",
-                    "prism.dev.fakes",
-                    "--runpod-port",
-                    str(self.runpod_port),
-                    "--lambda-port",
-                    str(self.lambda_port),
-                    *(
-                        ["--price-per-hour", str(self.fake_price_per_hour)]
-                        if self.fake_price_per_hour
-                        else []
-                    ),
-                ],
-            )
-            self._wait_port("fakes", self.lambda_port)
+        if self.fake_clouds or self.fake_hub:
+            self._start_fakes()
         self._spawn(
             "moto",
             [
@@ -178,6 +173,17 @@ class LocalPlatform:
         self._wait_http("gateway", f"http://{self.host}:{self.management_port}/")
         self._wait_port("gateway", self.ws_port)
         return user
+
+    def _start_fakes(self) -> None:
+        argv = [sys.executable, "-m", "prism.dev.fakes"]
+        if self.fake_clouds:
+            argv += ["--runpod-port", str(self.runpod_port), "--lambda-port", str(self.lambda_port)]
+            if self.fake_price_per_hour:
+                argv += ["--price-per-hour", str(self.fake_price_per_hour)]
+        if self.fake_hub:
+            argv += ["--hub-port", str(self.hub_port)]
+        self._spawn("fakes", argv)
+        self._wait_port("fakes", self.hub_port if self.fake_hub else self.lambda_port)
 
     def _spawn(self, name: str, argv: list[str], extra_env: dict | None = None) -> None:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the child

@@ -1,20 +1,27 @@
-"""`python -m prism.dev.fakes --runpod-port P --lambda-port Q`: fake RunPod and Lambda Cloud
-for the local platform (`prism dev up --fake-clouds`), until SIGTERM."""
+"""`python -m prism.dev.fakes [--runpod-port P --lambda-port Q] [--hub-port H]`: fake RunPod
+and Lambda Cloud (`prism dev up --fake-clouds`) and a fake Hugging Face Hub holding the bundled
+model as hf://prism/tiny-regressor (`--fake-hub`), until SIGTERM."""
 
 import argparse
 import signal
 import threading
+from contextlib import ExitStack
+from pathlib import Path
 
+from prism.dev.fakes.hf_hub import FakeHfHub
 from prism.dev.fakes.lambda_cloud import FakeLambdaCloud, default_instance_types
 from prism.dev.fakes.runpod import DEFAULT_GPU_TYPES, FakeRunPod
 
 RUNPOD_KEY, LAMBDA_KEY = "rp_local_fake_key", "lambda_local_fake_key"
+DEMO_REPO = "prism/tiny-regressor"
+DEMO_MODEL = Path(__file__).resolve().parents[3] / "examples" / "models" / "tiny-regressor"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runpod-port", type=int, required=True)
-    parser.add_argument("--lambda-port", type=int, required=True)
+    parser.add_argument("--runpod-port", type=int, help="with --lambda-port: the fake clouds")
+    parser.add_argument("--lambda-port", type=int)
+    parser.add_argument("--hub-port", type=int, help="the fake Hugging Face Hub")
     parser.add_argument("--boot-seconds", type=float, default=3.0)
     parser.add_argument(
         "--price-per-hour", type=float, help="every GPU at this price (for budget demos)"
@@ -23,6 +30,19 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    with ExitStack() as running:
+        if args.runpod_port and args.lambda_port:
+            runpod, lam = _clouds(args)
+            running.enter_context(runpod), running.enter_context(lam)
+            print(f"fake RunPod {runpod.url}, fake Lambda Cloud {lam.url}", flush=True)
+        if args.hub_port:
+            hub = running.enter_context(FakeHfHub(port=args.hub_port))
+            hub.add_commit(DEMO_REPO, _demo_files(), tags=("v1",))
+            print(f"fake Hugging Face Hub {hub.url} with hf://{DEMO_REPO}", flush=True)
+        stop.wait()
+
+
+def _clouds(args) -> tuple[FakeRunPod, FakeLambdaCloud]:
     runpod = FakeRunPod(
         api_key=RUNPOD_KEY,
         boot_seconds=args.boot_seconds,
@@ -35,9 +55,11 @@ def main() -> None:
         port=args.lambda_port,
         instance_types=_priced_instance_types(args.price_per_hour),
     )
-    with runpod, lam:
-        print(f"fake RunPod {runpod.url}, fake Lambda Cloud {lam.url}", flush=True)
-        stop.wait()
+    return runpod, lam
+
+
+def _demo_files() -> dict[str, Path]:
+    return {p.name: p for p in sorted(DEMO_MODEL.iterdir()) if p.is_file()}
 
 
 def _priced_gpu_types(price: float | None) -> list[dict] | None:

@@ -149,8 +149,9 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 class FakeHfHub:
     """In-memory Hub on 127.0.0.1; see the module docstring for what it answers."""
 
-    def __init__(self, *, page_size: int = 50):
+    def __init__(self, *, page_size: int = 50, port: int = 0):
         self.page_size = page_size
+        self._port = port
         self.url: str | None = None
         self.requests: list[tuple[str, str]] = []  # (method, raw path with query), in order
         self.range_requests: list[tuple[str, str]] = []  # (path, Range header) of resolve GETs
@@ -169,7 +170,7 @@ class FakeHfHub:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> "FakeHfHub":
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", self._port), _Handler)
         self._server.hub = self
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         # A short poll keeps stop() fast; serving is not affected.
