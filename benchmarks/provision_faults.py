@@ -119,7 +119,7 @@ def orphan_run(index: int, fakes: dict, rng: random.Random) -> dict:
     """The control plane launched an instance and died before recording it."""
     target = rng.choice(("runpod", "lambda"))
     provider = provider_for(target, registry.settings.cloud)
-    spec = LaunchSpec(f"dep_{index:016x}", "acme/llm:1", 8000)
+    spec = LaunchSpec(f"dep_{index:016x}", "acme/llm:1", 8000, stage="bench")
     for _ in range(20):  # the injected faults hit this launch too
         try:
             provider.launch(spec, provider.offers("A100")[0])

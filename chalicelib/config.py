@@ -12,6 +12,7 @@ from dataclasses import dataclass
 class CloudSettings:
     """Cloud GPU provisioning: where the providers are, their keys, and the workflow clock."""
 
+    stage: str
     provision_state_machine_arn: str
     teardown_state_machine_arn: str
     poll_seconds: int  # between provider status polls and health checks while provisioning
@@ -41,6 +42,7 @@ class CloudSettings:
             )
 
         return cls(
+            stage=stage,
             provision_state_machine_arn=machine("provision"),
             teardown_state_machine_arn=machine("teardown"),
             poll_seconds=int(env.get("PRISM_CLOUD_POLL_SECONDS", "10")),

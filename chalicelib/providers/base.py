@@ -3,6 +3,7 @@ choose from, launch, get, terminate, and the instances carrying our name prefix 
 reaper). Provider-specific wire formats stay inside each provider's module; their statuses
 map onto InstanceState through one table per module."""
 
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -11,8 +12,16 @@ from typing import Protocol
 NAME_PREFIX = "prism-"  # every instance we launch is named prism-<deployment id>
 
 
-def instance_name(deployment_id: str) -> str:
-    return f"{NAME_PREFIX}{deployment_id}"
+def instance_name(deployment_id: str, stage: str | None = None) -> str:
+    """prism-<stage>-<deployment id>: the stage keeps one installation's reaper off another's
+    instances when two share a provider account."""
+    return f"{NAME_PREFIX}{stage}-{deployment_id}" if stage else f"{NAME_PREFIX}{deployment_id}"
+
+
+def owned_by_stage(name: str | None, stage: str) -> str | None:
+    """The deployment id in an instance name of this stage, or None when it is not ours."""
+    match = re.fullmatch(rf"{NAME_PREFIX}{re.escape(stage)}-(dep_[0-9a-f]{{16}})", name or "")
+    return match.group(1) if match else None
 
 
 def deployment_of(name: str | None) -> str | None:
@@ -48,10 +57,11 @@ class LaunchSpec:
     user_data: str | None = field(default=None, repr=False)  # cloud-init (VMs): node bootstrap
     gpu_count: int = 1
     disk_gb: int = 50
+    stage: str | None = None  # part of the instance name
 
     @property
     def name(self) -> str:
-        return instance_name(self.deployment_id)
+        return instance_name(self.deployment_id, self.stage)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from chalicelib.providers.base import (
     Provider,
     RateLimited,
     instance_name,
+    owned_by_stage,
 )
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.metering import BillableEntry
@@ -101,8 +102,7 @@ class CloudService:
         if not item.provider_instance_id and not self._deployments.record_instance(
             item, instance.id, price, launched_at, instance.region
         ):
-            provider.terminate(instance.id)  # stopped while we launched: nobody wants it
-            raise Cancelled(f"{item.id} was stopped while its instance was launched")
+            instance = self._after_lost_record(item, provider, instance)
         logger.info(
             "instance launched",
             extra={"deployment_id": item.id, "instance_id": instance.id, "price_per_hour": price},
@@ -115,7 +115,8 @@ class CloudService:
         instance = self._providers(item.target).get(
             state["instance_id"], port=int(item.deploy_config.port)
         )
-        if instance is None or instance.state in (InstanceState.TERMINATED, InstanceState.FAILED):
+        gone = (InstanceState.TERMINATED, InstanceState.FAILED, InstanceState.STOPPING)
+        if instance is None or instance.state in gone:
             word = "is gone" if instance is None else f"is {instance.provider_status}"
             raise InstanceLost(f"the {item.target} instance {state['instance_id']} {word}")
         if instance.state is InstanceState.RUNNING and instance.endpoint_url:
@@ -241,29 +242,39 @@ class CloudService:
         their deadline, and restart teardowns that gave up."""
         report = ReapReport([], [], [])
         for name in self._configured():
-            self._reap_orphans(self._providers(name), report)
+            _isolated(f"reaping {name}", lambda name=name: self._reap_orphans(name, report))
         for item in self._deployments.cloud_active():
-            self._reap_stuck(item, report)
+            _isolated(f"checking {item.id}", lambda item=item: self._reap_stuck(item, report))
         return report
 
-    def _reap_orphans(self, provider: Provider, report: ReapReport) -> None:
+    def _reap_orphans(self, provider_name: str, report: ReapReport) -> None:
+        provider = self._providers(provider_name)
         now = self._clock()
         for instance in provider.list_owned():
-            item = self._deployments.get(instance.deployment_id or "")
+            deployment_id = owned_by_stage(instance.name, self._cloud.stage)
+            if deployment_id is None:
+                continue  # another installation's, or not ours at all
+            item = self._deployments.get(deployment_id)
             if not _orphan(item, instance, now, self._cloud.reaper_grace_seconds):
                 continue
-            provider.terminate(instance.id)
-            report.terminated.append(instance.id)
-            logger.warning(
-                "reaped an orphaned instance",
-                extra={
-                    "provider": provider.name,
-                    "instance_id": instance.id,
-                    "deployment_id": instance.deployment_id,
-                    "price_per_hour": instance.price_per_hour,
-                },
+            _isolated(
+                f"terminating {instance.id}",
+                lambda instance=instance: self._reap_one(provider, instance, report),
             )
-            metrics.add_metric(name="OrphansReaped", unit=Unit.Count, value=1)
+
+    def _reap_one(self, provider: Provider, instance: Instance, report: ReapReport) -> None:
+        provider.terminate(instance.id)
+        report.terminated.append(instance.id)
+        logger.warning(
+            "reaped an orphaned instance",
+            extra={
+                "provider": provider.name,
+                "instance_id": instance.id,
+                "instance_name": instance.name,
+                "price_per_hour": instance.price_per_hour,
+            },
+        )
+        metrics.add_metric(name="OrphansReaped", unit=Unit.Count, value=1)
 
     def _reap_stuck(self, item: DeploymentItem, report: ReapReport) -> None:
         status, age = Status(item.status), (self._clock() - item.updated_at).total_seconds()
@@ -299,6 +310,9 @@ class CloudService:
 
     def _check_one(self, item: DeploymentItem) -> None:
         healthy = self._probe(item.endpoint_url + item.deploy_config.health_path)
+        if not healthy and self._instance_gone(item):
+            self._instance_died(item)
+            return
         failures = 0 if healthy else int(item.health_consecutive_failures or 0) + 1
         changes = {
             "healthy": healthy,
@@ -312,6 +326,30 @@ class CloudService:
         else:
             self._deployments.record(item, **changes)
 
+    def _instance_gone(self, item: DeploymentItem) -> bool:
+        try:
+            instance = self._providers(item.target).get(
+                item.provider_instance_id, port=int(item.deploy_config.port)
+            )
+        except Exception:  # cannot tell now: the next check asks again
+            return False
+        return instance is None or instance.state in (
+            InstanceState.TERMINATED,
+            InstanceState.FAILED,
+        )
+
+    def _instance_died(self, item: DeploymentItem) -> None:
+        """The provider ended a running instance: fail the deployment (billing stops once the
+        teardown confirms the instance is gone)."""
+        item, _ = self._deployments.transition_latest(
+            item.id,
+            towards(Status.STOPPING),
+            failure_reason="crash",
+            failure_message=f"the {item.target} instance {item.provider_instance_id} stopped",
+        )
+        if item.status == Status.STOPPING:
+            self._workflows.start_teardown(item.id)
+
     # --- helpers ---------------------------------------------------------------------------
 
     def _provisioning(self, deployment_id: str) -> DeploymentItem:
@@ -320,21 +358,37 @@ class CloudService:
             raise Cancelled(f"{deployment_id} is no longer being provisioned")
         return item
 
+    def _after_lost_record(
+        self, item: DeploymentItem, provider: Provider, instance: Instance
+    ) -> Instance:
+        """record_instance's condition failed: our write may have landed (a retried request),
+        another launch recorded its instance, or the deployment was stopped meanwhile."""
+        latest = self._deployments.get(item.id)
+        if latest.provider_instance_id == instance.id:
+            return instance  # it was ours after all
+        provider.terminate(instance.id)  # nobody will ever own this one
+        if latest.provider_instance_id and latest.status == Status.PROVISIONING:
+            return self._adopt(latest, provider)
+        raise Cancelled(f"{item.id} was stopped while its instance was launched")
+
     def _adopt(self, item: DeploymentItem, provider: Provider) -> Instance | None:
         """The instance launched for this deployment by an earlier attempt, if any (a retried
         launch must never start a second one)."""
         if item.provider_instance_id:
-            return provider.get(item.provider_instance_id, port=int(item.deploy_config.port))
-        wanted = instance_name(item.id)
+            instance = provider.get(item.provider_instance_id, port=int(item.deploy_config.port))
+            if instance is None:
+                raise InstanceLost(f"the recorded instance {item.provider_instance_id} is gone")
+            return instance
+        wanted = instance_name(item.id, self._cloud.stage)
         return next((i for i in provider.list_owned() if i.name == wanted), None)
 
     def _find_by_name(self, provider: Provider, deployment_id: str) -> str | None:
-        wanted = instance_name(deployment_id)
+        wanted = instance_name(deployment_id, self._cloud.stage)
         return next((i.id for i in provider.list_owned() if i.name == wanted), None)
 
     def _launch_first_offer(self, item: DeploymentItem, provider: Provider) -> Instance:
         offers = provider.offers(item.gpu_type or "")[: self._cloud.max_offers]
-        spec = _launch_spec(item)
+        spec = _launch_spec(item, self._cloud.stage)
         tried = []
         for offer in offers:
             try:
@@ -350,6 +404,14 @@ class CloudService:
             f"no {item.gpu_type or 'GPU'} capacity at {item.target}"
             + (f" (tried {', '.join(tried)})" if tried else ": no offer matches that GPU type")
         )
+
+
+def _isolated(what: str, action: Callable[[], None]) -> None:
+    """One failing provider or item must not stop the reaper for the rest."""
+    try:
+        action()
+    except Exception:
+        logger.exception("reaper step failed", extra={"step": what})
 
 
 def _terminated(provider: Provider, instance_id: str) -> bool:
@@ -370,7 +432,7 @@ def _with_short_rate_limit(launch: Callable[[], Instance]) -> Instance:
         return launch()
 
 
-def _launch_spec(item: DeploymentItem) -> LaunchSpec:
+def _launch_spec(item: DeploymentItem, stage: str) -> LaunchSpec:
     port = int(item.deploy_config.port)
     user_data = None
     if item.target == "lambda":
@@ -381,6 +443,7 @@ def _launch_spec(item: DeploymentItem) -> LaunchSpec:
         port=port,
         env=item.env_dict(),
         user_data=user_data,
+        stage=stage,
     )
 
 

@@ -245,7 +245,7 @@ class DeploymentService:
     def costs(self, owner_id: str, deployment_id: str, query: CostsQuery) -> CostList:
         item = self._deployments.get_owned(owner_id, deployment_id)
         after = _decode_period(query.next_token) if query.next_token else None
-        entries, last = MeteringRepository().ledger(item.id, query.limit, after)
+        entries, last = MeteringRepository().ledger(item, query.limit, after)
         return CostList(
             deployment_id=item.id,
             cost_accrued_usd=item.cost_accrued_usd,

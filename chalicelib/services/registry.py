@@ -20,7 +20,6 @@ from chalicelib.services.placement import Placement
 from chalicelib.services.workflows import Workflows
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.metering import MeteringRepository
-from chalicelib.store.metering import connection as metering_connection
 from chalicelib.store.models import utcnow
 from chalicelib.store.nodes import NodeRepository, ReplyRepository
 from chalicelib.store.resources import ResourceRepository
@@ -145,6 +144,6 @@ def reset() -> None:
     """Forget built services (tests that swap the AWS backend between cases)."""
     for factory in FACTORIES:
         factory.cache_clear()
-    for client in (aws.client, aws.session, aws.management_api, metering_connection):
+    for client in (aws.client, aws.session, aws.management_api):
         client.cache_clear()
     providers._key_from_ssm.cache_clear()

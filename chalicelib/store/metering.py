@@ -1,19 +1,17 @@
-"""Metering writes: the running total and its ledger entry, together, exactly once."""
+"""Metering writes: the running total and its ledger entry, together, exactly once, in one
+conditional update of the deployment; pages of entries then move to the ledger table."""
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
-from functools import cache
 
-from pynamodb.connection import Connection
-from pynamodb.exceptions import TransactWriteError
-from pynamodb.transactions import TransactWrite
+from pynamodb.exceptions import UpdateError
 
-from chalicelib.config import settings
-from chalicelib.store.models import DeploymentItem, LedgerItem
+from chalicelib.store.models import DeploymentItem, LedgerEntryAttribute, LedgerItem
 
 BILLABLE = "1"
+LEDGER_PAGE = 25  # charges kept on the deployment before they move to the ledger table
 _TIME = DeploymentItem.last_metered_at  # its serializer gives the stored string
 
 
@@ -50,12 +48,6 @@ class BillableEntry:
         return _TIME.deserialize(self.last_metered_at)
 
 
-@cache
-def connection() -> Connection:
-    # One per container: making a botocore client costs more than the transaction itself.
-    return Connection(region=settings.region, host=settings.aws_endpoint_url)
-
-
 class MeteringRepository:
     def billable(self) -> Iterator[DeploymentItem]:
         """Every billable deployment, by Query on the sparse index (never a Scan)."""
@@ -75,48 +67,85 @@ class MeteringRepository:
     def charge(
         self, entry: BillableEntry, until: datetime, amount: Decimal, price: Decimal
     ) -> Decimal | None:
-        """Add `amount` for [entry.since, until) and its ledger entry, in one transaction that
-        holds only if nobody charged since `entry.since` and it is still billable. Returns the
-        new total, or None when the condition failed (a duplicate, late or raced message)."""
+        """Add `amount` for [entry.since, until) and its ledger entry in ONE conditional update
+        of the deployment (exactly once, one item write), which holds only if nobody charged
+        since `entry.since` and it is still billable. Returns the new total, or None when the
+        condition failed (a duplicate, late or raced message)."""
         target = DeploymentItem(id=entry.deployment_id)
         target.version = 0  # so pynamodb increments the version instead of resetting it
         new_total = Decimal(entry.cost_accrued_usd) + amount
-        ledger = LedgerItem(
-            deployment_id=entry.deployment_id,
-            period_end=until,
+        charged = LedgerEntryAttribute(
             period_start=entry.since,
+            period_end=until,
             amount_usd=amount,
             price_per_hour_usd=price,
             cost_after_usd=new_total,
         )
         try:
-            with TransactWrite(connection=connection()) as transaction:
-                transaction.update(
-                    target,
-                    actions=[
-                        DeploymentItem.cost_accrued_usd.add(amount),
-                        DeploymentItem.last_metered_at.set(until),
-                    ],
-                    condition=(DeploymentItem.last_metered_at == entry.since)
-                    & DeploymentItem.billable.exists(),
-                    add_version_condition=False,
-                )
-                transaction.save(ledger, condition=LedgerItem.period_end.does_not_exist())
-        except TransactWriteError as exc:
-            if "ConditionalCheckFailed" in str(exc.cancellation_reasons or exc):
+            target.update(
+                actions=[
+                    DeploymentItem.cost_accrued_usd.add(amount),
+                    DeploymentItem.last_metered_at.set(until),
+                    DeploymentItem.ledger_tail.set(
+                        (DeploymentItem.ledger_tail | []).append([charged])
+                    ),
+                ],
+                condition=(DeploymentItem.last_metered_at == entry.since)
+                & DeploymentItem.billable.exists(),
+                add_version_condition=False,
+            )
+        except UpdateError as exc:
+            if _is_condition_failure(exc):
                 return None
             raise
+        if len(target.ledger_tail or []) >= LEDGER_PAGE:
+            self._move_tail_to_ledger(target)
         return new_total
 
-    def ledger(self, deployment_id: str, limit: int, after: str | None = None):
-        start = (
-            None
-            if after is None
-            else {"deployment_id": {"S": deployment_id}, "period_end": {"S": after}}
-        )
+    def _move_tail_to_ledger(self, item: DeploymentItem) -> None:
+        """A page of charges to the ledger table (idempotent puts), then off the deployment,
+        only if nobody moved them first. Entries briefly in both places are read once."""
+        page = list(item.ledger_tail)
+        with LedgerItem.batch_write() as batch:
+            for charged in page:
+                batch.save(
+                    LedgerItem(
+                        deployment_id=item.id,
+                        period_end=charged.period_end,
+                        period_start=charged.period_start,
+                        amount_usd=charged.amount_usd,
+                        price_per_hour_usd=charged.price_per_hour_usd,
+                        cost_after_usd=charged.cost_after_usd,
+                    )
+                )
+        try:
+            item.update(
+                actions=[DeploymentItem.ledger_tail[i].remove() for i in range(len(page))],
+                condition=DeploymentItem.ledger_tail[0]["period_end"] == page[0].period_end,
+                add_version_condition=False,
+            )
+        except UpdateError as exc:
+            if not _is_condition_failure(exc):
+                raise
+
+    def ledger(self, item: DeploymentItem, limit: int, after: str | None = None):
+        """Charges newest first: the tail on the deployment, then the ledger table; `after` is
+        the stored period_end the previous page ended at."""
+        older_than = None if after is None else _TIME.deserialize(after)
+        tail = [
+            c for c in item.ledger_tail or [] if older_than is None or c.period_end < older_than
+        ]
+        condition = None if older_than is None else LedgerItem.period_end < older_than
         query = LedgerItem.query(
-            deployment_id, scan_index_forward=False, limit=limit, last_evaluated_key=start
+            item.id, condition, scan_index_forward=False, limit=limit + len(tail) + 1
         )
-        items = list(query)
-        last = query.last_evaluated_key
-        return items, (last["period_end"]["S"] if last else None)
+        by_end = {_TIME.serialize(c.period_end): c for c in query}
+        by_end |= {_TIME.serialize(c.period_end): c for c in tail}  # moved but not yet removed
+        ordered = [by_end[end] for end in sorted(by_end, reverse=True)]
+        page = ordered[:limit]
+        more = len(ordered) > limit or query.last_evaluated_key is not None
+        return page, (_TIME.serialize(page[-1].period_end) if more and page else None)
+
+
+def _is_condition_failure(exc: Exception) -> bool:
+    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"

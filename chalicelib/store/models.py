@@ -110,6 +110,16 @@ class BillableIndex(GlobalSecondaryIndex):
     id = UnicodeAttribute(range_key=True)
 
 
+class LedgerEntryAttribute(MapAttribute):
+    """One charge, kept on the deployment until a page of them moves to the ledger table."""
+
+    period_start = UTCDateTimeAttribute()
+    period_end = UTCDateTimeAttribute()
+    amount_usd = DecimalAttribute()
+    price_per_hour_usd = DecimalAttribute()
+    cost_after_usd = DecimalAttribute()
+
+
 class DeploymentItem(Model):
     class Meta(_Meta):
         table_name = settings.deployments_table
@@ -133,6 +143,9 @@ class DeploymentItem(Model):
     cost_accrued_usd = DecimalAttribute(default=lambda: Decimal(0))
     price_per_hour_usd = DecimalAttribute(null=True)
     last_metered_at = UTCDateTimeAttribute(null=True)
+    # The newest charges, written with the total in one conditional update (exactly once, one
+    # item write); moved to the ledger table a page at a time.
+    ledger_tail = ListAttribute(of=LedgerEntryAttribute, null=True)
     endpoint_url = UnicodeAttribute(null=True)
     node_id = UnicodeAttribute(null=True)
     pinned_node_id = UnicodeAttribute(null=True)  # the node the user asked for, if any

@@ -199,11 +199,20 @@ def merged_template(template: Path = TEMPLATE) -> dict:
     resources["StatesRole"] = _states_role(sorted(invoked))
     for logical_id in STARTS_WORKFLOWS:
         variables = _env_of(resources, logical_id)
-        variables["PRISM_PROVISION_STATE_MACHINE_ARN"] = {"Ref": "ProvisionStateMachine"}
-        variables["PRISM_TEARDOWN_STATE_MACHINE_ARN"] = {"Ref": "TeardownStateMachine"}
+        # Built from the name, not Ref'd: the provision machine invokes CloudProvisionFailed,
+        # which starts teardown, and a Ref would make that a dependency cycle.
+        for kind in ("provision", "teardown"):
+            variables[f"PRISM_{kind.upper()}_STATE_MACHINE_ARN"] = _machine_arn(kind)
     for logical_id in TALKS_TO_NODES:
         _env_of(resources, logical_id)["PRISM_WS_MANAGEMENT_URL"] = MANAGEMENT_URL
     return merged
+
+
+def _machine_arn(kind: str) -> dict:
+    return {
+        "Fn::Sub": "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:"
+        f"stateMachine:prism-${{Stage}}-{kind}"
+    }
 
 
 def _env_of(resources: dict, logical_id: str) -> dict:

@@ -163,7 +163,8 @@ def test_the_reaper_terminates_an_instance_the_control_plane_never_recorded(api,
 
     provider = provider_for("runpod", registry.settings.cloud)
     offer = provider.offers("A100")[0]
-    orphan = provider.launch(LaunchSpec("dep_" + "f" * 16, "acme/llm:1", 8000), offer)
+    spec = LaunchSpec("dep_" + "f" * 16, "acme/llm:1", 8000, stage=settings.stage)
+    orphan = provider.launch(spec, offer)
     registry.cloud().reap()
     assert orphan.id not in {p["id"] for p in fakes["runpod"].live_pods()}
 
@@ -222,3 +223,27 @@ def test_the_reaper_terminates_the_instance_of_a_deployment_that_is_over(api, fa
     assert fakes["runpod"].live_pods()
     report = registry.cloud().reap()
     assert report.terminated and not fakes["runpod"].live_pods()
+
+
+def test_the_reaper_leaves_other_installations_instances_alone(api, fakes):
+    """Two stages sharing a provider account: names carry the stage."""
+    from chalicelib.providers import provider_for
+    from chalicelib.providers.base import LaunchSpec
+
+    provider = provider_for("runpod", registry.settings.cloud)
+    spec = LaunchSpec("dep_" + "e" * 16, "acme/llm:1", 8000, stage="prod")
+    theirs = provider.launch(spec, provider.offers("A100")[0])
+    registry.cloud().reap()
+    assert theirs.id in {p["id"] for p in fakes["runpod"].live_pods()}
+    provider.terminate(theirs.id)
+
+
+def test_an_instance_the_provider_ends_while_running_fails_the_deployment(api, fakes):
+    deployment_id = create(api)
+    reaches(api, deployment_id, {"running"})
+    (pod_id,) = [p["id"] for p in fakes["runpod"].live_pods()]
+    registry.providers.provider_for("runpod", registry.settings.cloud).terminate(pod_id)
+    registry.cloud().check_running()
+    failed = reaches(api, deployment_id, TERMINAL)
+    assert (failed["status"], failed["failure_reason"]) == ("failed", "crash")
+    assert_nothing_leaked_and_billed_exactly(fakes["runpod"], api, [deployment_id])

@@ -16,7 +16,7 @@ from chalicelib.queue import WorkQueue
 from chalicelib.services import registry
 from chalicelib.services.metering import MeteringService
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.metering import BillableEntry, MeteringRepository
+from chalicelib.store.metering import LEDGER_PAGE, BillableEntry, MeteringRepository
 from chalicelib.store.models import LedgerItem
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
@@ -109,7 +109,10 @@ def cost(deployment_id) -> Decimal:
 
 
 def ledger(deployment_id) -> list[Decimal]:
-    return [e.amount_usd for e in LedgerItem.query(deployment_id)]
+    """Every charge, oldest first (on the deployment and in the ledger table)."""
+    item = DeploymentRepository().get(deployment_id)
+    entries, _ = MeteringRepository().ledger(item, limit=10_000)
+    return [e.amount_usd for e in reversed(entries)]
 
 
 def test_a_tick_charges_price_times_elapsed_time_exactly(api, metering, queue, clock):
@@ -270,20 +273,37 @@ def test_detail_and_ledger_show_cost_budget_and_time_left(api, metering, queue, 
     assert api.get(f"{DEPLOYMENTS}/{d}/costs?next_token=zzz").status_code == 400
 
 
-def test_a_cancelled_charge_leaves_neither_total_nor_ledger_changed(api, clock):
+def test_a_charge_for_a_period_already_charged_changes_neither_total_nor_ledger(api, clock):
     d = billable(api)
     until = clock.at(60)
-    LedgerItem(
-        deployment_id=d,
-        period_end=until,
-        period_start=T0,
-        amount_usd=Decimal(1),
-        price_per_hour_usd=Decimal(1),
-        cost_after_usd=Decimal(1),
-    ).save()
-    item = DeploymentRepository().get(d)
-    entry = BillableEntry.of(item)
-    assert MeteringRepository().charge(entry, until, Decimal("0.06"), Decimal("3.6")) is None
+    entry = BillableEntry.of(DeploymentRepository().get(d))
+    repo = MeteringRepository()
+    assert repo.charge(entry, until, Decimal("0.06"), Decimal("3.6")) == Decimal("0.06")
+    assert repo.charge(entry, until, Decimal("0.06"), Decimal("3.6")) is None
     after = DeploymentRepository().get(d)
-    assert after.cost_accrued_usd == 0 and after.last_metered_at == T0  # rolled back
-    assert ledger(d) == [Decimal(1)]
+    assert after.cost_accrued_usd == Decimal("0.06") and after.last_metered_at == until
+    assert ledger(d) == [Decimal("0.06")]
+
+
+def test_pages_of_charges_move_to_the_ledger_table_and_read_back_once_each(api, clock):
+    """The newest charges live on the deployment (one write per charge); every LEDGER_PAGE
+    they move to the ledger table. The costs API reads both, without gaps or repeats."""
+    d = billable(api, price="3.60")
+    repo = MeteringRepository()
+    for minute in range(1, LEDGER_PAGE + 6):
+        entry = BillableEntry.of(DeploymentRepository().get(d))
+        repo.charge(entry, clock.at(60 * minute), Decimal("0.06"), Decimal("3.6"))
+    assert len(DeploymentRepository().get(d).ledger_tail) == 5
+    assert len(list(LedgerItem.query(d))) == LEDGER_PAGE
+    pages, token = [], None
+    while True:
+        path = f"{DEPLOYMENTS}/{d}/costs?limit=7" + (f"&next_token={token}" if token else "")
+        page = api.get(path).data
+        pages += page["items"]
+        token = page["next_token"]
+        if token is None:
+            break
+    assert len(pages) == LEDGER_PAGE + 5
+    ends = [p["period_end"] for p in pages]
+    assert ends == sorted(set(ends), reverse=True)  # newest first, each once
+    assert pages[0]["cost_after_usd"] == pytest.approx(0.06 * (LEDGER_PAGE + 5))
