@@ -2,8 +2,9 @@
 
 10,000 billable and 50,000 stopped deployments are batch-written to a moto server. We time one
 tick (Query on the sparse `billable` index -> SendMessageBatch, 100 deployments a message) plus
-the drain (each message to the worker: one conditional TransactWriteItems per deployment: the
-running total and its ledger entry), then the same server doing just the bare conditional
+the drain (each message to the worker: one conditional UpdateItem per deployment: the running
+total and its ledger entry on the deployment; every 25th charge of a deployment also moves its
+entries to the ledger table with one BatchWriteItem and one UpdateItem), then the same server doing just the bare conditional
 UpdateItem calls (boto3) for the same deployments. Every AWS call the server receives is counted.
 Goals: tick + drain <= 1.5x the bare updates; <= 1 write call per deployment per tick; 0 items
 read that were not billable; <= 0.1 SQS requests per deployment.
@@ -14,9 +15,10 @@ On AWS, the same design for 100,000 billable deployments: the tick's Query reads
 index (100,000 items, ~25 MB, about 3,100 read units at 8 KB... paged in ~1 MB pages, ~25 pages,
 a few seconds) and sends 1,000 messages in 100 SendMessageBatch calls; the SQS trigger spreads
 them over Lambda invocations (batch 10 = 1,000 deployments an invocation, ~100 invocations, a
-concurrency of a few tens with maximum_concurrency set); the writes are 100,000 transactions of 2
-items a minute, ~3,300 write units a second on-demand for the burst (a transaction costs 2x), well
-inside on-demand table limits (40,000 WCU) and SQS standard throughput (unlimited). Conditional
+concurrency of a few tens with maximum_concurrency set); the writes are 100,000 conditional
+UpdateItems a minute plus 4,000 ledger pages (25 rows each) — with ~1 KB items ~1,700 write units
+a second on-demand for the burst, well inside on-demand table limits (40,000 WCU) and SQS
+standard throughput (unlimited). Conditional
 writes keep it exactly-once under any redelivery or concurrency.
 """
 

@@ -2,7 +2,7 @@
 the one a deployment's target names, with its API key from the environment (local) or from
 SSM Parameter Store as a SecureString (AWS). Keys are never logged."""
 
-from functools import cache
+import time
 
 from chalicelib import aws
 from chalicelib.config import CloudSettings, settings
@@ -54,8 +54,21 @@ def api_key(name: str, cloud: CloudSettings) -> str:
     return cloud.api_keys.get(name) or _key_from_ssm(cloud.api_key_parameters[name])
 
 
-@cache
 def _key_from_ssm(parameter: str) -> str:
+    """Cached for 5 minutes, so a rotated key reaches warm Lambdas soon."""
+    now = time.monotonic()
+    cached = _SSM_CACHE.get(parameter)
+    if cached and now - cached[0] < KEY_TTL_S:
+        return cached[1]
+    _SSM_CACHE[parameter] = (now, _read_parameter(parameter))
+    return _SSM_CACHE[parameter][1]
+
+
+KEY_TTL_S = 300.0
+_SSM_CACHE: dict[str, tuple[float, str]] = {}
+
+
+def _read_parameter(parameter: str) -> str:
     ssm = aws.client("ssm")
     try:
         return ssm.get_parameter(Name=parameter, WithDecryption=True)["Parameter"]["Value"]

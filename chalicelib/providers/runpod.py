@@ -22,6 +22,7 @@ from chalicelib.providers.base import (
     InvalidRequest,
     LaunchSpec,
     Offer,
+    ProviderError,
     RateLimited,
     TransientError,
 )
@@ -122,7 +123,11 @@ class RunPodProvider:
             "ports": f"{spec.port}/http",
             "env": [{"key": k, "value": v} for k, v in spec.env.items()],
         }
-        data = self._call(_DEPLOY, {"input": pod_input})
+        try:
+            data = self._call(_DEPLOY, {"input": pod_input})
+        except ProviderError as exc:
+            # GraphQL errors may quote the variables: env values are secrets.
+            raise _without_values(exc, spec.env.values()) from None
         pod = data.get("podFindAndDeployOnDemand")
         if not pod:
             raise CapacityError("RunPod returned no pod for this launch")
@@ -275,3 +280,14 @@ def _json_errors(response: requests.Response) -> list[Any]:
     except ValueError:
         return []
     return (payload.get("errors") or []) if isinstance(payload, dict) else []
+
+
+def _without_values(exc: ProviderError, secrets) -> ProviderError:
+    message = str(exc)
+    for value in secrets:
+        if len(value) >= 4:  # short values would blank out ordinary words
+            message = message.replace(value, "***")
+    clone = type(exc).__new__(type(exc))
+    clone.__dict__.update(exc.__dict__)
+    clone.args = (message,)
+    return clone

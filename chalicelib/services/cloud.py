@@ -61,6 +61,7 @@ class ReapReport:
     terminated: list[str]
     failed: list[str]
     restarted_teardowns: list[str]
+    restarted_provisions: list[str]
 
 
 def probe(url: str, timeout_s: float = 5.0) -> bool:
@@ -240,7 +241,7 @@ class CloudService:
     def reap(self) -> ReapReport:
         """Terminate instances of ours no live deployment owns, fail deployments stuck past
         their deadline, and restart teardowns that gave up."""
-        report = ReapReport([], [], [])
+        report = ReapReport([], [], [], [])
         for name in self._configured():
             _isolated(f"reaping {name}", lambda name=name: self._reap_orphans(name, report))
         for item in self._deployments.cloud_active():
@@ -282,6 +283,11 @@ class CloudService:
             self._cloud.boot_deadline_seconds.get(item.target, 1800)
             + self._cloud.health_grace_seconds
         )
+        waiting = status is Status.PROVISIONING and not item.provider_instance_id and age > 120
+        if waiting and not self._workflows.provision_started(item.id):  # failed at create
+            self._workflows.start_provision(item.id)
+            report.restarted_provisions.append(item.id)
+            return
         if status in (Status.PROVISIONING, Status.STARTING) and age > deadline:
             self.provision_failed(
                 {

@@ -99,6 +99,7 @@ class MeteringService:
                 entry.price_per_hour_usd,
                 str(total),
                 entry.budget_max_usd,
+                entry.ledger_tail_length + 1,
             )
             self._queue.send_later({"entries": [follow_up.to_dict()]}, math.ceil(left))
         return total

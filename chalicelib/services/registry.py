@@ -146,4 +146,4 @@ def reset() -> None:
         factory.cache_clear()
     for client in (aws.client, aws.session, aws.management_api):
         client.cache_clear()
-    providers._key_from_ssm.cache_clear()
+    providers._SSM_CACHE.clear()

@@ -29,6 +29,18 @@ class Workflows:
             {"deployment_id": deployment_id, "retry_seconds": self._cloud.terminate_retry_seconds},
         )
 
+    def provision_started(self, deployment_id: str) -> bool:
+        """Whether this deployment's provision execution exists (running or finished)."""
+        machine = self._cloud.provision_state_machine_arn
+        execution = machine.replace(":stateMachine:", ":execution:") + f":provision-{deployment_id}"
+        try:
+            self._sfn.describe_execution(executionArn=execution)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ExecutionDoesNotExist":
+                return False
+            raise
+        return True
+
     def _start(self, machine_arn: str, name: str, state: dict) -> None:
         try:
             self._sfn.start_execution(

@@ -29,6 +29,7 @@ class BillableEntry:
     price_per_hour_usd: str
     cost_accrued_usd: str
     budget_max_usd: str | None
+    ledger_tail_length: int = 0  # charges on the deployment not yet moved to the ledger table
 
     @classmethod
     def of(cls, item: DeploymentItem) -> "BillableEntry":
@@ -38,6 +39,7 @@ class BillableEntry:
             price_per_hour_usd=str(item.price_per_hour_usd or 0),
             cost_accrued_usd=str(item.cost_accrued_usd or 0),
             budget_max_usd=None if item.budget_max_usd is None else str(item.budget_max_usd),
+            ledger_tail_length=len(item.ledger_tail or []),
         )
 
     def to_dict(self) -> dict:
@@ -71,8 +73,6 @@ class MeteringRepository:
         of the deployment (exactly once, one item write), which holds only if nobody charged
         since `entry.since` and it is still billable. Returns the new total, or None when the
         condition failed (a duplicate, late or raced message)."""
-        target = DeploymentItem(id=entry.deployment_id)
-        target.version = 0  # so pynamodb increments the version instead of resetting it
         new_total = Decimal(entry.cost_accrued_usd) + amount
         charged = LedgerEntryAttribute(
             period_start=entry.since,
@@ -82,24 +82,29 @@ class MeteringRepository:
             cost_after_usd=new_total,
         )
         try:
-            target.update(
+            # The table connection, not Model.update: that one always asks for ALL_NEW, and
+            # this hot path needs nothing back.
+            DeploymentItem._get_connection().update_item(
+                entry.deployment_id,
                 actions=[
                     DeploymentItem.cost_accrued_usd.add(amount),
                     DeploymentItem.last_metered_at.set(until),
                     DeploymentItem.ledger_tail.set(
                         (DeploymentItem.ledger_tail | []).append([charged])
                     ),
+                    DeploymentItem.version.add(1),
                 ],
                 condition=(DeploymentItem.last_metered_at == entry.since)
                 & DeploymentItem.billable.exists(),
-                add_version_condition=False,
             )
         except UpdateError as exc:
             if _is_condition_failure(exc):
                 return None
             raise
-        if len(target.ledger_tail or []) >= LEDGER_PAGE:
-            self._move_tail_to_ledger(target)
+        if entry.ledger_tail_length + 1 >= LEDGER_PAGE:
+            item = DeploymentItem.get(entry.deployment_id, consistent_read=True)
+            if len(item.ledger_tail or []) >= LEDGER_PAGE:
+                self._move_tail_to_ledger(item)
         return new_total
 
     def _move_tail_to_ledger(self, item: DeploymentItem) -> None:

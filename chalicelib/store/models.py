@@ -295,8 +295,9 @@ class NodeReplyItem(Model):
 
 
 class LedgerItem(Model):
-    """One charge: what was billed for which period at which price. Written in the same
-    transaction as the deployment's running total, so the two never disagree."""
+    """One charge: what was billed for which period at which price. Written first on the
+    deployment with its running total (one conditional update, so the two never disagree),
+    then moved here a page at a time with idempotent puts."""
 
     class Meta(_Meta):
         table_name = settings.ledger_table

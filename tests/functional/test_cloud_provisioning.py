@@ -247,3 +247,20 @@ def test_an_instance_the_provider_ends_while_running_fails_the_deployment(api, f
     failed = reaches(api, deployment_id, TERMINAL)
     assert (failed["status"], failed["failure_reason"]) == ("failed", "crash")
     assert_nothing_leaked_and_billed_exactly(fakes["runpod"], api, [deployment_id])
+
+
+def test_a_provision_that_never_started_is_started_by_the_reaper(api, fakes):
+    """Step Functions was unreachable at create: the deployment waits, then the reaper starts
+    its provisioning (not 30 minutes of nothing and a vague failure)."""
+    workflows = registry.workflows()
+    workflows.start_provision = lambda deployment_id: 1 / 0  # the start fails
+    deployment_id = create(api)
+    del workflows.start_provision
+    item = registry.cloud()._deployments.get(deployment_id)
+    item.update(actions=[type(item).updated_at.set(item.updated_at.replace(year=2020))])
+    report = registry.cloud().reap()
+    assert report.restarted_provisions == [deployment_id]
+    reaches(api, deployment_id, {"running"})
+    api.delete(f"{DEPLOYMENTS}/{deployment_id}")
+    reaches(api, deployment_id, TERMINAL)
+    assert_nothing_leaked_and_billed_exactly(fakes["runpod"], api, [deployment_id])

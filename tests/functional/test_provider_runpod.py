@@ -345,3 +345,13 @@ def test_bill_is_price_times_billed_duration(fake, provider):
     other = provider.launch(spec("b"), A100_PCIE)
     provider.terminate(other.id)
     assert fake.total_bill() == billed + fake.bill(other.id)
+
+
+def test_env_values_quoted_back_in_a_graphql_error_never_reach_the_message(fake, provider):
+    """RunPod may echo variables in errors; env values are secrets."""
+    spec = LaunchSpec("dep1", "acme/llm:1", 8000, env={"HF_TOKEN": "hf_supersecret"})
+    fake.capacity_failures = 0
+    bogus = Offer(gpu_type="NVIDIA Nonexistent hf_supersecret", region=None, price_per_hour=1)
+    with pytest.raises(ProviderError) as failure:
+        provider.launch(spec, bogus)
+    assert "hf_supersecret" not in str(failure.value)
