@@ -5,7 +5,8 @@ tick (Query on the sparse `billable` index -> SendMessageBatch, 100 deployments 
 the drain (each message to the worker: one conditional UpdateItem per deployment: the running
 total and its ledger entry on the deployment; every 25th charge of a deployment also moves its
 entries to the ledger table with one BatchWriteItem and one UpdateItem), then the same server
-doing just the bare conditional UpdateItem calls (boto3) for the same deployments. Every AWS call the server receives is counted.
+doing just the bare conditional UpdateItem calls (boto3) for the same deployments. Every AWS
+call the server receives is counted.
 Goals: tick + drain <= 1.5x the bare updates; <= 1 write call per deployment per tick; 0 items
 read that were not billable; <= 0.1 SQS requests per deployment.
 
