@@ -91,7 +91,10 @@ def main() -> None:
 def run(args, log: Path) -> None:
     from chalicelib import aws
     from chalicelib.config import settings
+    from chalicelib.logs import metrics
     from chalicelib.queue import WorkQueue
+
+    metrics.flush_metrics = lambda *_, **__: metrics.clear_metrics()  # no EMF flood on stdout
     from chalicelib.services.metering import MeteringService
     from chalicelib.store.metering import MeteringRepository, stamp
     from chalicelib.store.models import DeployConfigAttribute, DeploymentItem

@@ -39,6 +39,7 @@ os.environ.pop("PRISM_AWS_ENDPOINT_URL", None)
 import logging  # noqa: E402
 
 from chalicelib.lifecycle import Status  # noqa: E402
+from chalicelib.logs import metrics  # noqa: E402
 from chalicelib.providers import provider_for  # noqa: E402
 from chalicelib.providers.base import LaunchSpec, ProviderError  # noqa: E402
 from chalicelib.schemas import CreateDeploymentRequest  # noqa: E402
@@ -157,6 +158,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     logging.disable(logging.CRITICAL)  # moto logs every Fail state it runs
+    metrics.flush_metrics = lambda *_, **__: metrics.clear_metrics()  # no EMF flood on stdout
     with FakeRunPod(boot_seconds=0.3) as runpod, FakeLambdaCloud(boot_seconds=0.3) as lam:
         fakes = {"runpod": runpod, "lambda": lam}
         cloud = fast_cloud_settings(runpod, lam, reaper_grace_seconds=0)

@@ -408,7 +408,11 @@ class CloudService:
             return instance
         raise NoCapacity(
             f"no {item.gpu_type or 'GPU'} capacity at {item.target}"
-            + (f" (tried {', '.join(tried)})" if tried else ": no offer matches that GPU type")
+            + (
+                f" (tried {', '.join(tried)})"
+                if tried
+                else ": none is offered with capacity right now (or no such GPU type there)"
+            )
         )
 
 
