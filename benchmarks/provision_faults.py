@@ -26,11 +26,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+STAGE = "bench"
 os.environ.update(
     AWS_ACCESS_KEY_ID="bench",
     AWS_SECRET_ACCESS_KEY="bench",
     AWS_DEFAULT_REGION="us-east-1",
-    PRISM_STAGE="bench",
+    PRISM_STAGE=STAGE,
     POWERTOOLS_LOG_LEVEL="CRITICAL",
     POWERTOOLS_METRICS_DISABLED="true",
 )
@@ -41,7 +42,12 @@ import logging  # noqa: E402
 from chalicelib.lifecycle import Status  # noqa: E402
 from chalicelib.logs import metrics  # noqa: E402
 from chalicelib.providers import provider_for  # noqa: E402
-from chalicelib.providers.base import LaunchSpec, ProviderError  # noqa: E402
+from chalicelib.providers.base import (  # noqa: E402
+    LaunchSpec,
+    ProviderError,
+    instance_name,
+    owned_by_stage,
+)
 from chalicelib.schemas import CreateDeploymentRequest  # noqa: E402
 from chalicelib.services import registry  # noqa: E402
 from chalicelib.store.users import UserRepository  # noqa: E402
@@ -86,7 +92,7 @@ def one_run(index: int, owner_id: str, fakes: dict, seed: int) -> dict:
     )
     item = service.create(owner_id, request, None)
     ending = rng.choice(ENDINGS)
-    name = f"prism-{item.id}"
+    name = instance_name(item.id, STAGE)
     if ending == "never_boots":
         fakes[target].never_boot.add(name)
     started = time.monotonic()
@@ -111,7 +117,7 @@ def mark_unhealthy_when_launched(fake, name: str, started: float) -> None:
             if record["name"] == name:
                 fake.unhealthy.add(instance_id)
                 return
-        if Status(repo.get(name.removeprefix("prism-")).status).is_terminal():
+        if Status(repo.get(owned_by_stage(name, STAGE)).status).is_terminal():
             return  # it failed before launching anything
         time.sleep(0.05)
 
@@ -120,7 +126,7 @@ def orphan_run(index: int, fakes: dict, rng: random.Random) -> dict:
     """The control plane launched an instance and died before recording it."""
     target = rng.choice(("runpod", "lambda"))
     provider = provider_for(target, registry.settings.cloud)
-    spec = LaunchSpec(f"dep_{index:016x}", "acme/llm:1", 8000, stage="bench")
+    spec = LaunchSpec(f"dep_{index:016x}", "acme/llm:1", 8000, stage=STAGE)
     for _ in range(20):  # the injected faults hit this launch too
         try:
             provider.launch(spec, provider.offers("A100")[0])
@@ -141,6 +147,11 @@ def wait_for(deployment_id: str, wanted: set, started: float) -> Status | None:
             return status
         time.sleep(0.25)
     return None
+
+
+def deployment_named(repo, name: str):
+    deployment_id = owned_by_stage(name, STAGE)
+    return repo.get(deployment_id) if deployment_id else None
 
 
 def instances_of(fake) -> dict:
@@ -183,12 +194,11 @@ def report(runs: list[dict], fakes: dict, reaped, seconds: float) -> None:
     worst = Decimal(0)
     for fake in fakes.values():
         for record in live_of(fake):
-            owner = record["name"].removeprefix("prism-")
-            item = repo.get(owner)
+            item = deployment_named(repo, record["name"])
             if item is None or Status(item.status).is_terminal():
                 leaked.append(record["id"])
         for instance_id, record in instances_of(fake).items():
-            item = repo.get(record["name"].removeprefix("prism-"))
+            item = deployment_named(repo, record["name"])
             if item is None or not Status(item.status).is_terminal():
                 continue  # an orphan (nobody is charged), or still running (charged by ticks)
             worst = max(worst, abs(Decimal(item.cost_accrued_usd) - fake.bill(instance_id)))
