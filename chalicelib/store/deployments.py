@@ -42,8 +42,20 @@ def owner_status_key(owner_id: str, status: str) -> str:
     return f"{owner_id}#{status}"
 
 
-def _is_condition_failure(exc: Exception) -> bool:
+def is_condition_failure(exc: Exception) -> bool:
     return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
+def update_if(item, actions: list, condition) -> bool:
+    """A conditional update that leaves the version alone; False when the condition did not
+    hold (someone else got there first, or the deployment moved on)."""
+    try:
+        item.update(actions=actions, condition=condition, add_version_condition=False)
+    except UpdateError as exc:
+        if is_condition_failure(exc):
+            return False
+        raise
+    return True
 
 
 class DeploymentRepository:
@@ -56,7 +68,7 @@ class DeploymentRepository:
         try:
             item.save(condition=DeploymentItem.id.does_not_exist())
         except PutError as exc:
-            if _is_condition_failure(exc):
+            if is_condition_failure(exc):
                 raise Conflict(f"deployment {item.id} already exists") from None
             raise
         return item
@@ -93,7 +105,7 @@ class DeploymentRepository:
         try:
             item.update(actions=actions, condition=DeploymentItem.status == item.status)
         except UpdateError as exc:
-            if _is_condition_failure(exc):
+            if is_condition_failure(exc):
                 raise StaleWrite(f"deployment {item.id} changed concurrently") from None
             raise
         return item
@@ -121,53 +133,35 @@ class DeploymentRepository:
         """Update fields that are not the status (health, progress), only while the deployment
         is not over: a late report never rewrites a finished one."""
         active = [s.value for s in ACTIVE]
-        try:
-            item.update(
-                actions=_set_actions(changes),
-                add_version_condition=False,
-                condition=DeploymentItem.status.is_in(*active),
-            )
-        except UpdateError as exc:
-            if not _is_condition_failure(exc):
-                raise
+        update_if(item, _set_actions(changes), DeploymentItem.status.is_in(*active))
         return item
 
     def assign_node(self, item: DeploymentItem, node_id: str, message: str) -> bool:
         """Claim a waiting deployment for a node; False when someone else placed or ended it."""
-        try:
-            item.update(
-                actions=[
-                    DeploymentItem.node_id.set(node_id),
-                    DeploymentItem.unplaced.remove(),
-                    DeploymentItem.status_message.set(message),
-                    DeploymentItem.updated_at.set(utcnow()),
-                ],
-                condition=(DeploymentItem.status == Status.PROVISIONING.value)
-                & DeploymentItem.node_id.does_not_exist(),
-                add_version_condition=False,
-            )
-        except UpdateError as exc:
-            if _is_condition_failure(exc):
-                return False
-            raise
-        return True
+        return update_if(
+            item,
+            [
+                DeploymentItem.node_id.set(node_id),
+                DeploymentItem.unplaced.remove(),
+                DeploymentItem.status_message.set(message),
+                DeploymentItem.updated_at.set(utcnow()),
+            ],
+            (DeploymentItem.status == Status.PROVISIONING.value)
+            & DeploymentItem.node_id.does_not_exist(),
+        )
 
     def unassign(self, item: DeploymentItem, node_id: str, message: str) -> None:
         """Give a deployment back to the waiting pool (its node turned out to be gone)."""
-        try:
-            item.update(
-                actions=[
-                    DeploymentItem.node_id.remove(),
-                    DeploymentItem.unplaced.set(UNPLACED),
-                    DeploymentItem.status_message.set(message),
-                ],
-                condition=(DeploymentItem.status == Status.PROVISIONING.value)
-                & (DeploymentItem.node_id == node_id),
-                add_version_condition=False,
-            )
-        except UpdateError as exc:
-            if not _is_condition_failure(exc):
-                raise
+        update_if(
+            item,
+            [
+                DeploymentItem.node_id.remove(),
+                DeploymentItem.unplaced.set(UNPLACED),
+                DeploymentItem.status_message.set(message),
+            ],
+            (DeploymentItem.status == Status.PROVISIONING.value)
+            & (DeploymentItem.node_id == node_id),
+        )
 
     def on_node(self, node_id: str) -> list[DeploymentItem]:
         """Deployments placed on a node that are not over yet."""
@@ -189,26 +183,20 @@ class DeploymentRepository:
         while the deployment is still provisioning without an instance (False: it was stopped
         meanwhile, and the caller must terminate what it launched)."""
         region_action = [DeploymentItem.provider_region.set(region)] if region else []
-        try:
-            item.update(
-                actions=region_action
-                + [
-                    DeploymentItem.provider_instance_id.set(instance_id),
-                    DeploymentItem.launched_at.set(launched_at),
-                    DeploymentItem.billable.set(BILLABLE),
-                    DeploymentItem.price_per_hour_usd.set(price),
-                    DeploymentItem.last_metered_at.set(launched_at),
-                    DeploymentItem.status_message.set(f"instance {instance_id} launched"),
-                ],
-                condition=(DeploymentItem.status == Status.PROVISIONING.value)
-                & DeploymentItem.provider_instance_id.does_not_exist(),
-                add_version_condition=False,
-            )
-        except UpdateError as exc:
-            if _is_condition_failure(exc):
-                return False
-            raise
-        return True
+        return update_if(
+            item,
+            region_action
+            + [
+                DeploymentItem.provider_instance_id.set(instance_id),
+                DeploymentItem.launched_at.set(launched_at),
+                DeploymentItem.billable.set(BILLABLE),
+                DeploymentItem.price_per_hour_usd.set(price),
+                DeploymentItem.last_metered_at.set(launched_at),
+                DeploymentItem.status_message.set(f"instance {instance_id} launched"),
+            ],
+            (DeploymentItem.status == Status.PROVISIONING.value)
+            & DeploymentItem.provider_instance_id.does_not_exist(),
+        )
 
     def unplaced(self, created_before=None) -> list[DeploymentItem]:
         condition = None if created_before is None else (DeploymentItem.created_at < created_before)

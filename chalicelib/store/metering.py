@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from pynamodb.exceptions import UpdateError
 
+from chalicelib.store.deployments import is_condition_failure, update_if
 from chalicelib.store.models import DeploymentItem, LedgerEntryAttribute, LedgerItem
 
 BILLABLE = "1"
@@ -98,7 +99,7 @@ class MeteringRepository:
                 & DeploymentItem.billable.exists(),
             )
         except UpdateError as exc:
-            if _is_condition_failure(exc):
+            if is_condition_failure(exc):
                 return None
             raise
         if entry.ledger_tail_length + 1 >= LEDGER_PAGE:
@@ -123,15 +124,11 @@ class MeteringRepository:
                         cost_after_usd=charged.cost_after_usd,
                     )
                 )
-        try:
-            item.update(
-                actions=[DeploymentItem.ledger_tail[i].remove() for i in range(len(page))],
-                condition=DeploymentItem.ledger_tail[0]["period_end"] == page[0].period_end,
-                add_version_condition=False,
-            )
-        except UpdateError as exc:
-            if not _is_condition_failure(exc):
-                raise
+        update_if(
+            item,
+            [DeploymentItem.ledger_tail[i].remove() for i in range(len(page))],
+            DeploymentItem.ledger_tail[0]["period_end"] == page[0].period_end,
+        )
 
     def ledger(self, item: DeploymentItem, limit: int, after: str | None = None):
         """Charges newest first: the tail on the deployment, then the ledger table; `after` is
@@ -150,7 +147,3 @@ class MeteringRepository:
         page = ordered[:limit]
         more = len(ordered) > limit or query.last_evaluated_key is not None
         return page, (_TIME.serialize(page[-1].period_end) if more and page else None)
-
-
-def _is_condition_failure(exc: Exception) -> bool:
-    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
