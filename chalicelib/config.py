@@ -7,6 +7,9 @@ On AWS the stage's `.chalice/config.json` sets the table names; locally `prism d
 import os
 from dataclasses import dataclass
 
+# Built from infra/node-agent/Dockerfile; the tag is the agent version (node_agent.__version__).
+DEFAULT_NODE_AGENT_IMAGE = "ghcr.io/prism-deployments/node-agent:0.1.0"
+
 
 @dataclass(frozen=True)
 class CloudSettings:
@@ -30,6 +33,11 @@ class CloudSettings:
     lambda_api_url: str | None
     lambda_endpoint_template: str | None
     lambda_ssh_key_name: str
+    # Weights/command deployments run our node agent on the instance, which connects back here.
+    node_agent_image: str
+    public_ws_url: str | None  # the WebSocket URL agents on instances connect to
+    public_api_url: str | None
+    agent_start_seconds: int  # from instance up: the agent has this long to bring the model up
 
     @classmethod
     def from_env(cls, env, stage: str, region: str) -> "CloudSettings":
@@ -68,6 +76,10 @@ class CloudSettings:
             lambda_api_url=env.get("PRISM_LAMBDA_API_URL") or None,
             lambda_endpoint_template=env.get("PRISM_LAMBDA_ENDPOINT_TEMPLATE") or None,
             lambda_ssh_key_name=env.get("PRISM_LAMBDA_SSH_KEY_NAME", "prism"),
+            node_agent_image=env.get("PRISM_NODE_AGENT_IMAGE", DEFAULT_NODE_AGENT_IMAGE),
+            public_ws_url=env.get("PRISM_PUBLIC_WS_URL") or None,
+            public_api_url=env.get("PRISM_PUBLIC_API_URL") or None,
+            agent_start_seconds=int(env.get("PRISM_CLOUD_AGENT_START_SECONDS", "3600")),
         )
 
 

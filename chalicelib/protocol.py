@@ -10,6 +10,15 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 PROTOCOL_VERSION = 1
+NODE_TOKEN_PREFIX = "prismnode_"
+
+
+def node_id_of_token(token: str) -> str | None:
+    """Node tokens read `prismnode_<node id>.<secret>`: the control plane finds the node with
+    one GetItem, and `prism node up --join <token>` knows which node it is."""
+    if not token.startswith(NODE_TOKEN_PREFIX) or "." not in token:
+        return None
+    return token[len(NODE_TOKEN_PREFIX) :].split(".", 1)[0] or None
 
 
 def _message_id() -> str:

@@ -155,6 +155,12 @@ class CreateDeploymentRequest(StrictModel):
                 "budget_max_usd is required for cloud targets (they are billed per hour)",
                 fields={"budget_max_usd": "required when target is runpod or lambda"},
             )
+        if self.node_id and self.target in CLOUD_TARGETS:
+            raise ValidationFailed(
+                "node_id picks one of your own nodes (target prism_node); cloud targets get an "
+                "instance of their own",
+                fields={"node_id": "only with target prism_node"},
+            )
         if (
             self.weights_source
             and self.target in CLOUD_TARGETS

@@ -26,15 +26,18 @@ from chalicelib.providers.base import (
     CapacityError,
     Instance,
     InstanceState,
+    InvalidRequest,
     LaunchSpec,
     Provider,
     RateLimited,
     instance_name,
     owned_by_stage,
 )
+from chalicelib.services.node_bootstrap import AgentBootstrap
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.metering import BillableEntry
 from chalicelib.store.models import DeploymentItem
+from chalicelib.store.nodes import NodeRepository
 
 UNHEALTHY_AFTER = 3  # consecutive failed probes
 SHORT_RETRY_AFTER_S = 10.0  # a 429 asking for less than this is waited out inside the step
@@ -75,6 +78,7 @@ class CloudService:
     def __init__(
         self,
         deployments: DeploymentRepository,
+        nodes: NodeRepository,
         providers: Callable[[str], Provider],
         meter: Callable[[BillableEntry, datetime], object],
         workflows,
@@ -84,6 +88,7 @@ class CloudService:
         configured: Callable[[], list[str]] = lambda: [],
     ):
         self._deployments = deployments
+        self._nodes = nodes
         self._providers = providers
         self._meter = meter
         self._workflows = workflows
@@ -121,6 +126,8 @@ class CloudService:
             word = "is gone" if instance is None else f"is {instance.provider_status}"
             raise InstanceLost(f"the {item.target} instance {state['instance_id']} {word}")
         if instance.state is InstanceState.RUNNING and instance.endpoint_url:
+            if runs_agent(item):
+                return self._agent_phase(item, instance, state)
             self._deployments.transition_latest(
                 item.id,
                 towards(Status.STARTING),
@@ -139,6 +146,8 @@ class CloudService:
 
     def check_health(self, state: dict) -> dict:
         item = self._provisioning(state["deployment_id"])
+        if runs_agent(item):
+            return self._agent_progress(item, state)
         url = item.endpoint_url + item.deploy_config.health_path
         if self._probe(url):
             return state | {"healthy": True}
@@ -151,6 +160,8 @@ class CloudService:
 
     def mark_running(self, state: dict) -> dict:
         item = self._provisioning(state["deployment_id"])
+        if runs_agent(item):
+            return state  # the agent's deployment_ready made it running
         self._deployments.transition_latest(
             item.id,
             towards(Status.RUNNING),
@@ -221,6 +232,8 @@ class CloudService:
             healthy=None,
             status_message="instance terminated",
         )
+        if runs_agent(item) and item.pinned_node_id:
+            self._nodes.retire(item.pinned_node_id)  # its token dies with the instance
         return state
 
     def teardown_unconfirmed(self, state: dict) -> dict:
@@ -308,7 +321,9 @@ class CloudService:
         watched = [
             item
             for item in self._deployments.cloud_active()
-            if item.status in (Status.RUNNING, Status.UNHEALTHY) and item.endpoint_url
+            if item.status in (Status.RUNNING, Status.UNHEALTHY)
+            and item.endpoint_url
+            and not runs_agent(item)  # the agent on the instance reports its health itself
         ]
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(self._check_one, watched))
@@ -386,15 +401,80 @@ class CloudService:
                 raise InstanceLost(f"the recorded instance {item.provider_instance_id} is gone")
             return instance
         wanted = instance_name(item.id, self._cloud.stage)
-        return next((i for i in provider.list_owned() if i.name == wanted), None)
+        found = next((i for i in provider.list_owned() if i.name == wanted), None)
+        if found is not None and runs_agent(item):
+            # Its agent holds a token this launch is about to replace: start afresh.
+            provider.terminate(found.id)
+            return None
+        return found
 
     def _find_by_name(self, provider: Provider, deployment_id: str) -> str | None:
         wanted = instance_name(deployment_id, self._cloud.stage)
         return next((i.id for i in provider.list_owned() if i.name == wanted), None)
 
+    # --- deployments run by our node agent on the instance ---------------------------------
+
+    def _bootstrap(self, item: DeploymentItem) -> AgentBootstrap | None:
+        """A token for the node this instance will be (a new token on every launch attempt:
+        only the instance launched now knows it)."""
+        if not runs_agent(item):
+            return None
+        if not self._cloud.public_ws_url:
+            raise InvalidRequest(
+                "weights and command deployments run our node agent on the instance, which "
+                "needs the control plane's public WebSocket URL (PRISM_PUBLIC_WS_URL)"
+            )
+        name = instance_name(item.id, self._cloud.stage)
+        node = self._nodes.get(item.pinned_node_id) if item.pinned_node_id else None
+        if node is not None:
+            token = self._nodes.new_token(node)
+        else:
+            node, token = self._nodes.register(item.owner_id, name, dedicated_to=item.id)
+            if not self._deployments.dedicate_node(item, node.id):
+                self._nodes.retire(node.id)
+                raise Cancelled(f"{item.id} changed while its node was registered")
+        return AgentBootstrap(
+            image=self._cloud.node_agent_image,
+            token=token,
+            ws_url=self._cloud.public_ws_url,
+            api_url=self._cloud.public_api_url,
+            name=name,
+        )
+
+    def _agent_phase(self, item: DeploymentItem, instance: Instance, state: dict) -> dict:
+        """The instance is up: remember its public endpoint and wait for its agent."""
+        self._deployments.record(item, endpoint_url=instance.endpoint_url)
+        now = self._clock()
+        connect_by = now + timedelta(seconds=self._cloud.health_grace_seconds)
+        ready_by = now + timedelta(seconds=self._cloud.agent_start_seconds)
+        return state | {
+            "phase": "up",
+            "health_deadline": connect_by.isoformat(),
+            "start_deadline": ready_by.isoformat(),
+        }
+
+    def _agent_progress(self, item: DeploymentItem, state: dict) -> dict:
+        """Healthy once the agent reported the model ready; its failures (pull, start, crash)
+        end the deployment through the node protocol, which ends this workflow too."""
+        if item.status in (Status.RUNNING, Status.UNHEALTHY):
+            return state | {"healthy": True}
+        now = self._clock()
+        if not item.node_id and now > datetime.fromisoformat(state["health_deadline"]):
+            raise DeadlineExceeded(
+                f"the node agent on the {item.target} instance did not connect within "
+                f"{self._cloud.health_grace_seconds} s of it coming up (agent image "
+                f"{self._cloud.node_agent_image}, control plane {self._cloud.public_ws_url})"
+            )
+        if now > datetime.fromisoformat(state["start_deadline"]):
+            raise DeadlineExceeded(
+                f"the model was not up within {self._cloud.agent_start_seconds} s of the "
+                f"instance coming up (still {item.status}: {item.status_message or 'no news'})"
+            )
+        return state | {"healthy": False}
+
     def _launch_first_offer(self, item: DeploymentItem, provider: Provider) -> Instance:
         offers = provider.offers(item.gpu_type or "")[: self._cloud.max_offers]
-        spec = _launch_spec(item, self._cloud.stage)
+        spec = _launch_spec(item, self._cloud.stage, self._bootstrap(item))
         tried = []
         for offer in offers:
             try:
@@ -442,17 +522,28 @@ def _with_short_rate_limit(launch: Callable[[], Instance]) -> Instance:
         return launch()
 
 
-def _launch_spec(item: DeploymentItem, stage: str) -> LaunchSpec:
+def runs_agent(item: DeploymentItem) -> bool:
+    """Weights and command deployments run on our node agent on the instance; image
+    deployments run their image directly."""
+    return not item.image
+
+
+def _launch_spec(
+    item: DeploymentItem, stage: str, bootstrap: AgentBootstrap | None = None
+) -> LaunchSpec:
     port = int(item.deploy_config.port)
-    user_data = None
-    if item.target == "lambda":
-        user_data = _docker_user_data(item.image, port, item.env_dict())
+    if bootstrap is not None:  # the deployment's own env goes to its model over the protocol
+        image, env, user_data = bootstrap.image, bootstrap.env(), bootstrap.cloud_init()
+    else:
+        image, env, user_data = item.image, item.env_dict(), None
+        if item.target == "lambda":
+            user_data = _docker_user_data(item.image, port, item.env_dict())
     return LaunchSpec(
         deployment_id=item.id,
-        image=item.image,
+        image=image,
         port=port,
-        env=item.env_dict(),
-        user_data=user_data,
+        env=env,
+        user_data=user_data if item.target == "lambda" else None,
         stage=stage,
     )
 

@@ -123,12 +123,6 @@ class DeploymentService:
                 "gpu_type is required for cloud targets (for example A100 or RTX4090)",
                 fields={"gpu_type": "required when target is runpod or lambda"},
             )
-        if recipe["target"] in CLOUD_TARGETS and not recipe["image"]:
-            raise ValidationFailed(
-                "cloud targets run a container image (image); weights deployments run on "
-                "prism_node for now",
-                fields={"image": "required when target is runpod or lambda"},
-            )
         if request.node_id:
             node = self._nodes.get(request.node_id)
             if node is None or node.owner_id != owner_id:

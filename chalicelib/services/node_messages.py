@@ -2,7 +2,7 @@
 deployments placed on it; anything else gets an `error` and changes nothing."""
 
 from chalicelib.errors import PrismError
-from chalicelib.lifecycle import FailureReason, Status, can_transition, towards
+from chalicelib.lifecycle import FailureReason, Status, can_transition
 from chalicelib.logs import logger
 from chalicelib.protocol import (
     DeploymentHealthUpdate,
@@ -19,6 +19,8 @@ from chalicelib.protocol import (
     StopDeployment,
     parse_node_message,
 )
+from chalicelib.schemas import CLOUD_TARGETS
+from chalicelib.services.ending import Ending
 from chalicelib.services.placement import Placement, deploy_message
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import ConnectionItem, DeploymentItem, utcnow
@@ -41,11 +43,13 @@ class NodeMessageHandler:
         nodes: NodeRepository,
         replies: ReplyRepository,
         placement: Placement,
+        ending: Ending,
     ):
         self._deployments = deployments
         self._nodes = nodes
         self._replies = replies
         self._placement = placement
+        self._ending = ending
 
     def handle(self, connection_id: str, raw: str) -> list[Message]:
         """Returns the messages to send back on the same connection."""
@@ -88,7 +92,12 @@ class NodeMessageHandler:
             node, [g.model_dump() for g in message.gpus], message.agent_version
         )
         replies = self._reconcile(conn, message)
-        self._placement.place_waiting(conn.owner_id)
+        if node.dedicated_to:  # the agent on a cloud instance: its one deployment
+            dedicated = self._deployments.get(node.dedicated_to)
+            if dedicated is not None:
+                self._placement.place(dedicated)
+        else:
+            self._placement.place_waiting(conn.owner_id)
         return replies
 
     def _on_deployment_progress(self, conn, message: DeploymentProgress):
@@ -121,7 +130,11 @@ class NodeMessageHandler:
         if late := self._late(item):
             return late
         changes = {
-            "endpoint_url": message.endpoint_url,
+            # A cloud instance's public endpoint is the provider's (recorded by the provision
+            # workflow); the agent on it only knows its own address.
+            "endpoint_url": item.endpoint_url
+            if item.target in CLOUD_TARGETS
+            else message.endpoint_url,
             "healthy": True,
             "health_consecutive_failures": 0,
             "health_checked_at": utcnow(),
@@ -175,27 +188,10 @@ class NodeMessageHandler:
         if item.status == Status.STOPPING or message.reason == "stopped":
             # Stopped on purpose: by our request, or by the node's owner (`node down
             # --stop-all`), which passes through stopping like any stop.
-            if item.status != Status.STOPPING:
-                item, _ = self._deployments.transition_latest(
-                    item.id, towards(Status.STOPPING), first=item
-                )
-            self._deployments.transition_latest(
-                item.id,
-                towards(Status.STOPPED),
-                first=item,
-                status_message=f"stopped{exit_note}",
-                healthy=None,
-            )
+            self._ending.stopped(item, f"stopped{exit_note}")
             return None
         reason = FAILURES.get(message.reason, FailureReason.CRASH)
-        self._deployments.transition_latest(
-            item.id,
-            towards(Status.FAILED),
-            first=item,
-            failure_reason=reason.value,
-            healthy=None,
-            failure_message=(message.message or message.reason) + exit_note,
-        )
+        self._ending.fail(item, reason, (message.message or message.reason) + exit_note)
         return None
 
     def _on_health_result(self, conn, message: HealthResult):
@@ -247,14 +243,12 @@ class NodeMessageHandler:
             if status is Status.PROVISIONING:
                 replies.append(deploy_message(item))
             elif status is Status.STOPPING:
-                self._deployments.transition_latest(item.id, towards(Status.STOPPED), first=item)
+                self._ending.stopped(item, "stopped")
             else:
-                self._deployments.transition_latest(
-                    item.id,
-                    towards(Status.FAILED),
-                    first=item,
-                    failure_reason=FailureReason.NODE_LOST.value,
-                    failure_message="the node reconnected without this deployment running",
+                self._ending.fail(
+                    item,
+                    FailureReason.NODE_LOST,
+                    "the node reconnected without this deployment running",
                 )
         return replies
 

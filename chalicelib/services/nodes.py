@@ -6,6 +6,7 @@ from datetime import timedelta
 from chalicelib.errors import ValidationFailed
 from chalicelib.lifecycle import FailureReason, Status, towards
 from chalicelib.logs import logger
+from chalicelib.services.ending import Ending
 from chalicelib.services.placement import Placement
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import NodeItem, utcnow
@@ -60,10 +61,12 @@ class Sweeper:
         node_timeout_s: int,
         node_lost_s: int,
         no_node_timeout_s: int,
+        ending: Ending,
     ):
         self._nodes = nodes
         self._deployments = deployments
         self._placement = placement
+        self._ending = ending
         self._node_timeout = timedelta(seconds=node_timeout_s)
         self._node_lost = timedelta(seconds=node_lost_s)
         self._no_node_timeout = timedelta(seconds=no_node_timeout_s)
@@ -90,18 +93,12 @@ class Sweeper:
         note = f"node {node.name} silent for {int(silence.total_seconds())} s"
         for item in self._deployments.on_node(node.id):
             status = Status(item.status)
+            if status.is_terminal():
+                continue
             if status is Status.STOPPING and lost:
-                self._deployments.transition_latest(
-                    item.id, towards(Status.STOPPED), first=item, status_message=note
-                )
+                self._ending.stopped(item, note)
             elif lost:
-                self._deployments.transition_latest(
-                    item.id,
-                    towards(Status.FAILED),
-                    first=item,
-                    failure_reason=FailureReason.NODE_LOST.value,
-                    failure_message=note,
-                )
+                self._ending.fail(item, FailureReason.NODE_LOST, note)
             elif status is Status.RUNNING:
                 self._deployments.transition_latest(
                     item.id,

@@ -1,4 +1,5 @@
-"""Placing prism_node deployments on a node and sending them there.
+"""Placing deployments on a node and sending them there: prism_node deployments on the owner's
+nodes, weights/command cloud deployments on the agent of their own instance.
 
 Decide (which node) is pure; apply is a conditional claim on the deployment followed by the
 `deploy_model` message. A deployment with no suitable node waits in `provisioning` with a reason.
@@ -13,6 +14,7 @@ from chalicelib.store.nodes import NodeRepository
 
 
 def deploy_message(item: DeploymentItem) -> DeployModel:
+    dedicated = item.target != "prism_node"  # a cloud instance of its own
     return DeployModel(
         deployment_id=item.id,
         image=item.image,
@@ -21,7 +23,8 @@ def deploy_message(item: DeploymentItem) -> DeployModel:
         command=list(item.command or []),
         env_vars=item.env_dict(),
         deploy_config=DeployConfig(**RestDeployConfig.of(item.deploy_config).model_dump()),
-        gpu=bool(item.gpu),
+        # On an instance of its own every GPU is the deployment's: nothing to claim.
+        gpu=bool(item.gpu) and not dedicated,
         gpu_type=item.gpu_type,
     )
 
@@ -35,6 +38,10 @@ def choose_node(
     for node in nodes:
         if item.pinned_node_id and node.id != item.pinned_node_id:
             continue
+        if node.dedicated_to:  # a cloud instance's agent runs its own deployment only
+            if node.dedicated_to == item.id:
+                fitting.append(node)
+            continue
         if item.gpu:
             matching = sum(1 for gpu in node.gpus or [] if gpu_matches(gpu.name, item.gpu_type))
             if matching <= load.get(node.id, 0):
@@ -44,6 +51,8 @@ def choose_node(
 
 
 def waiting_reason(item: DeploymentItem) -> str:
+    if item.target != "prism_node":
+        return "waiting for the node agent on the instance to connect"
     if item.pinned_node_id:
         return f"waiting for node {item.pinned_node_id} to come online with room for it"
     if item.gpu:
@@ -61,8 +70,10 @@ class Placement:
         self._channel = channel
 
     def place(self, item: DeploymentItem) -> DeploymentItem:
-        if item.target != "prism_node" or item.status != "provisioning" or item.node_id:
+        if item.status != "provisioning" or item.node_id:
             return item
+        if item.target != "prism_node" and not item.pinned_node_id:
+            return item  # a cloud deployment whose instance does not run our agent
         online = self._nodes.online_owned(item.owner_id)
         tried: set[str] = set()
         while True:

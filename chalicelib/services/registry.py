@@ -12,6 +12,7 @@ from chalicelib.services.auth import AuthService
 from chalicelib.services.catalog import CatalogService
 from chalicelib.services.cloud import CloudService
 from chalicelib.services.deployments import DeploymentService
+from chalicelib.services.ending import Ending
 from chalicelib.services.metering import MeteringService
 from chalicelib.services.node_messages import NodeMessageHandler
 from chalicelib.services.node_requests import NodeRequests
@@ -74,6 +75,7 @@ def workflows() -> Workflows:
 def cloud() -> CloudService:
     return CloudService(
         DeploymentRepository(),
+        NodeRepository(),
         lambda name: providers.provider_for(name, settings.cloud),
         metering().meter,
         workflows(),
@@ -91,8 +93,13 @@ def node_service() -> NodeService:
 @cache
 def node_message_handler() -> NodeMessageHandler:
     return NodeMessageHandler(
-        DeploymentRepository(), NodeRepository(), ReplyRepository(), placement()
+        DeploymentRepository(), NodeRepository(), ReplyRepository(), placement(), ending()
     )
+
+
+@cache
+def ending() -> Ending:
+    return Ending(DeploymentRepository(), workflows())
 
 
 @cache
@@ -109,6 +116,7 @@ def sweeper() -> Sweeper:
         settings.node_timeout_seconds,
         settings.node_lost_seconds,
         settings.no_node_timeout_seconds,
+        ending(),
     )
 
 
@@ -127,6 +135,7 @@ def metering() -> MeteringService:
 FACTORIES = (
     metering,
     workflows,
+    ending,
     cloud,
     auth_service,
     catalog_service,

@@ -152,12 +152,13 @@ class DeploymentRepository:
 
     def unassign(self, item: DeploymentItem, node_id: str, message: str) -> None:
         """Give a deployment back to the waiting pool (its node turned out to be gone)."""
+        waiting = [DeploymentItem.unplaced.set(UNPLACED)] if item.target == "prism_node" else []
         update_if(
             item,
             [
                 DeploymentItem.node_id.remove(),
-                DeploymentItem.unplaced.set(UNPLACED),
                 DeploymentItem.status_message.set(message),
+                *waiting,
             ],
             (DeploymentItem.status == Status.PROVISIONING.value)
             & (DeploymentItem.node_id == node_id),
@@ -196,6 +197,17 @@ class DeploymentRepository:
             ],
             (DeploymentItem.status == Status.PROVISIONING.value)
             & DeploymentItem.provider_instance_id.does_not_exist(),
+        )
+
+    def dedicate_node(self, item: DeploymentItem, node_id: str) -> bool:
+        """Pin a cloud deployment to the node its instance will run (one per deployment: False
+        when an earlier launch attempt pinned one, or the deployment is no longer
+        provisioning)."""
+        return update_if(
+            item,
+            [DeploymentItem.pinned_node_id.set(node_id)],
+            (DeploymentItem.status == Status.PROVISIONING.value)
+            & DeploymentItem.pinned_node_id.does_not_exist(),
         )
 
     def unplaced(self, created_before=None) -> list[DeploymentItem]:

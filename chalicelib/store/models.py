@@ -263,6 +263,7 @@ class NodeItem(Model):
     agent_version = UnicodeAttribute(null=True)
     gpus = ListAttribute(of=GpuAttribute, default=list)
     fleet = UnicodeAttribute(default="all")
+    dedicated_to = UnicodeAttribute(null=True)  # the cloud deployment whose instance this is
     last_seen_at = UTCDateTimeAttribute(default_for_new=utcnow)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)
 

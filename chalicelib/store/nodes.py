@@ -10,6 +10,7 @@ from datetime import datetime
 
 from pynamodb.exceptions import UpdateError
 
+from chalicelib.protocol import NODE_TOKEN_PREFIX, node_id_of_token
 from chalicelib.store.models import (
     ConnectionItem,
     GpuAttribute,
@@ -18,7 +19,6 @@ from chalicelib.store.models import (
     utcnow,
 )
 
-TOKEN_PREFIX = "prismnode_"
 CONNECTION_TTL_SECONDS = 3 * 3600  # API Gateway closes a connection after 2 hours
 REPLY_TTL_SECONDS = 600
 
@@ -27,21 +27,37 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def node_id_of_token(token: str) -> str | None:
-    """Tokens read `prismnode_<node id>.<secret>`, so $connect needs one GetItem, no index."""
-    if not token.startswith(TOKEN_PREFIX) or "." not in token:
-        return None
-    return token[len(TOKEN_PREFIX) :].split(".", 1)[0] or None
+def _new_token(node_id: str) -> str:
+    return f"{NODE_TOKEN_PREFIX}{node_id}.{secrets.token_urlsafe(32)}"
 
 
 class NodeRepository:
-    def register(self, owner_id: str, name: str) -> tuple[NodeItem, str]:
-        """A new node and its token (shown once; only the hash is stored)."""
+    def register(
+        self, owner_id: str, name: str, dedicated_to: str | None = None
+    ) -> tuple[NodeItem, str]:
+        """A new node and its token (shown once; only the hash is stored). `dedicated_to`: the
+        cloud deployment whose instance this node is; it runs nothing else."""
         node_id = "node_" + uuid.uuid4().hex[:16]
-        token = f"{TOKEN_PREFIX}{node_id}.{secrets.token_urlsafe(32)}"
-        node = NodeItem(id=node_id, owner_id=owner_id, name=name, token_hash=hash_token(token))
+        token = _new_token(node_id)
+        node = NodeItem(
+            id=node_id,
+            owner_id=owner_id,
+            name=name,
+            token_hash=hash_token(token),
+            dedicated_to=dedicated_to,
+        )
         node.save(condition=NodeItem.id.does_not_exist())
         return node, token
+
+    def new_token(self, node: NodeItem) -> str:
+        """Replace a node's token: the old one stops working at once."""
+        token = _new_token(node.id)
+        node.update(actions=[NodeItem.token_hash.set(hash_token(token))])
+        return token
+
+    def retire(self, node_id: str) -> None:
+        """A dedicated node whose instance is gone: forget it (and so its token)."""
+        NodeItem(id=node_id).delete()
 
     def get(self, node_id: str) -> NodeItem | None:
         try:

@@ -25,10 +25,35 @@ def _state_dir(state_dir: str | None) -> Path:
 
 
 @node.command("up")
-@click.option("--api", "api_url", help="control plane REST URL (default: the CLI config)")
-@click.option("--ws", "ws_url", help="control plane WebSocket URL (default: the CLI config)")
-@click.option("--name", help="node name on first registration (default: the host name)")
-@click.option("--state-dir", help="where the agent keeps its token, state, logs and weights")
+@click.option(
+    "--api",
+    "api_url",
+    envvar="PRISM_API_URL",
+    help="control plane REST URL (default: the CLI config)",
+)
+@click.option(
+    "--ws",
+    "ws_url",
+    envvar="PRISM_WS_URL",
+    help="control plane WebSocket URL (default: the CLI config)",
+)
+@click.option(
+    "--join",
+    "join_token",
+    envvar="PRISM_NODE_TOKEN",
+    help="run as the node this token belongs to, without asking (cloud instances, scripts); "
+    "needs --ws",
+)
+@click.option(
+    "--name",
+    envvar="PRISM_NODE_NAME",
+    help="node name on first registration (default: the host name)",
+)
+@click.option(
+    "--state-dir",
+    envvar="PRISM_NODE_STATE",
+    help="where the agent keeps its token, state, logs and weights",
+)
 @click.option(
     "--advertise-host",
     default="127.0.0.1",
@@ -58,6 +83,7 @@ def _state_dir(state_dir: str | None) -> Path:
 def node_up(
     api_url,
     ws_url,
+    join_token,
     name,
     state_dir,
     advertise_host,
@@ -76,9 +102,12 @@ def node_up(
     local_api = None if no_local_api else ("127.0.0.1", local_api_port)
     if standalone and local_api is None:
         raise click.UsageError("--standalone needs the local API (drop --no-local-api)")
-    config = None if standalone else NodeConfig.load(state)
-    if config is None and not standalone:
-        config = _register(state, api_url, ws_url, name)
+    if standalone:
+        config = None
+    elif join_token:
+        config = _join(state, join_token, api_url, ws_url, name)
+    else:
+        config = NodeConfig.load(state) or _register(state, api_url, ws_url, name)
     settings = {
         "advertise_host": advertise_host,
         "probe_interval_s": probe_interval,
@@ -86,6 +115,32 @@ def node_up(
         "weights_cache_max_bytes": int(cache_max_gb * 1e9) if cache_max_gb else None,
     }
     run_agent(config, state, settings, heartbeat_s=heartbeat, local_api=local_api)
+
+
+def _join(state: Path, token: str, api_url: str | None, ws_url: str | None, name: str | None):
+    """Become the node the token names: no API key, no prompt. A newer token for the same node
+    replaces the saved one."""
+    from chalicelib.protocol import node_id_of_token
+    from node_agent.main import NodeConfig
+
+    node_id = node_id_of_token(token)
+    if node_id is None:
+        raise click.BadParameter(
+            "not a node token (prismnode_<node id>.<secret>)", param_hint="--join"
+        )
+    if not ws_url:
+        raise click.UsageError(
+            "--join needs the control plane's WebSocket URL (--ws or PRISM_WS_URL)"
+        )
+    config = NodeConfig(
+        api_url=api_url or "",
+        ws_url=ws_url,
+        node_id=node_id,
+        token=token,
+        name=name or _default_name(),
+    )
+    config.save(state)
+    return config
 
 
 def _register(state: Path, api_url: str | None, ws_url: str | None, name: str | None):

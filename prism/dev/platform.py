@@ -83,6 +83,9 @@ class LocalPlatform:
             | {
                 "PYTHONUNBUFFERED": "1",
                 "PRISM_WS_MANAGEMENT_URL": f"http://{self.host}:{self.management_port}/{STAGE}",
+                # Where node agents on (fake) cloud instances connect back to.
+                "PRISM_PUBLIC_WS_URL": self.ws_url,
+                "PRISM_PUBLIC_API_URL": self.api_url,
                 # The local ticker's period is the metering interval the worker plans with.
                 "PRISM_METERING_INTERVAL_SECONDS": str(max(1, round(self.tick_seconds))),
                 # Step Functions' waits between provider polls (seconds, as the ticker's).

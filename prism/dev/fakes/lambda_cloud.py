@@ -19,6 +19,9 @@ them "terminating" for `terminating_seconds`, then "terminated"; they answer GET
     GET|POST /vm/{id}/{port}/<anything>  -> 200 {"ok": true, "instance": id}
                                             (500 if id in `unhealthy`, 502 while not active)
 
+A VM runs its user data at first boot (cloud-init, prism/dev/fakes/instances.py): the node agent
+bootstrap really starts our agent, and /vm/{id}/{port}/... then forwards to its model.
+
 Faults (counters decrement per request): capacity_failures, no_capacity, rate_limit_next
 (+ retry_after_s), server_error_next, terminate_failures, never_boot, unhealthy, quota.
 """
@@ -33,6 +36,8 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from prism.dev.fakes.instances import InstanceHost
 
 API_PREFIX = "/api/v1"
 FAKE_IP = "127.0.0.1"
@@ -163,6 +168,7 @@ class FakeLambdaCloud:
         boot_seconds: float = 0.5,
         instance_types: dict | None = None,
         port: int = 0,
+        instances: InstanceHost | None = None,
     ):
         self.api_key = api_key
         self._port = port
@@ -187,6 +193,7 @@ class FakeLambdaCloud:
         self.launches: list[dict] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every API request
         self._instances: dict[str, dict] = {}
+        self.machines = instances or InstanceHost()  # VMs run their user data
         self._lock = threading.RLock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -211,6 +218,7 @@ class FakeLambdaCloud:
         self._server.server_close()
         self._thread.join(timeout=5)
         self._server = None
+        self.machines.close()
 
     def __enter__(self) -> "FakeLambdaCloud":
         return self.start()
@@ -267,14 +275,19 @@ class FakeLambdaCloud:
             except _ApiError as err:
                 return err.status, err.body(), err.headers
 
-    def handle_vm(self, instance_id: str) -> tuple[int, dict]:
+    def handle_vm(
+        self, method: str, instance_id: str, port: int, path: str, body: bytes
+    ) -> tuple[int, bytes, str]:
+        """A request to the VM's port: forwarded to the model when the VM runs our agent."""
         with self._lock:
             record = self._instances.get(instance_id)
             if record is None or self._refresh(record)["status"] != "active":
-                return 502, {"ok": False, "error": "instance not reachable"}
+                return _json(502, {"ok": False, "error": "instance not reachable"})
             if instance_id in self.unhealthy or "*" in self.unhealthy:
-                return 500, {"ok": False, "instance": instance_id}
-            return 200, {"ok": True, "instance": instance_id}
+                return _json(500, {"ok": False, "instance": instance_id})
+        if self.machines.runs_agent(instance_id):
+            return self.machines.forward(method, port, path, body)
+        return _json(200, {"ok": True, "instance": instance_id})
 
     def _inject_faults(self) -> None:
         if self.rate_limit_next > 0:
@@ -390,6 +403,7 @@ class FakeLambdaCloud:
         for record in records:
             if record["terminated_at"] is None:  # again: a no-op, as the real API is idempotent
                 record["terminated_at"] = now
+                self.machines.terminate(record["id"])
         return {"terminated_instances": [self._view(self._refresh(r)) for r in records]}
 
     # -- state -------------------------------------------------------------------------------
@@ -418,6 +432,7 @@ class FakeLambdaCloud:
         elif record["name"] in self.never_boot or "*" in self.never_boot:
             record["status"] = "booting"
         elif now - record["launched_at"] >= self.boot_seconds:
+            self.machines.boot_vm(record["id"], record["user_data"])
             record["status"] = "active"
             record.update(
                 ip=FAKE_IP,
@@ -430,6 +445,10 @@ class FakeLambdaCloud:
     @staticmethod
     def _view(record: dict) -> dict[str, Any]:
         return {k: copy.deepcopy(record[k]) for k in _INSTANCE_KEYS}
+
+
+def _json(status: int, body: dict) -> tuple[int, bytes, str]:
+    return status, json.dumps(body).encode(), "application/json"
 
 
 def _price(instance_type: dict[str, Any]) -> Decimal:
@@ -463,9 +482,14 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if path.startswith("/vm/"):
-            parts = path.split("/")  # "", "vm", id, port, ...
-            status, body = cloud.handle_vm(unquote(parts[2]) if len(parts) > 3 else "")
-            return self._reply(status, body, {})
+            parts = path.split("/", 4)  # "", "vm", id, port, rest
+            if len(parts) < 4 or not parts[3].isdigit():
+                return self._reply(404, {"ok": False, "error": "no such port"})
+            rest = "/" + (parts[4] if len(parts) > 4 else "")
+            status, data, content_type = cloud.handle_vm(
+                method, unquote(parts[2]), int(parts[3]), rest, raw
+            )
+            return self._send(status, data, content_type, {})
         if not path.startswith(API_PREFIX + "/"):
             return self._reply(404, {"error": {"code": "global/not-found", "message": "Not found"}})
         try:
@@ -482,9 +506,11 @@ class _Handler(BaseHTTPRequestHandler):
         return token.strip() if scheme.lower() == "bearer" else None
 
     def _reply(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
+        self._send(*_json(status, body), headers)
+
+    def _send(self, status: int, data: bytes, content_type: str, headers: dict | None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)

@@ -18,7 +18,8 @@ error "pod not found to terminate". `myself.pods` lists pods that are not termin
 
 Proxy: `GET|POST /proxy/{podId}-{port}/<anything>` -> 200 {"ok": true, "pod": id} while the pod
 runs with that http port exposed; 500 for pods in `unhealthy`; 502 while booting or stopped;
-404 for an unknown pod or port.
+404 for an unknown pod or port. A pod of the node agent image really runs our agent once booted
+(prism/dev/fakes/instances.py); its proxy forwards to 127.0.0.1:{port}, where its model listens.
 
 Test hooks: `pods` (id -> state dict, editable: set "desiredStatus" to "EXITED" to crash a pod),
 `bill()`, `total_bill()`, `live_pods()`, `requests` (operation root fields, in order), and the
@@ -38,6 +39,8 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
+
+from prism.dev.fakes.instances import InstanceHost
 
 CAPACITY_MESSAGE = (
     "There are no longer any instances available with the requested specifications. "
@@ -115,6 +118,7 @@ class FakeRunPod:
         gpu_types: list[dict] | None = None,
         terminated_visible_s: float = 0.0,
         port: int = 0,
+        instances: InstanceHost | None = None,
     ):
         self.api_key = api_key
         self.boot_seconds = boot_seconds
@@ -132,6 +136,7 @@ class FakeRunPod:
         self.pods: dict[str, dict[str, Any]] = {}
         self.requests: list[str] = []  # root fields of each GraphQL operation served
         self.lock = threading.RLock()
+        self.instances = instances or InstanceHost()  # pods of the node agent image run it
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.fake = self
         self._thread: threading.Thread | None = None
@@ -154,6 +159,7 @@ class FakeRunPod:
         self._server.server_close()
         if self._thread:
             self._thread.join()
+        self.instances.close()
 
     def __enter__(self) -> "FakeRunPod":
         return self.start()
@@ -242,6 +248,7 @@ class FakeRunPod:
             raise _GraphQLError("pod not found to terminate")
         pod["desiredStatus"] = "TERMINATED"
         pod["terminated_at"] = time.time()
+        self.instances.terminate(pod["id"])
         return None
 
     def _check_deploy(self, pod_input: dict) -> tuple[dict, int, str]:
@@ -279,6 +286,7 @@ class FakeRunPod:
         """The pod as the GraphQL API shows it."""
         runtime = None
         if self.booted(pod):
+            self.instances.boot_container(pod["id"], pod["imageName"], pod["env"])
             runtime = {
                 "uptimeInSeconds": int(time.time() - pod["boot_at"]),
                 "ports": [_port_view(entry) for entry in _exposed(pod["ports"])],
@@ -578,7 +586,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         try:
             if path.startswith("/proxy/"):
-                self._reply(*self._proxy(path))
+                self._proxy(path, body)
             elif path == "/graphql" and self.command == "POST":
                 self._reply(200, self._graphql(body))
             else:
@@ -627,25 +635,35 @@ class _Handler(BaseHTTPRequestHandler):
             data[selected.key] = _project(value, selected.selections, subtype)
         return {"data": data}
 
-    def _proxy(self, path: str) -> tuple[int, dict]:
-        target = path.removeprefix("/proxy/").split("/", 1)[0]
+    def _proxy(self, path: str, body: bytes) -> None:
+        target, _, rest = path.removeprefix("/proxy/").partition("/")
         pod_id, _, port = target.rpartition("-")
         fake = self.server.fake
         with fake.lock:
             pod = fake.pods.get(pod_id)
             exposed = _exposed(pod["ports"]) if pod else []
             if pod is None or not port.isdigit() or (int(port), "http") not in exposed:
-                return 404, {"error": f"no pod {pod_id!r} with http port {port}"}
+                return self._reply(404, {"error": f"no pod {pod_id!r} with http port {port}"})
             if not fake.booted(pod):
-                return 502, {"error": "pod is not running"}
+                return self._reply(502, {"error": "pod is not running"})
             if pod_id in fake.unhealthy or "*" in fake.unhealthy:
-                return 500, {"ok": False, "pod": pod_id}
-            return 200, {"ok": True, "pod": pod_id}
+                return self._reply(500, {"ok": False, "pod": pod_id})
+            forwarded = fake.instances.runs_agent(pod_id)
+        if not forwarded:  # a canned model
+            return self._reply(200, {"ok": True, "pod": pod_id})
+        status, data, content_type = fake.instances.forward(
+            self.command, int(port), "/" + rest, body
+        )
+        self._reply_raw(status, data, content_type)
 
     def _reply(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
+        self._reply_raw(status, json.dumps(body).encode(), "application/json", headers)
+
+    def _reply_raw(
+        self, status: int, data: bytes, content_type: str, headers: dict | None = None
+    ) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
