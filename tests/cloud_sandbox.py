@@ -5,14 +5,17 @@ waits. Shared by the cloud functional tests and benchmarks/provision_faults.py."
 import dataclasses
 import time
 from contextlib import contextmanager
+from decimal import Decimal
 
 from moto import mock_aws
 
 from chalicelib import aws
 from chalicelib.config import settings
+from chalicelib.providers.base import instance_name
 from chalicelib.services import registry
 from chalicelib.services.catalog import CatalogService
 from chalicelib.store.resources import ResourceRepository
+from prism.dev.fakes.runpod import FakeRunPod
 from prism.dev.infra import create_queues, create_state_machines, create_tables
 from prism.dev.lambda_router import SFN_CONFIG, route_lambda_to_app
 from prism.dev.moto_server import make_dynamodb_writes_atomic, make_transactions_cheap
@@ -70,3 +73,44 @@ def wait_for_executions(timeout=60.0) -> bool:
                 return False
             time.sleep(0.2)
     return True
+
+
+# --- helpers for tests driving cloud deployments through the API ---------------------------
+
+DEPLOYMENTS = "/api/v1/compute/deployments"
+TERMINAL = {"stopped", "failed"}
+
+
+def create(api, target="runpod", **body):
+    request = {"name": "m", "target": target, "image": "acme/llm:1", "gpu_type": "A100"}
+    request["budget_max_usd"] = 50
+    response = api.post(DEPLOYMENTS, request | body)
+    assert response.status_code == 201, response.data
+    return response.data["id"]
+
+
+def detail(api, deployment_id):
+    return api.get(f"{DEPLOYMENTS}/{deployment_id}").data
+
+
+def reaches(api, deployment_id, wanted, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = detail(api, deployment_id)
+        if current["status"] in wanted:
+            return current
+        time.sleep(0.2)
+    raise AssertionError(f"{deployment_id} never reached {wanted}: {current}")
+
+
+def assert_nothing_leaked_and_billed_exactly(fake, api, deployment_ids):
+    wait_for_executions()
+    live = fake.live_pods() if isinstance(fake, FakeRunPod) else fake.live_instances()
+    live_names = {i["name"] for i in live}
+    for deployment_id in deployment_ids:
+        current = detail(api, deployment_id)
+        if current["status"] in TERMINAL:
+            name = instance_name(deployment_id, settings.stage)
+            assert name not in live_names, f"{deployment_id} leaked"
+    charged = sum(Decimal(str(detail(api, d)["cost_accrued_usd"])) for d in deployment_ids)
+    assert abs(charged - fake.total_bill()) < Decimal("0.01"), (charged, fake.total_bill())

@@ -160,8 +160,6 @@ class CloudService:
 
     def mark_running(self, state: dict) -> dict:
         item = self._provisioning(state["deployment_id"])
-        if runs_agent(item):
-            return state  # the agent's deployment_ready made it running
         self._deployments.transition_latest(
             item.id,
             towards(Status.RUNNING),
@@ -456,7 +454,8 @@ class CloudService:
     def _agent_progress(self, item: DeploymentItem, state: dict) -> dict:
         """Healthy once the agent reported the model ready; its failures (pull, start, crash)
         end the deployment through the node protocol, which ends this workflow too."""
-        if item.status in (Status.RUNNING, Status.UNHEALTHY):
+        ready = item.status == Status.STARTING and item.healthy  # the agent said ready
+        if ready or item.status in (Status.RUNNING, Status.UNHEALTHY):
             return state | {"healthy": True}
         now = self._clock()
         if not item.node_id and now > datetime.fromisoformat(state["health_deadline"]):

@@ -130,11 +130,7 @@ class NodeMessageHandler:
         if late := self._late(item):
             return late
         changes = {
-            # A cloud instance's public endpoint is the provider's (recorded by the provision
-            # workflow); the agent on it only knows its own address.
-            "endpoint_url": item.endpoint_url
-            if item.target in CLOUD_TARGETS
-            else message.endpoint_url,
+            "endpoint_url": message.endpoint_url,
             "healthy": True,
             "health_consecutive_failures": 0,
             "health_checked_at": utcnow(),
@@ -142,12 +138,23 @@ class NodeMessageHandler:
         }
         if message.framework:
             changes["framework"] = message.framework
-        self._deployments.transition_latest(
-            item.id,
-            lambda d: Status.RUNNING if Status(d.status) in (*EARLY, Status.UNHEALTHY) else None,
-            first=item,
-            **changes,
+        target = Status.RUNNING
+        if item.target in CLOUD_TARGETS:
+            # The public endpoint is the provider's, recorded by the provision workflow; until
+            # it is known the deployment stays starting and the workflow makes it running.
+            changes["endpoint_url"] = item.endpoint_url
+            target = Status.RUNNING if item.endpoint_url else Status.STARTING
+
+        def decide(current):
+            status = Status(current.status)
+            moves = status in (*EARLY, Status.UNHEALTHY) and can_transition(status, target)
+            return target if moves else None
+
+        latest, changed = self._deployments.transition_latest(
+            item.id, decide, first=item, **changes
         )
+        if not changed and Status(latest.status) in EARLY:
+            self._deployments.record(latest, **changes)  # ready, still waiting for its endpoint
 
     def _on_deployment_health_update(self, conn, message: DeploymentHealthUpdate):
         item = self._owned(conn, message.deployment_id)

@@ -160,7 +160,17 @@ def _ensure_state_machine(sfn, name: str, definition: str, role: str) -> str:
 
 
 # Functions that start executions, and so need the state machines' ARNs.
-STARTS_WORKFLOWS = ("APIHandler", "MeterWorker", "ReapCloud", "CloudProvisionFailed")
+STARTS_WORKFLOWS = (
+    "APIHandler",
+    "MeterWorker",
+    "ReapCloud",
+    "CheckCloudHealth",
+    "CloudProvisionFailed",
+    # A node agent on a cloud instance reporting a crash, or going silent, ends its deployment
+    # through teardown.
+    "WebsocketMessage",
+    "SweepNodes",
+)
 # Functions that send to nodes over the WebSocket API's management endpoint.
 TALKS_TO_NODES = (
     "APIHandler",
@@ -171,6 +181,15 @@ TALKS_TO_NODES = (
     "WebsocketDisconnect",
 )
 MANAGEMENT_URL = {"Fn::Sub": "https://${WebsocketAPI}.execute-api.${AWS::Region}.amazonaws.com/api"}
+# Where the node agent on a launched instance connects back to (weights/command deployments).
+PUBLIC_URLS = {
+    "PRISM_PUBLIC_WS_URL": {
+        "Fn::Sub": "wss://${WebsocketAPI}.execute-api.${AWS::Region}.amazonaws.com/api"
+    },
+    "PRISM_PUBLIC_API_URL": {
+        "Fn::Sub": "https://${RestAPI}.execute-api.${AWS::Region}.amazonaws.com/api"
+    },
+}
 
 
 def merged_template(template: Path = TEMPLATE) -> dict:
@@ -205,6 +224,7 @@ def merged_template(template: Path = TEMPLATE) -> dict:
             variables[f"PRISM_{kind.upper()}_STATE_MACHINE_ARN"] = _machine_arn(kind)
     for logical_id in TALKS_TO_NODES:
         _env_of(resources, logical_id)["PRISM_WS_MANAGEMENT_URL"] = MANAGEMENT_URL
+    _env_of(resources, "CloudLaunch").update(PUBLIC_URLS)
     return merged
 
 

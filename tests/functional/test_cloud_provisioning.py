@@ -4,9 +4,6 @@ RunPod and Lambda Cloud servers speaking the real wire formats. After every scen
 instance left at the provider without a live deployment, and the USD charged matches the
 provider's own bill to the cent."""
 
-import time
-from decimal import Decimal
-
 import pytest
 
 from chalicelib import aws
@@ -15,10 +12,16 @@ from chalicelib.lifecycle import Status
 from chalicelib.services import registry
 from prism.dev.fakes.lambda_cloud import FakeLambdaCloud
 from prism.dev.fakes.runpod import FakeRunPod
-from tests.cloud_sandbox import cloud_sandbox, fast_cloud_settings, wait_for_executions
-
-DEPLOYMENTS = "/api/v1/compute/deployments"
-TERMINAL = {"stopped", "failed"}
+from tests.cloud_sandbox import (
+    DEPLOYMENTS,
+    TERMINAL,
+    assert_nothing_leaked_and_billed_exactly,
+    cloud_sandbox,
+    create,
+    detail,
+    fast_cloud_settings,
+    reaches,
+)
 
 
 @pytest.fixture
@@ -33,40 +36,6 @@ def aws_backend(fakes, monkeypatch):
     monkeypatch.setattr(registry, "settings", registry.settings)  # restored afterwards
     with cloud_sandbox(fast_cloud_settings(fakes["runpod"], fakes["lambda"])):
         yield
-
-
-def create(api, target="runpod", **body):
-    request = {"name": "m", "target": target, "image": "acme/llm:1", "gpu_type": "A100"}
-    request["budget_max_usd"] = 50
-    response = api.post(DEPLOYMENTS, request | body)
-    assert response.status_code == 201, response.data
-    return response.data["id"]
-
-
-def detail(api, deployment_id):
-    return api.get(f"{DEPLOYMENTS}/{deployment_id}").data
-
-
-def reaches(api, deployment_id, wanted, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        current = detail(api, deployment_id)
-        if current["status"] in wanted:
-            return current
-        time.sleep(0.2)
-    raise AssertionError(f"{deployment_id} never reached {wanted}: {current}")
-
-
-def assert_nothing_leaked_and_billed_exactly(fake, api, deployment_ids):
-    wait_for_executions()
-    live = fake.live_pods() if isinstance(fake, FakeRunPod) else fake.live_instances()
-    live_names = {i["name"] for i in live}
-    for deployment_id in deployment_ids:
-        current = detail(api, deployment_id)
-        if current["status"] in TERMINAL:
-            assert f"prism-{deployment_id}" not in live_names, f"{deployment_id} leaked"
-    charged = sum(Decimal(str(detail(api, d)["cost_accrued_usd"])) for d in deployment_ids)
-    assert abs(charged - fake.total_bill()) < Decimal("0.01"), (charged, fake.total_bill())
 
 
 @pytest.mark.parametrize("target", ["runpod", "lambda"])

@@ -8,29 +8,10 @@ import pytest
 
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import DeploymentItem, NodeItem, utcnow
+from tests.functional.node_sim import NodeSim, ws_event
 
 NODES = "/api/v1/compute/nodes"
 DEPLOYMENTS = "/api/v1/compute/deployments"
-
-
-def ws_event(route: str, connection_id: str, body=None, headers=None) -> dict:
-    event_type = {"$connect": "CONNECT", "$default": "MESSAGE", "$disconnect": "DISCONNECT"}
-    event = {
-        "requestContext": {
-            "routeKey": route,
-            "eventType": event_type[route],
-            "connectionId": connection_id,
-            "apiId": "local",
-            "stage": "dev",
-            "domainName": "localhost",
-            "requestId": "r1",
-        },
-        "isBase64Encoded": False,
-        "headers": headers or {},
-    }
-    if body is not None:
-        event["body"] = body if isinstance(body, str) else json.dumps(body)
-    return event
 
 
 @pytest.fixture
@@ -38,28 +19,6 @@ def app():
     from app import app as chalice_app
 
     return chalice_app
-
-
-class NodeSim:
-    """Speaks the protocol through the real WebSocket handlers, as the gateway would."""
-
-    def __init__(self, app, token, node_id, connection_id="conn-1"):
-        self.app, self.token, self.node_id, self.connection_id = app, token, node_id, connection_id
-
-    def connect(self, token=None):
-        headers = {"Authorization": f"Bearer {token or self.token}"}
-        return self.app.handler_map["node_connect"](
-            ws_event("$connect", self.connection_id, headers=headers), None
-        )
-
-    def say(self, **message):
-        message.setdefault("id", "m")
-        self.app.handler_map["node_message"](
-            ws_event("$default", self.connection_id, message), None
-        )
-
-    def hello(self, running=()):
-        self.say(type="node_hello", node_id=self.node_id, running=list(running))
 
 
 @pytest.fixture

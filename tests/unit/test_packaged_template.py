@@ -58,6 +58,12 @@ def test_the_packaged_template_passes_cfn_lint(tmp_path, stage):
         "stateMachine:prism-${Stage}-teardown"
         in api_env["PRISM_TEARDOWN_STATE_MACHINE_ARN"]["Fn::Sub"]
     )
+    for ends_deployments in ("WebsocketMessage", "SweepNodes", "CheckCloudHealth"):
+        variables = resources[ends_deployments]["Properties"]["Environment"]["Variables"]
+        assert "PRISM_TEARDOWN_STATE_MACHINE_ARN" in variables, ends_deployments
+    launch_env = resources["CloudLaunch"]["Properties"]["Environment"]["Variables"]
+    assert launch_env["PRISM_PUBLIC_WS_URL"]["Fn::Sub"].startswith("wss://${WebsocketAPI}.")
+    assert launch_env["PRISM_PUBLIC_API_URL"]["Fn::Sub"].startswith("https://${RestAPI}.")
     assert not _dependency_cycles(resources)
     management = resources["SweepNodes"]["Properties"]["Environment"]["Variables"]
     assert "${WebsocketAPI}" in management["PRISM_WS_MANAGEMENT_URL"]["Fn::Sub"]
