@@ -4,9 +4,17 @@ no GPU). Checks:
 2. the process runtime shows a model exactly the GPUs assigned (CUDA_VISIBLE_DEVICES), as
    CUDA itself reports them (torch), and none when none is assigned;
 3. the agent, asked for a deployment with gpu=true and a gpu_type, claims a matching GPU and the
-   model sees it; a second GPU deployment on a one-GPU node is refused with a clear reason.
+   model sees it; a second GPU deployment on a one-GPU node is refused with a clear reason;
+4. a whole-node deployment (what a cloud instance's agent is sent) sees every GPU.
 
     python3 benchmarks/gpu_check.py
+
+On a GPU machine without the agent's packages (and no internet), carry wheels there:
+    pip download --python-version 3.12 --platform manylinux2014_x86_64 --only-binary=:all: \
+        -d wheels -r requirements-agent.txt
+    pip install --no-index --find-links wheels --target /tmp/deps -r requirements-agent.txt
+    PYTHONPATH=/tmp/deps:. python3 benchmarks/gpu_check.py
+Last run (2026-11-27, one H100 80GB HBM3, torch 2.11): all four checks passed.
 """
 
 import json
@@ -110,6 +118,24 @@ def main() -> None:
         refused = wait_for(messages, "deployment_stopped", second.deployment_id)
         print("   second GPU deployment on a one-GPU node ->", refused.reason, refused.message)
         assert refused.reason == "start_error" and "no free" in refused.message
+    agent.stop_all()
+
+    # 4. The deploy message the control plane sends the agent on a cloud instance of the
+    # deployment's own: every GPU, whatever type was asked for.
+    whole = first.model_copy(
+        update={
+            "deployment_id": "dep_00000000000000a3",
+            "gpu_type": "some-other-gpu",
+            "whole_node": True,
+            "deploy_config": DeployConfig(port=free_port(), health_path="/"),
+        }
+    )
+    agent.deploy(whole)
+    ready = wait_for(messages, "deployment_ready", whole.deployment_id)
+    seen = requests.get(ready.endpoint_url, timeout=5).json()
+    print("4. whole-node deployment (a cloud instance's agent) ->", seen)
+    assert seen["visible"] == ",".join(str(g.index) for g in found)
+    assert seen["names"] == [g.name for g in found]
     agent.stop_all()
     stop.set()
     print("GPU checks passed")

@@ -59,6 +59,8 @@ class DeployModel(Message):
     deploy_config: DeployConfig
     gpu: bool = False
     gpu_type: str | None = None
+    # The node is this deployment's own (a cloud instance): it gets every GPU, claims none.
+    whole_node: bool = False
 
 
 class StopDeployment(Message):

@@ -210,7 +210,9 @@ class Agent:
         record.framework = None if framework == "auto" else framework
         port = message.deploy_config.port
         record.port = port if port_is_free(port) else free_port()
-        if message.gpu:
+        if message.whole_node:  # a cloud instance of its own: every GPU it has
+            record.gpu_indices = [gpu.index for gpu in self.gpus]
+        elif message.gpu:
             record.gpu_indices = self._claim_gpu(message.gpu_type)
         runtime_name = "docker" if message.image else "process"
         command = list(message.command)

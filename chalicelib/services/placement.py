@@ -23,9 +23,9 @@ def deploy_message(item: DeploymentItem) -> DeployModel:
         command=list(item.command or []),
         env_vars=item.env_dict(),
         deploy_config=DeployConfig(**RestDeployConfig.of(item.deploy_config).model_dump()),
-        # On an instance of its own every GPU is the deployment's: nothing to claim.
-        gpu=bool(item.gpu) and not dedicated,
+        gpu=bool(item.gpu),
         gpu_type=item.gpu_type,
+        whole_node=dedicated,
     )
 
 

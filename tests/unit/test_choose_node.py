@@ -48,7 +48,6 @@ def test_its_own_deployment_goes_there_even_when_the_agent_sees_no_gpu():
     assert choose_node(own, [node("node_mine", gpus=[A100]), instance], {}) is instance
 
 
-def test_on_an_instance_of_its_own_the_model_claims_no_gpu_and_sees_them_all():
-    cloud = deployment(target="runpod", gpu=True, pinned="node_i")
-    assert deploy_message(cloud).gpu is False
-    assert deploy_message(deployment(gpu=True)).gpu is True
+def test_on_an_instance_of_its_own_the_model_gets_the_whole_node():
+    assert deploy_message(deployment(target="runpod", gpu=True, pinned="node_i")).whole_node
+    assert not deploy_message(deployment(gpu=True)).whole_node
