@@ -60,7 +60,7 @@ class DeployModel(Message):
     gpu: bool = False
     gpu_type: str | None = None
     # The node is this deployment's own (a cloud instance): it gets every GPU, claims none.
-    whole_node: bool = False
+    whole_node: bool | None = None
 
 
 class StopDeployment(Message):

@@ -86,6 +86,19 @@ class ProviderError(Exception):
     retryable = False
 
 
+def without_secrets(exc: ProviderError, secrets) -> ProviderError:
+    """The same error with every secret value (launch env, user data) blanked out of its
+    message: providers echo parts of a refused request back."""
+    message = str(exc)
+    for value in secrets:
+        if len(value) >= 4:  # short values would blank out ordinary words
+            message = message.replace(value, "***")
+    clone = type(exc).__new__(type(exc))
+    clone.__dict__.update(exc.__dict__)
+    clone.args = (message,)
+    return clone
+
+
 class CapacityError(ProviderError):
     """No instance of that offer is available now: try the next offer."""
 

@@ -30,6 +30,7 @@ from chalicelib.providers.base import (
     ProviderError,
     RateLimited,
     TransientError,
+    without_secrets,
 )
 
 DEFAULT_API_URL = "https://cloud.lambdalabs.com/api/v1"
@@ -105,7 +106,11 @@ class LambdaCloudProvider:
         }
         if spec.user_data is not None:
             body["user_data"] = spec.user_data
-        ids = self._call("POST", "/instance-operations/launch", body).get("instance_ids") or []
+        try:
+            ids = self._call("POST", "/instance-operations/launch", body).get("instance_ids")
+        except ProviderError as exc:  # the node token is in the user data and its env
+            raise without_secrets(exc, spec.env.values()) from None
+        ids = ids or []
         if not ids:
             raise TransientError("Lambda Cloud accepted the launch but returned no instance id")
         instance_id = ids[0]

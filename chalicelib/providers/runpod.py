@@ -25,6 +25,7 @@ from chalicelib.providers.base import (
     ProviderError,
     RateLimited,
     TransientError,
+    without_secrets,
 )
 
 DEFAULT_API_URL = "https://api.runpod.io/graphql"
@@ -127,7 +128,7 @@ class RunPodProvider:
             data = self._call(_DEPLOY, {"input": pod_input})
         except ProviderError as exc:
             # GraphQL errors may quote the variables: env values are secrets.
-            raise _without_values(exc, spec.env.values()) from None
+            raise without_secrets(exc, spec.env.values()) from None
         pod = data.get("podFindAndDeployOnDemand")
         if not pod:
             raise CapacityError("RunPod returned no pod for this launch")
@@ -280,14 +281,3 @@ def _json_errors(response: requests.Response) -> list[Any]:
     except ValueError:
         return []
     return (payload.get("errors") or []) if isinstance(payload, dict) else []
-
-
-def _without_values(exc: ProviderError, secrets) -> ProviderError:
-    message = str(exc)
-    for value in secrets:
-        if len(value) >= 4:  # short values would blank out ordinary words
-            message = message.replace(value, "***")
-    clone = type(exc).__new__(type(exc))
-    clone.__dict__.update(exc.__dict__)
-    clone.args = (message,)
-    return clone

@@ -86,6 +86,7 @@ class CloudService:
         clock: Callable[[], datetime],
         probe: Callable[[str], bool] = probe,
         configured: Callable[[], list[str]] = lambda: [],
+        place: Callable[[DeploymentItem], object] = lambda item: item,
     ):
         self._deployments = deployments
         self._nodes = nodes
@@ -96,6 +97,7 @@ class CloudService:
         self._clock = clock
         self._probe = probe
         self._configured = configured
+        self._place = place
 
     # --- provision ----------------------------------------------------------------------
 
@@ -160,14 +162,18 @@ class CloudService:
 
     def mark_running(self, state: dict) -> dict:
         item = self._provisioning(state["deployment_id"])
+        # An agent reports its model's health itself; ours is the one probe that just passed.
+        health = (
+            {}
+            if runs_agent(item)
+            else {
+                "healthy": True,
+                "health_consecutive_failures": 0,
+                "health_checked_at": self._clock(),
+            }
+        )
         self._deployments.transition_latest(
-            item.id,
-            towards(Status.RUNNING),
-            first=item,
-            healthy=True,
-            health_consecutive_failures=0,
-            health_checked_at=self._clock(),
-            status_message=None,
+            item.id, towards(Status.RUNNING), first=item, status_message=None, **health
         )
         return state
 
@@ -293,13 +299,14 @@ class CloudService:
         deadline = (
             self._cloud.boot_deadline_seconds.get(item.target, 1800)
             + self._cloud.health_grace_seconds
+            + (self._cloud.agent_start_seconds if runs_agent(item) else 0)
         )
         waiting = status is Status.PROVISIONING and not item.provider_instance_id and age > 120
         if waiting and not self._workflows.provision_started(item.id):  # failed at create
             self._workflows.start_provision(item.id)
             report.restarted_provisions.append(item.id)
             return
-        if status in (Status.PROVISIONING, Status.STARTING) and age > deadline:
+        if status in (Status.PROVISIONING, Status.PULLING, Status.STARTING) and age > deadline:
             self.provision_failed(
                 {
                     "deployment_id": item.id,
@@ -455,8 +462,10 @@ class CloudService:
         """Healthy once the agent reported the model ready; its failures (pull, start, crash)
         end the deployment through the node protocol, which ends this workflow too."""
         ready = item.status == Status.STARTING and item.healthy  # the agent said ready
-        if ready or item.status in (Status.RUNNING, Status.UNHEALTHY):
+        if item.endpoint_url and (ready or item.status in (Status.RUNNING, Status.UNHEALTHY)):
             return state | {"healthy": True}
+        if not item.node_id:  # placing at hello can miss (a lost message): try again
+            item = self._place(item) or item
         now = self._clock()
         if not item.node_id and now > datetime.fromisoformat(state["health_deadline"]):
             raise DeadlineExceeded(

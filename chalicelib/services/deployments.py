@@ -130,6 +130,12 @@ class DeploymentService:
                     f"unknown node {request.node_id}; `prism node list` shows yours",
                     fields={"node_id": "not one of your nodes"},
                 )
+            if node.dedicated_to:
+                raise ValidationFailed(
+                    f"node {request.node_id} is the cloud instance of {node.dedicated_to} and "
+                    "runs nothing else",
+                    fields={"node_id": "a cloud instance's node"},
+                )
         config = recipe.pop("deploy_config")
         item = DeploymentItem(
             id=new_deployment_id(),

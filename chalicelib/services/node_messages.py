@@ -88,6 +88,8 @@ class NodeMessageHandler:
                 )
             ]
         node = self._nodes.get(conn.node_id)
+        if node is None:  # retired (its cloud instance is over) while still connected
+            return [Error(code="unknown_node", message="this node no longer exists")]
         self._nodes.record_hello(
             node, [g.model_dump() for g in message.gpus], message.agent_version
         )
@@ -130,7 +132,6 @@ class NodeMessageHandler:
         if late := self._late(item):
             return late
         changes = {
-            "endpoint_url": message.endpoint_url,
             "healthy": True,
             "health_consecutive_failures": 0,
             "health_checked_at": utcnow(),
@@ -138,15 +139,16 @@ class NodeMessageHandler:
         }
         if message.framework:
             changes["framework"] = message.framework
-        target = Status.RUNNING
-        if item.target in CLOUD_TARGETS:
-            # The public endpoint is the provider's, recorded by the provision workflow; until
-            # it is known the deployment stays starting and the workflow makes it running.
-            changes["endpoint_url"] = item.endpoint_url
-            target = Status.RUNNING if item.endpoint_url else Status.STARTING
+        cloud = item.target in CLOUD_TARGETS
+        if not cloud:
+            changes["endpoint_url"] = message.endpoint_url
+        # A cloud instance's public endpoint is the provider's, recorded by the provision
+        # workflow (never the agent's own address); until it is known the deployment stays
+        # starting, and the workflow makes it running.
 
         def decide(current):
             status = Status(current.status)
+            target = Status.STARTING if cloud and not current.endpoint_url else Status.RUNNING
             moves = status in (*EARLY, Status.UNHEALTHY) and can_transition(status, target)
             return target if moves else None
 

@@ -25,7 +25,7 @@ def deploy_message(item: DeploymentItem) -> DeployModel:
         deploy_config=DeployConfig(**RestDeployConfig.of(item.deploy_config).model_dump()),
         gpu=bool(item.gpu),
         gpu_type=item.gpu_type,
-        whole_node=dedicated,
+        whole_node=True if dedicated else None,  # left out otherwise: older agents
     )
 
 
@@ -74,7 +74,7 @@ class Placement:
             return item
         if item.target != "prism_node" and not item.pinned_node_id:
             return item  # a cloud deployment whose instance does not run our agent
-        online = self._nodes.online_owned(item.owner_id)
+        online = self._online_for(item)
         tried: set[str] = set()
         while True:
             candidates = [n for n in online if n.id not in tried]
@@ -91,6 +91,15 @@ class Placement:
         if item.status_message != waiting_reason(item):
             self._deployments.record(item, status_message=waiting_reason(item))
         return item
+
+    def _online_for(self, item: DeploymentItem) -> list[NodeItem]:
+        """A pinned deployment's node read consistently (it may have connected a moment ago;
+        the owner index lags), else the owner's online nodes."""
+        if not item.pinned_node_id:
+            return self._nodes.online_owned(item.owner_id)
+        node = self._nodes.get(item.pinned_node_id)
+        online = node is not None and node.status == "online" and node.connection_id
+        return [node] if online else []
 
     def place_waiting(self, owner_id: str | None = None) -> None:
         for item in self._deployments.unplaced():

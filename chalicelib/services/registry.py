@@ -82,6 +82,7 @@ def cloud() -> CloudService:
         settings.cloud,
         utcnow,
         configured=lambda: providers.configured(settings.cloud),
+        place=placement().place,
     )
 
 

@@ -40,7 +40,7 @@ class BillableEntry:
             price_per_hour_usd=str(item.price_per_hour_usd or 0),
             cost_accrued_usd=str(item.cost_accrued_usd or 0),
             budget_max_usd=None if item.budget_max_usd is None else str(item.budget_max_usd),
-            ledger_tail_length=len(item.ledger_tail or []),
+            ledger_tail_length=int(item.ledger_tail_length or 0),
         )
 
     def to_dict(self) -> dict:
@@ -93,6 +93,7 @@ class MeteringRepository:
                     DeploymentItem.ledger_tail.set(
                         (DeploymentItem.ledger_tail | []).append([charged])
                     ),
+                    DeploymentItem.ledger_tail_length.add(1),
                     DeploymentItem.version.add(1),
                 ],
                 condition=(DeploymentItem.last_metered_at == entry.since)
@@ -126,7 +127,8 @@ class MeteringRepository:
                 )
         update_if(
             item,
-            [DeploymentItem.ledger_tail[i].remove() for i in range(len(page))],
+            [DeploymentItem.ledger_tail[i].remove() for i in range(len(page))]
+            + [DeploymentItem.ledger_tail_length.add(-len(page))],
             DeploymentItem.ledger_tail[0]["period_end"] == page[0].period_end,
         )
 

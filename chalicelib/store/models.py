@@ -13,7 +13,7 @@ from pynamodb.attributes import (
     UTCDateTimeAttribute,
     VersionAttribute,
 )
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
 from chalicelib.config import settings
@@ -98,13 +98,24 @@ class CloudIndex(GlobalSecondaryIndex):
     id = UnicodeAttribute(range_key=True)
 
 
+# What the metering tick needs of a billable deployment, and nothing more: the tick reads every
+# billable deployment every minute, so the index carries only these (never the ledger tail).
+METERED_ATTRIBUTES = [
+    "last_metered_at",
+    "price_per_hour_usd",
+    "cost_accrued_usd",
+    "budget_max_usd",
+    "ledger_tail_length",
+]
+
+
 class BillableIndex(GlobalSecondaryIndex):
     """Deployments a provider is charging for (sparse: `billable` is set only then). The
     metering tick reads this and nothing else: stopped deployments are never read."""
 
     class Meta:
         index_name = "billable"
-        projection = AllProjection()
+        projection = IncludeProjection(METERED_ATTRIBUTES)
 
     billable = UnicodeAttribute(hash_key=True)
     id = UnicodeAttribute(range_key=True)
@@ -146,6 +157,7 @@ class DeploymentItem(Model):
     # The newest charges, written with the total in one conditional update (exactly once, one
     # item write); moved to the ledger table a page at a time.
     ledger_tail = ListAttribute(of=LedgerEntryAttribute, null=True)
+    ledger_tail_length = NumberAttribute(null=True)  # kept with the tail: the tick reads this
     endpoint_url = UnicodeAttribute(null=True)
     node_id = UnicodeAttribute(null=True)
     pinned_node_id = UnicodeAttribute(null=True)  # the node the user asked for, if any

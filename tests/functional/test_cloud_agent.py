@@ -134,8 +134,24 @@ def test_the_instance_runs_our_agent_as_a_node_dedicated_to_the_deployment(api, 
     stopped = reaches(api, deployment_id, TERMINAL)
     assert stopped["status"] == "stopped"
     assert agent.node_id not in {n["id"] for n in api.get(NODES).data["items"]}
+    agent.hello()  # a late hello on the dropped node's old connection is refused, not a 500
     assert agent.connect()["statusCode"] == 401  # the token died with the instance
     assert_nothing_leaked_and_billed_exactly(fakes[target], api, [deployment_id])
+
+
+def test_an_agent_ready_before_the_provider_shows_the_endpoint_waits_for_it(api, app, fakes):
+    fakes["runpod"].boot_seconds = 3  # the played agent may speak before the pod reads as up
+    deployment_id = create_weights(api)
+    wait_launched(fakes, "runpod", api, deployment_id)
+    agent = agent_of(app, fakes, "runpod", deployment_id, api)
+    brought_up(agent, deployment_id)
+    early = detail(api, deployment_id)
+    assert (early["status"], early["endpoint_url"]) == ("starting", None)
+    running = reaches(api, deployment_id, {"running"})
+    assert running["endpoint_url"].startswith(fakes["runpod"].base_url)
+    api.delete(f"{DEPLOYMENTS}/{deployment_id}")
+    reaches(api, deployment_id, TERMINAL)
+    assert_nothing_leaked_and_billed_exactly(fakes["runpod"], api, [deployment_id])
 
 
 def test_a_crash_the_agent_reports_tears_the_instance_down(api, app, fakes):
@@ -213,6 +229,11 @@ def test_other_deployments_never_land_on_an_instance_agent(api, app, fakes):
         {"name": "local", "weights_source": "/srv/m", "gpu": False, "command": ["serve"]},
     ).data
     assert mine["status"] == "provisioning" and mine["node_id"] is None
+    pinned = api.post(
+        DEPLOYMENTS,
+        {"name": "pinned", "image": "nginx", "gpu": False, "node_id": agent.node_id},
+    )
+    assert pinned.status_code == 400 and "runs nothing else" in pinned.data["error"]["message"]
     api.delete(f"{DEPLOYMENTS}/{deployment_id}")
     reaches(api, deployment_id, TERMINAL)
 

@@ -50,4 +50,5 @@ def test_its_own_deployment_goes_there_even_when_the_agent_sees_no_gpu():
 
 def test_on_an_instance_of_its_own_the_model_gets_the_whole_node():
     assert deploy_message(deployment(target="runpod", gpu=True, pinned="node_i")).whole_node
-    assert not deploy_message(deployment(gpu=True)).whole_node
+    # Left out for prism_node deployments, so agents that predate the field still parse it.
+    assert "whole_node" not in deploy_message(deployment(gpu=True)).to_json()

@@ -13,6 +13,7 @@ Terminating an instance stops its agent and every model it runs (`prism node dow
 """
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -145,10 +146,11 @@ class InstanceHost:
         return True
 
     def _power_off(self, instance_id: str, grace_s: float = 15.0) -> None:
+        """`prism node down --stop-all`, then SIGKILL for whatever is left: the agent's group
+        and the groups of the models it recorded."""
         state = self.agent_state(instance_id)
-        try:
-            pid = int((state / "agent.pid").read_text())
-        except (FileNotFoundError, ValueError):
+        pid = self._agent_pid(state)
+        if pid is None:
             return
         (state / "stop-all").touch()  # the agent stops its models on the way out
         with contextlib.suppress(ProcessLookupError):
@@ -156,8 +158,36 @@ class InstanceHost:
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+        for group in [pid, *_model_pids(state)]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+
+    def _agent_pid(self, state: Path, wait_s: float = 10.0) -> int | None:
+        """The agent writes its pid file once Python is up: a power-off right after boot waits
+        for it (the instance booted, so the agent is starting)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                pid = int((state / "agent.pid").read_text())
+                return pid if _alive(pid) else None
+            if time.monotonic() > deadline or not state.exists():
+                return None
+            time.sleep(0.1)
+
+
+def _model_pids(state: Path) -> list[int]:
+    """The process groups of the models the agent started (its state file's handles)."""
+    try:
+        records = json.loads((state / "state.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return []
+    pids = []
+    for record in records.values() if isinstance(records, dict) else []:
+        handle = (record or {}).get("handle") or {}
+        ref = str(handle.get("ref", ""))
+        if handle.get("runtime") == "process" and ref.split(":")[0].isdigit():
+            pids.append(int(ref.split(":")[0]))
+    return pids
 
 
 def _alive(pid: int) -> bool:
