@@ -41,13 +41,13 @@ def sweep_nodes(event):
 @app.schedule(Rate(5, unit=Rate.MINUTES))
 def reap_cloud(event):
     """Orphaned instances terminated, stuck cloud deployments failed, stalled teardowns rerun."""
-    registry.cloud().reap()
+    registry.cloud_upkeep().reap()
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))
 def check_cloud_health(event):
     """Running cloud deployments probed: 3 failures in a row -> unhealthy."""
-    registry.cloud().check_running()
+    registry.cloud_upkeep().check_running()
 
 
 # The steps of infra/statemachines/*.asl.json. An exception's class name is the error the

@@ -16,14 +16,17 @@ Rounds alternate one tick + drain with one pass of bare updates on the same serv
 items carry the ledger entries of the rounds before); the ratio reported is the median.
 
 On AWS, the same design for 100,000 billable deployments: the tick's Query reads only the sparse
-index (100,000 items, ~25 MB, about 3,100 read units at 8 KB... paged in ~1 MB pages, ~25 pages,
-a few seconds) and sends 1,000 messages in 100 SendMessageBatch calls; the SQS trigger spreads
-them over Lambda invocations (batch 10 = 1,000 deployments an invocation, ~100 invocations, a
-concurrency of a few tens with maximum_concurrency set); the writes are 100,000 conditional
-UpdateItems a minute plus 4,000 ledger pages (25 rows each) — with ~1 KB items ~1,700 write units
-a second on-demand for the burst, well inside on-demand table limits (40,000 WCU) and SQS
-standard throughput (unlimited). Conditional
-writes keep it exactly-once under any redelivery or concurrency.
+`billable` index, which projects just the five attributes the tick needs (~150 bytes an entry,
+~15 MB in ~15 pages of 1 MB, ~1,900 read units, a few seconds; never a ledger tail) and sends
+1,000 messages in 100 SendMessageBatch calls; the SQS trigger spreads them over Lambda
+invocations (batch 10 = 1,000 deployments an invocation, ~100 invocations, a concurrency of a few
+tens with maximum_concurrency set); the writes are 100,000 conditional UpdateItems a minute plus
+4,000 ledger pages (25 rows each). An update is billed on the item's size: ~1 KB plus the tail
+(up to 25 x ~170 B), ~3 write units on average, plus 1 for the small index entry: ~7,000 write
+units a second for the minute's burst if it is drained in one minute, inside on-demand limits
+(40,000 WCU a table) and SQS standard throughput (unlimited); spreading the drain over the minute
+(reserved concurrency) halves the peak. Conditional writes keep it exactly-once under any
+redelivery or concurrency.
 """
 
 import argparse

@@ -11,6 +11,7 @@ from chalicelib.queue import WorkQueue
 from chalicelib.services.auth import AuthService
 from chalicelib.services.catalog import CatalogService
 from chalicelib.services.cloud import CloudService
+from chalicelib.services.cloud_upkeep import CloudUpkeep
 from chalicelib.services.deployments import DeploymentService
 from chalicelib.services.ending import Ending
 from chalicelib.services.metering import MeteringService
@@ -81,8 +82,20 @@ def cloud() -> CloudService:
         workflows(),
         settings.cloud,
         utcnow,
-        configured=lambda: providers.configured(settings.cloud),
         place=placement().place,
+    )
+
+
+@cache
+def cloud_upkeep() -> CloudUpkeep:
+    return CloudUpkeep(
+        DeploymentRepository(),
+        lambda name: providers.provider_for(name, settings.cloud),
+        workflows(),
+        settings.cloud,
+        utcnow,
+        cloud().provision_failed,
+        configured=lambda: providers.configured(settings.cloud),
     )
 
 
@@ -138,6 +151,7 @@ FACTORIES = (
     workflows,
     ending,
     cloud,
+    cloud_upkeep,
     auth_service,
     catalog_service,
     placement,

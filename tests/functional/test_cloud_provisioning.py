@@ -134,7 +134,7 @@ def test_the_reaper_terminates_an_instance_the_control_plane_never_recorded(api,
     offer = provider.offers("A100")[0]
     spec = LaunchSpec("dep_" + "f" * 16, "acme/llm:1", 8000, stage=settings.stage)
     orphan = provider.launch(spec, offer)
-    registry.cloud().reap()
+    registry.cloud_upkeep().reap()
     assert orphan.id not in {p["id"] for p in fakes["runpod"].live_pods()}
 
 
@@ -170,10 +170,10 @@ def test_running_cloud_deployments_turn_unhealthy_after_three_failed_probes(api,
     (instance_id,) = [i["id"] for i in fakes["lambda"].live_instances()]
     fakes["lambda"].unhealthy.add(instance_id)
     for expected in ("running", "running", "unhealthy"):
-        registry.cloud().check_running()
+        registry.cloud_upkeep().check_running()
         assert detail(api, deployment_id)["status"] == expected
     fakes["lambda"].unhealthy.discard(instance_id)
-    registry.cloud().check_running()
+    registry.cloud_upkeep().check_running()
     assert detail(api, deployment_id)["status"] == "running"
     api.delete(f"{DEPLOYMENTS}/{deployment_id}")
     reaches(api, deployment_id, TERMINAL)
@@ -190,7 +190,7 @@ def test_the_reaper_terminates_the_instance_of_a_deployment_that_is_over(api, fa
     repo.transition(item, Status.STOPPING)  # as if torn down by hand, unconfirmed
     repo.transition(repo.get(deployment_id), Status.STOPPED)
     assert fakes["runpod"].live_pods()
-    report = registry.cloud().reap()
+    report = registry.cloud_upkeep().reap()
     assert report.terminated and not fakes["runpod"].live_pods()
 
 
@@ -202,7 +202,7 @@ def test_the_reaper_leaves_other_installations_instances_alone(api, fakes):
     provider = provider_for("runpod", registry.settings.cloud)
     spec = LaunchSpec("dep_" + "e" * 16, "acme/llm:1", 8000, stage="prod")
     theirs = provider.launch(spec, provider.offers("A100")[0])
-    registry.cloud().reap()
+    registry.cloud_upkeep().reap()
     assert theirs.id in {p["id"] for p in fakes["runpod"].live_pods()}
     provider.terminate(theirs.id)
 
@@ -212,7 +212,7 @@ def test_an_instance_the_provider_ends_while_running_fails_the_deployment(api, f
     reaches(api, deployment_id, {"running"})
     (pod_id,) = [p["id"] for p in fakes["runpod"].live_pods()]
     registry.providers.provider_for("runpod", registry.settings.cloud).terminate(pod_id)
-    registry.cloud().check_running()
+    registry.cloud_upkeep().check_running()
     failed = reaches(api, deployment_id, TERMINAL)
     assert (failed["status"], failed["failure_reason"]) == ("failed", "crash")
     assert_nothing_leaked_and_billed_exactly(fakes["runpod"], api, [deployment_id])
@@ -227,7 +227,7 @@ def test_a_provision_that_never_started_is_started_by_the_reaper(api, fakes):
     del workflows.start_provision
     item = registry.cloud()._deployments.get(deployment_id)
     item.update(actions=[type(item).updated_at.set(item.updated_at.replace(year=2020))])
-    report = registry.cloud().reap()
+    report = registry.cloud_upkeep().reap()
     assert report.restarted_provisions == [deployment_id]
     reaches(api, deployment_id, {"running"})
     api.delete(f"{DEPLOYMENTS}/{deployment_id}")
