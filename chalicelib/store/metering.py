@@ -9,11 +9,17 @@ from decimal import Decimal
 from pynamodb.exceptions import UpdateError
 
 from chalicelib.store.deployments import is_condition_failure, update_if
-from chalicelib.store.models import DeploymentItem, LedgerEntryAttribute, LedgerItem
+from chalicelib.store.models import (
+    DeploymentItem,
+    LedgerEntry,
+    LedgerEntryAttribute,
+    LedgerItem,
+)
 
 BILLABLE = "1"
 LEDGER_PAGE = 25  # charges kept on the deployment before they move to the ledger table
 _TIME = DeploymentItem.last_metered_at  # its serializer gives the stored string
+_ENTRY = LedgerEntryAttribute()  # if_not_exists loses the list's element type: serialize here
 
 
 def stamp(moment: datetime) -> str:
@@ -75,7 +81,7 @@ class MeteringRepository:
         since `entry.since` and it is still billable. Returns the new total, or None when the
         condition failed (a duplicate, late or raced message)."""
         new_total = Decimal(entry.cost_accrued_usd) + amount
-        charged = LedgerEntryAttribute(
+        charged = LedgerEntry(
             period_start=entry.since,
             period_end=until,
             amount_usd=amount,
@@ -91,7 +97,7 @@ class MeteringRepository:
                     DeploymentItem.cost_accrued_usd.add(amount),
                     DeploymentItem.last_metered_at.set(until),
                     DeploymentItem.ledger_tail.set(
-                        (DeploymentItem.ledger_tail | []).append([charged])
+                        (DeploymentItem.ledger_tail | []).append([_ENTRY.serialize(charged)])
                     ),
                     DeploymentItem.ledger_tail_length.add(1),
                     DeploymentItem.version.add(1),
@@ -129,7 +135,7 @@ class MeteringRepository:
             item,
             [DeploymentItem.ledger_tail[i].remove() for i in range(len(page))]
             + [DeploymentItem.ledger_tail_length.add(-len(page))],
-            DeploymentItem.ledger_tail[0]["period_end"] == page[0].period_end,
+            DeploymentItem.ledger_tail[0] == page[0],
         )
 
     def ledger(self, item: DeploymentItem, limit: int, after: str | None = None):

@@ -1,10 +1,12 @@
 """pynamodb models. Table names and the endpoint come from `settings`; keys and indexes match
 infra/resources.json (a test checks they agree)."""
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from pynamodb.attributes import (
+    Attribute,
     BooleanAttribute,
     ListAttribute,
     MapAttribute,
@@ -13,6 +15,7 @@ from pynamodb.attributes import (
     UTCDateTimeAttribute,
     VersionAttribute,
 )
+from pynamodb.constants import STRING
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
@@ -121,14 +124,47 @@ class BillableIndex(GlobalSecondaryIndex):
     id = UnicodeAttribute(range_key=True)
 
 
-class LedgerEntryAttribute(MapAttribute):
+@dataclass(frozen=True)
+class LedgerEntry:
     """One charge, kept on the deployment until a page of them moves to the ledger table."""
 
-    period_start = UTCDateTimeAttribute()
-    period_end = UTCDateTimeAttribute()
-    amount_usd = DecimalAttribute()
-    price_per_hour_usd = DecimalAttribute()
-    cost_after_usd = DecimalAttribute()
+    period_start: datetime
+    period_end: datetime
+    amount_usd: Decimal
+    price_per_hour_usd: Decimal
+    cost_after_usd: Decimal
+
+
+_TIME_FORMAT = UTCDateTimeAttribute()  # how every time is stored
+
+
+class LedgerEntryAttribute(Attribute[LedgerEntry]):
+    """A charge as one compact string, "start|end|amount|price|total": every charge rewrites the
+    deployment item, tail included, so each entry is one small value (not a map of five named
+    attributes: half the bytes, fewer write units)."""
+
+    attr_type = STRING
+
+    def serialize(self, value: LedgerEntry) -> str:
+        return "|".join(
+            [
+                _TIME_FORMAT.serialize(value.period_start),
+                _TIME_FORMAT.serialize(value.period_end),
+                str(value.amount_usd),
+                str(value.price_per_hour_usd),
+                str(value.cost_after_usd),
+            ]
+        )
+
+    def deserialize(self, value: str) -> LedgerEntry:
+        start, end, amount, price, total = value.split("|")
+        return LedgerEntry(
+            _TIME_FORMAT.deserialize(start),
+            _TIME_FORMAT.deserialize(end),
+            Decimal(amount),
+            Decimal(price),
+            Decimal(total),
+        )
 
 
 class DeploymentItem(Model):
