@@ -52,6 +52,15 @@ def test_keys_and_indexes_agree():
             else {}
         )
         assert template_indexes == model_indexes
+        template_projections = {
+            i["IndexName"]: i["Projection"] for i in props.get("GlobalSecondaryIndexes", [])
+        }
+        for index in getattr(model, "_indexes", {}).values():
+            projection = index.Meta.projection
+            expected = {"ProjectionType": projection.projection_type}
+            if projection.non_key_attributes:
+                expected["NonKeyAttributes"] = projection.non_key_attributes
+            assert template_projections[index.Meta.index_name] == expected
 
 
 def test_idempotency_table_has_a_ttl():
