@@ -139,8 +139,13 @@ def test_the_instance_runs_our_agent_as_a_node_dedicated_to_the_deployment(api, 
     assert_nothing_leaked_and_billed_exactly(fakes[target], api, [deployment_id])
 
 
-def test_an_agent_ready_before_the_provider_shows_the_endpoint_waits_for_it(api, app, fakes):
-    fakes["runpod"].boot_seconds = 3  # the played agent may speak before the pod reads as up
+def test_an_agent_ready_before_the_provider_shows_the_endpoint_waits_for_it(
+    api, app, fakes, monkeypatch
+):
+    fakes["runpod"].boot_seconds = 6  # the played agent may speak before the pod reads as up
+    cloud = dataclasses.replace(registry.settings.cloud, boot_deadline_seconds={"runpod": 30})
+    monkeypatch.setattr(registry, "settings", dataclasses.replace(registry.settings, cloud=cloud))
+    registry.cloud.cache_clear()
     deployment_id = create_weights(api)
     wait_launched(fakes, "runpod", api, deployment_id)
     agent = agent_of(app, fakes, "runpod", deployment_id, api)
