@@ -258,7 +258,8 @@ class CloudService:
         if latest.provider_instance_id == instance.id:
             return instance  # it was ours after all
         provider.terminate(instance.id)  # nobody will ever own this one
-        if latest.provider_instance_id and latest.status == Status.PROVISIONING:
+        coming_up = (Status.PROVISIONING, Status.PULLING, Status.STARTING)
+        if latest.provider_instance_id and Status(latest.status) in coming_up:
             return self._adopt(latest, provider)
         raise Cancelled(f"{item.id} was stopped while its instance was launched")
 

@@ -16,6 +16,7 @@ from chalicelib.store.models import DeploymentItem, utcnow
 MAX_RETRIES = 5
 UNPLACED = "1"
 CLOUD = "1"
+COMING_UP = [s.value for s in (Status.PROVISIONING, Status.PULLING, Status.STARTING)]
 BILLABLE = "1"
 DEPLOYMENT_ID = re.compile(r"^dep_[0-9a-f]{16}$")  # what new_deployment_id() makes
 
@@ -181,8 +182,9 @@ class DeploymentRepository:
         self, item: DeploymentItem, instance_id: str, price, launched_at, region=None
     ) -> bool:
         """Remember the provider instance and start billing it, in one write that holds only
-        while the deployment is still provisioning without an instance (False: it was stopped
-        meanwhile, and the caller must terminate what it launched)."""
+        while the deployment is still coming up without an instance (False: it was stopped
+        meanwhile, and the caller must terminate what it launched). An agent on the instance
+        can already have reported pulling or starting by then."""
         region_action = [DeploymentItem.provider_region.set(region)] if region else []
         return update_if(
             item,
@@ -195,7 +197,7 @@ class DeploymentRepository:
                 DeploymentItem.last_metered_at.set(launched_at),
                 DeploymentItem.status_message.set(f"instance {instance_id} launched"),
             ],
-            (DeploymentItem.status == Status.PROVISIONING.value)
+            DeploymentItem.status.is_in(*COMING_UP)
             & DeploymentItem.provider_instance_id.does_not_exist(),
         )
 
