@@ -51,6 +51,8 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 
 # Statuses in which something may still be running on a node or provider.
 ACTIVE = frozenset(S) - TERMINAL
+# On its way up: not serving yet, nobody asked it to stop.
+COMING_UP = frozenset({S.PROVISIONING, S.PULLING, S.STARTING})
 
 
 def can_transition(source: Status, target: Status) -> bool:

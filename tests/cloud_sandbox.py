@@ -15,10 +15,21 @@ from chalicelib.providers.base import instance_name
 from chalicelib.services import registry
 from chalicelib.services.catalog import CatalogService
 from chalicelib.store.resources import ResourceRepository
+from prism.dev.fakes.lambda_cloud import FakeLambdaCloud
 from prism.dev.fakes.runpod import FakeRunPod
 from prism.dev.infra import create_queues, create_state_machines, create_tables
 from prism.dev.lambda_router import SFN_CONFIG, route_lambda_to_app
 from prism.dev.moto_server import make_dynamodb_writes_atomic, make_transactions_cheap
+
+
+@contextmanager
+def fake_clouds(boot_seconds=0.3):
+    """Fake RunPod and Lambda Cloud on 127.0.0.1, by provider name."""
+    with (
+        FakeRunPod(boot_seconds=boot_seconds) as runpod,
+        FakeLambdaCloud(boot_seconds=boot_seconds) as lam,
+    ):
+        yield {"runpod": runpod, "lambda": lam}
 
 
 def fast_cloud_settings(runpod, lam, **overrides):

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 import requests
 
 from chalicelib.config import CloudSettings
-from chalicelib.lifecycle import Status, towards
+from chalicelib.lifecycle import COMING_UP, Status, towards
 from chalicelib.logs import Unit, logger, metrics
 from chalicelib.providers import ProviderNotConfigured
 from chalicelib.providers.base import (
@@ -258,8 +258,7 @@ class CloudService:
         if latest.provider_instance_id == instance.id:
             return instance  # it was ours after all
         provider.terminate(instance.id)  # nobody will ever own this one
-        coming_up = (Status.PROVISIONING, Status.PULLING, Status.STARTING)
-        if latest.provider_instance_id and Status(latest.status) in coming_up:
+        if latest.provider_instance_id and Status(latest.status) in COMING_UP:
             return self._adopt(latest, provider)
         raise Cancelled(f"{item.id} was stopped while its instance was launched")
 

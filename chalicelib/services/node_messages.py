@@ -2,7 +2,7 @@
 deployments placed on it; anything else gets an `error` and changes nothing."""
 
 from chalicelib.errors import PrismError
-from chalicelib.lifecycle import FailureReason, Status, can_transition
+from chalicelib.lifecycle import COMING_UP, FailureReason, Status, can_transition
 from chalicelib.logs import logger
 from chalicelib.protocol import (
     DeploymentHealthUpdate,
@@ -27,7 +27,6 @@ from chalicelib.store.models import ConnectionItem, DeploymentItem, utcnow
 from chalicelib.store.nodes import NodeRepository, ReplyRepository
 
 UNHEALTHY_AFTER = 3  # consecutive failed probes
-EARLY = (Status.PROVISIONING, Status.PULLING, Status.STARTING)
 FAILURES = {
     "crash": FailureReason.CRASH,
     "pull_error": FailureReason.PULL_ERROR,
@@ -112,7 +111,7 @@ class NodeMessageHandler:
 
         def decide(current):
             status = Status(current.status)
-            return target if status in EARLY and can_transition(status, target) else None
+            return target if status in COMING_UP and can_transition(status, target) else None
 
         changes = {}
         if message.status == "pulling":
@@ -149,13 +148,13 @@ class NodeMessageHandler:
         def decide(current):
             status = Status(current.status)
             target = Status.STARTING if cloud and not current.endpoint_url else Status.RUNNING
-            moves = status in (*EARLY, Status.UNHEALTHY) and can_transition(status, target)
+            moves = status in (*COMING_UP, Status.UNHEALTHY) and can_transition(status, target)
             return target if moves else None
 
         latest, changed = self._deployments.transition_latest(
             item.id, decide, first=item, **changes
         )
-        if not changed and Status(latest.status) in EARLY:
+        if not changed and Status(latest.status) in COMING_UP:
             self._deployments.record(latest, **changes)  # ready, still waiting for its endpoint
 
     def _on_deployment_health_update(self, conn, message: DeploymentHealthUpdate):

@@ -10,13 +10,12 @@ from itertools import islice
 from pynamodb.exceptions import PutError, UpdateError
 
 from chalicelib.errors import Conflict, NotFound
-from chalicelib.lifecycle import ACTIVE, Status, check_transition
+from chalicelib.lifecycle import ACTIVE, COMING_UP, Status, check_transition
 from chalicelib.store.models import DeploymentItem, utcnow
 
 MAX_RETRIES = 5
 UNPLACED = "1"
 CLOUD = "1"
-COMING_UP = [s.value for s in (Status.PROVISIONING, Status.PULLING, Status.STARTING)]
 BILLABLE = "1"
 DEPLOYMENT_ID = re.compile(r"^dep_[0-9a-f]{16}$")  # what new_deployment_id() makes
 
@@ -197,7 +196,7 @@ class DeploymentRepository:
                 DeploymentItem.last_metered_at.set(launched_at),
                 DeploymentItem.status_message.set(f"instance {instance_id} launched"),
             ],
-            DeploymentItem.status.is_in(*COMING_UP)
+            DeploymentItem.status.is_in(*(s.value for s in COMING_UP))
             & DeploymentItem.provider_instance_id.does_not_exist(),
         )
 

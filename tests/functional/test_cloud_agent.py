@@ -13,8 +13,6 @@ from chalicelib.config import settings
 from chalicelib.providers.base import instance_name
 from chalicelib.services import registry
 from chalicelib.store.models import NodeItem, utcnow
-from prism.dev.fakes.lambda_cloud import FakeLambdaCloud
-from prism.dev.fakes.runpod import FakeRunPod
 from tests.cloud_sandbox import (
     DEPLOYMENTS,
     TERMINAL,
@@ -22,6 +20,7 @@ from tests.cloud_sandbox import (
     cloud_sandbox,
     create,
     detail,
+    fake_clouds,
     fast_cloud_settings,
     reaches,
 )
@@ -41,8 +40,8 @@ def app():
 
 @pytest.fixture
 def fakes():
-    with FakeRunPod(boot_seconds=0.3) as runpod, FakeLambdaCloud(boot_seconds=0.3) as lam:
-        yield {"runpod": runpod, "lambda": lam}
+    with fake_clouds() as running:
+        yield running
 
 
 @pytest.fixture

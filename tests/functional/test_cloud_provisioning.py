@@ -10,8 +10,6 @@ from chalicelib import aws
 from chalicelib.config import settings
 from chalicelib.lifecycle import Status
 from chalicelib.services import registry
-from prism.dev.fakes.lambda_cloud import FakeLambdaCloud
-from prism.dev.fakes.runpod import FakeRunPod
 from tests.cloud_sandbox import (
     DEPLOYMENTS,
     TERMINAL,
@@ -19,6 +17,7 @@ from tests.cloud_sandbox import (
     cloud_sandbox,
     create,
     detail,
+    fake_clouds,
     fast_cloud_settings,
     reaches,
 )
@@ -26,8 +25,8 @@ from tests.cloud_sandbox import (
 
 @pytest.fixture
 def fakes():
-    with FakeRunPod(boot_seconds=0.3) as runpod, FakeLambdaCloud(boot_seconds=0.3) as lam:
-        yield {"runpod": runpod, "lambda": lam}
+    with fake_clouds() as running:
+        yield running
 
 
 @pytest.fixture
