@@ -3,23 +3,35 @@ exactly once per period and stops it when its budget is spent."""
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from itertools import islice
 
 from chalicelib.logs import Unit, logger, metrics
 from chalicelib.metering import charge, seconds_until_exhausted
-from chalicelib.queue import WorkQueue
+from chalicelib.queue import MAX_BATCH, WorkQueue
 from chalicelib.store.metering import BillableEntry, MeteringRepository, stamp
 
 ENTRIES_PER_MESSAGE = 100  # many deployments per message: fewer SQS requests and invocations
+METER_THREADS = 8  # each charge waits on one DynamoDB write: a message's charges go side by side
 
 
 @dataclass(frozen=True)
 class TickReport:
     deployments: int
     messages: int
+
+
+@dataclass(frozen=True)
+class Bill:
+    """One deployment charged: what it cost, its new total, whether that spent its budget."""
+
+    amount: Decimal
+    total: Decimal
+    budget_spent: bool = False
 
 
 class MeteringService:
@@ -38,14 +50,16 @@ class MeteringService:
         self._interval = interval_seconds
 
     def tick(self) -> TickReport:
-        entries = [BillableEntry.of(item).to_dict() for item in self._repo.billable()]
-        bodies = [
-            {"entries": entries[i : i + ENTRIES_PER_MESSAGE]}
-            for i in range(0, len(entries), ENTRIES_PER_MESSAGE)
-        ]
-        self._queue.send_all(bodies)
-        logger.info("metering tick", extra={"billable": len(entries), "messages": len(bodies)})
-        return TickReport(len(entries), len(bodies))
+        """Messages go out as the index pages in, so workers start before the Query ends."""
+        deployments = messages = 0
+        batch_of_entries = ENTRIES_PER_MESSAGE * MAX_BATCH
+        for chunk in chunked(self._repo.billable(), batch_of_entries):
+            entries = [BillableEntry.of(item).to_dict() for item in chunk]
+            bodies = [{"entries": part} for part in chunked(entries, ENTRIES_PER_MESSAGE)]
+            self._queue.send_all(bodies)
+            deployments, messages = deployments + len(entries), messages + len(bodies)
+        logger.info("metering tick", extra={"billable": deployments, "messages": messages})
+        return TickReport(deployments, messages)
 
     def work_batch(self, messages) -> dict:
         """(message id, body) pairs from one SQS batch -> the partial batch response: only
@@ -63,32 +77,41 @@ class MeteringService:
     def work(self, body: dict) -> None:
         """One queue message: charge every deployment in it up to now."""
         now = self._clock()
-        failed = 0
-        for raw in body["entries"]:
-            try:
-                self.meter(BillableEntry(**raw), now)
-            except Exception:  # one bad entry must not leave the rest of the message unbilled
-                logger.exception("metering a deployment failed", extra={"entry": raw})
-                failed += 1
+        with ThreadPoolExecutor(METER_THREADS) as pool:
+            outcomes = list(pool.map(lambda raw: self._bill_or_error(raw, now), body["entries"]))
+        _record(b for b in outcomes if isinstance(b, Bill))
+        failed = sum(1 for b in outcomes if isinstance(b, Exception))
         if failed:  # retried as a whole; the entries charged already are refused by condition
-            raise RuntimeError(f"{failed} of {len(body['entries'])} deployments not metered")
+            raise RuntimeError(f"{failed} of {len(outcomes)} deployments not metered")
 
     def meter(self, entry: BillableEntry, now: datetime) -> Decimal | None:
+        """Charge one deployment up to `now`; its new total, or None when it was charged
+        already (a duplicate, late or raced message) or is no longer billable."""
+        bill = self._bill(entry, now)
+        _record([bill] if bill else [])
+        return bill.total if bill else None
+
+    def _bill_or_error(self, raw: dict, now: datetime) -> Bill | Exception | None:
+        try:
+            return self._bill(BillableEntry(**raw), now)
+        except Exception as exc:  # one bad entry must not leave the rest of the message unbilled
+            logger.exception("metering a deployment failed", extra={"entry": raw})
+            return exc
+
+    def _bill(self, entry: BillableEntry, now: datetime) -> Bill | None:
         price = Decimal(entry.price_per_hour_usd)
         amount = charge(price, entry.since, now)
         total = self._repo.charge(entry, now, amount, price)
-        if total is not None:
-            metrics.add_metric(name="DeploymentsMetered", unit=Unit.Count, value=1)
-            metrics.add_metric(name="UsdCharged", unit=Unit.NoUnit, value=float(amount))
-        if total is None or entry.budget_max_usd is None:
-            return total  # charged already (duplicate, late or raced message), or no budget
+        if total is None:
+            return None
+        if entry.budget_max_usd is None:
+            return Bill(amount, total)
         budget = Decimal(entry.budget_max_usd)
         if total >= budget:
-            metrics.add_metric(name="BudgetStops", unit=Unit.Count, value=1)
             self._stop_for_budget(
                 entry.deployment_id, f"budget ${budget} reached: ${total} spent at ${price}/h"
             )
-            return total
+            return Bill(amount, total, budget_spent=True)
         left = seconds_until_exhausted(total, budget, price)
         if left < self._interval:
             # It runs out before the next tick: come back at that moment, so the overshoot is
@@ -99,7 +122,26 @@ class MeteringService:
                 entry.price_per_hour_usd,
                 str(total),
                 entry.budget_max_usd,
-                entry.ledger_tail_length + 1,
             )
             self._queue.send_later({"entries": [follow_up.to_dict()]}, math.ceil(left))
-        return total
+        return Bill(amount, total)
+
+
+def _record(bills: Iterable[Bill]) -> None:
+    """EMF metrics, added from one thread (the metrics object is not thread-safe)."""
+    bills = list(bills)
+    if not bills:
+        return
+    metrics.add_metric(name="DeploymentsMetered", unit=Unit.Count, value=len(bills))
+    metrics.add_metric(
+        name="UsdCharged", unit=Unit.NoUnit, value=float(sum(b.amount for b in bills))
+    )
+    stops = sum(1 for b in bills if b.budget_spent)
+    if stops:
+        metrics.add_metric(name="BudgetStops", unit=Unit.Count, value=stops)
+
+
+def chunked(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk

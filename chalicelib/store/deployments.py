@@ -194,6 +194,8 @@ class DeploymentRepository:
                 DeploymentItem.billable.set(BILLABLE),
                 DeploymentItem.price_per_hour_usd.set(price),
                 DeploymentItem.last_metered_at.set(launched_at),
+                # the charge's condition measures the tail: it must exist before the first
+                DeploymentItem.ledger_tail.set(DeploymentItem.ledger_tail | []),
                 DeploymentItem.status_message.set(f"instance {instance_id} launched"),
             ],
             DeploymentItem.status.is_in(*(s.value for s in COMING_UP))

@@ -7,19 +7,18 @@ from datetime import datetime
 from decimal import Decimal
 
 from pynamodb.exceptions import UpdateError
+from pynamodb.expressions.condition import size
 
 from chalicelib.store.deployments import is_condition_failure, update_if
 from chalicelib.store.models import (
     DeploymentItem,
     LedgerEntry,
-    LedgerEntryAttribute,
     LedgerItem,
 )
 
 BILLABLE = "1"
 LEDGER_PAGE = 25  # charges kept on the deployment before they move to the ledger table
 _TIME = DeploymentItem.last_metered_at  # its serializer gives the stored string
-_ENTRY = LedgerEntryAttribute()  # if_not_exists loses the list's element type: serialize here
 
 
 def stamp(moment: datetime) -> str:
@@ -36,7 +35,6 @@ class BillableEntry:
     price_per_hour_usd: str
     cost_accrued_usd: str
     budget_max_usd: str | None
-    ledger_tail_length: int = 0  # charges on the deployment not yet moved to the ledger table
 
     @classmethod
     def of(cls, item: DeploymentItem) -> "BillableEntry":
@@ -46,7 +44,6 @@ class BillableEntry:
             price_per_hour_usd=str(item.price_per_hour_usd or 0),
             cost_accrued_usd=str(item.cost_accrued_usd or 0),
             budget_max_usd=None if item.budget_max_usd is None else str(item.budget_max_usd),
-            ledger_tail_length=int(item.ledger_tail_length or 0),
         )
 
     def to_dict(self) -> dict:
@@ -62,58 +59,59 @@ class MeteringRepository:
         """Every billable deployment, by Query on the sparse index (never a Scan)."""
         return DeploymentItem.billable_index.query(BILLABLE)
 
-    def start_billing(self, item: DeploymentItem, price_per_hour: Decimal, since: datetime):
-        """From instance launch (the provider's reported price) until termination."""
-        item.update(
-            actions=[
-                DeploymentItem.billable.set(BILLABLE),
-                DeploymentItem.price_per_hour_usd.set(price_per_hour),
-                DeploymentItem.last_metered_at.set(since),
-            ],
-            add_version_condition=False,
-        )
-
     def charge(
         self, entry: BillableEntry, until: datetime, amount: Decimal, price: Decimal
     ) -> Decimal | None:
         """Add `amount` for [entry.since, until) and its ledger entry in ONE conditional update
         of the deployment (exactly once, one item write), which holds only if nobody charged
-        since `entry.since` and it is still billable. Returns the new total, or None when the
-        condition failed (a duplicate, late or raced message)."""
+        since `entry.since`, it is still billable and its tail has room. A full tail moves to
+        the ledger table first. Returns the new total, or None when it was charged already (a
+        duplicate, late or raced message) or is no longer billable."""
         new_total = Decimal(entry.cost_accrued_usd) + amount
-        charged = LedgerEntry(
-            period_start=entry.since,
-            period_end=until,
-            amount_usd=amount,
-            price_per_hour_usd=price,
-            cost_after_usd=new_total,
-        )
+        charged = LedgerEntry(entry.since, until, amount, price, new_total)
+        for _ in range(2):
+            if self._add_charge(entry, until, charged):
+                return new_total
+            item = DeploymentItem.get(entry.deployment_id, consistent_read=True)
+            if not self._tail_full_before(item, entry):
+                return None
+            self._move_tail_to_ledger(item)
+        return None
+
+    @staticmethod
+    def _add_charge(entry: BillableEntry, until: datetime, charged: LedgerEntry) -> bool:
+        # Three actions and no functions beyond list_append: every action and clause costs a
+        # conditional write (moto's above all), and this is the only write per charge.
         try:
-            # The table connection, not Model.update: that one always asks for ALL_NEW, and
-            # this hot path needs nothing back.
+            # The table connection, not Model.update: that one always asks for ALL_NEW and
+            # bumps the version; this hot path needs neither (no writer saves a whole read
+            # item back, and status writers never touch these fields).
             DeploymentItem._get_connection().update_item(
                 entry.deployment_id,
                 actions=[
-                    DeploymentItem.cost_accrued_usd.add(amount),
+                    DeploymentItem.cost_accrued_usd.add(charged.amount_usd),
                     DeploymentItem.last_metered_at.set(until),
-                    DeploymentItem.ledger_tail.set(
-                        (DeploymentItem.ledger_tail | []).append([_ENTRY.serialize(charged)])
-                    ),
-                    DeploymentItem.ledger_tail_length.add(1),
-                    DeploymentItem.version.add(1),
+                    DeploymentItem.ledger_tail.set(DeploymentItem.ledger_tail.append([charged])),
                 ],
                 condition=(DeploymentItem.last_metered_at == entry.since)
-                & DeploymentItem.billable.exists(),
+                & DeploymentItem.billable.exists()
+                & (size(DeploymentItem.ledger_tail) < LEDGER_PAGE),
+                return_consumed_capacity="NONE",  # pynamodb asks for it unless told
             )
         except UpdateError as exc:
             if is_condition_failure(exc):
-                return None
+                return False
             raise
-        if entry.ledger_tail_length + 1 >= LEDGER_PAGE:
-            item = DeploymentItem.get(entry.deployment_id, consistent_read=True)
-            if len(item.ledger_tail or []) >= LEDGER_PAGE:
-                self._move_tail_to_ledger(item)
-        return new_total
+        return True
+
+    @staticmethod
+    def _tail_full_before(item: DeploymentItem, entry: BillableEntry) -> bool:
+        """Whether the charge failed only for want of room in the tail."""
+        return (
+            item.billable == BILLABLE
+            and stamp(item.last_metered_at) == entry.last_metered_at
+            and len(item.ledger_tail or []) >= LEDGER_PAGE
+        )
 
     def _move_tail_to_ledger(self, item: DeploymentItem) -> None:
         """A page of charges to the ledger table (idempotent puts), then off the deployment,
@@ -133,8 +131,7 @@ class MeteringRepository:
                 )
         update_if(
             item,
-            [DeploymentItem.ledger_tail[i].remove() for i in range(len(page))]
-            + [DeploymentItem.ledger_tail_length.add(-len(page))],
+            [DeploymentItem.ledger_tail[i].remove() for i in range(len(page))],
             DeploymentItem.ledger_tail[0] == page[0],
         )
 

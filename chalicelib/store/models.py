@@ -108,7 +108,6 @@ METERED_ATTRIBUTES = [
     "price_per_hour_usd",
     "cost_accrued_usd",
     "budget_max_usd",
-    "ledger_tail_length",
 ]
 
 
@@ -193,7 +192,6 @@ class DeploymentItem(Model):
     # The newest charges, written with the total in one conditional update (exactly once, one
     # item write); moved to the ledger table a page at a time.
     ledger_tail = ListAttribute(of=LedgerEntryAttribute, null=True)
-    ledger_tail_length = NumberAttribute(null=True)  # kept with the tail: the tick reads this
     endpoint_url = UnicodeAttribute(null=True)
     node_id = UnicodeAttribute(null=True)
     pinned_node_id = UnicodeAttribute(null=True)  # the node the user asked for, if any
