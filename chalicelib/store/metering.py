@@ -72,8 +72,8 @@ class MeteringRepository:
         for _ in range(2):
             if self._add_charge(entry, until, charged):
                 return new_total
-            item = DeploymentItem.get(entry.deployment_id, consistent_read=True)
-            if not self._tail_full_before(item, entry):
+            item = _read(entry.deployment_id)
+            if item is None or not _only_the_tail_was_full(item, entry):
                 return None
             self._move_tail_to_ledger(item)
         return None
@@ -103,15 +103,6 @@ class MeteringRepository:
                 return False
             raise
         return True
-
-    @staticmethod
-    def _tail_full_before(item: DeploymentItem, entry: BillableEntry) -> bool:
-        """Whether the charge failed only for want of room in the tail."""
-        return (
-            item.billable == BILLABLE
-            and stamp(item.last_metered_at) == entry.last_metered_at
-            and len(item.ledger_tail or []) >= LEDGER_PAGE
-        )
 
     def _move_tail_to_ledger(self, item: DeploymentItem) -> None:
         """A page of charges to the ledger table (idempotent puts), then off the deployment,
@@ -152,3 +143,20 @@ class MeteringRepository:
         page = ordered[:limit]
         more = len(ordered) > limit or query.last_evaluated_key is not None
         return page, (_TIME.serialize(page[-1].period_end) if more and page else None)
+
+
+def _only_the_tail_was_full(item: DeploymentItem, entry: BillableEntry) -> bool:
+    """Why a charge was refused: True when only for want of room in the tail (move it and
+    charge again), False when it was charged already or is no longer billable."""
+    return (
+        item.billable == BILLABLE
+        and stamp(item.last_metered_at) == entry.last_metered_at
+        and len(item.ledger_tail or []) >= LEDGER_PAGE
+    )
+
+
+def _read(deployment_id: str) -> DeploymentItem | None:
+    try:
+        return DeploymentItem.get(deployment_id, consistent_read=True)
+    except DeploymentItem.DoesNotExist:
+        return None

@@ -328,6 +328,13 @@ def test_a_charge_for_a_period_already_charged_changes_neither_total_nor_ledger(
     assert ledger(d) == [Decimal("0.06")]
 
 
+def test_a_charge_for_a_deployment_that_does_not_exist_charges_nothing(api, clock):
+    entry = BillableEntry(
+        "dep_0000000000000000", "2026-11-27T12:00:00.000000+0000", "3.6", "0", None
+    )
+    assert MeteringRepository().charge(entry, clock.at(60), Decimal("0.06"), Decimal("3.6")) is None
+
+
 def test_pages_of_charges_move_to_the_ledger_table_and_read_back_once_each(api, clock):
     """The newest charges live on the deployment (one write per charge); every LEDGER_PAGE
     they move to the ledger table. The costs API reads both, without gaps or repeats."""
