@@ -9,14 +9,13 @@ from decimal import Decimal
 from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.condition import size
 
-from chalicelib.store.deployments import is_condition_failure, update_if
+from chalicelib.store.deployments import BILLING_SHARDS, is_condition_failure, update_if
 from chalicelib.store.models import (
     DeploymentItem,
     LedgerEntry,
     LedgerItem,
 )
 
-BILLABLE = "1"
 LEDGER_PAGE = 25  # charges kept on the deployment before they move to the ledger table
 _TIME = DeploymentItem.last_metered_at  # its serializer gives the stored string
 
@@ -56,8 +55,9 @@ class BillableEntry:
 
 class MeteringRepository:
     def billable(self) -> Iterator[DeploymentItem]:
-        """Every billable deployment, by Query on the sparse index (never a Scan)."""
-        return DeploymentItem.billable_index.query(BILLABLE)
+        """Every billable deployment: one Query per key of the sparse index (never a Scan)."""
+        for shard in BILLING_SHARDS:
+            yield from DeploymentItem.billable_index.query(shard)
 
     def charge(
         self, entry: BillableEntry, until: datetime, amount: Decimal, price: Decimal
@@ -149,7 +149,7 @@ def _only_the_tail_was_full(item: DeploymentItem, entry: BillableEntry) -> bool:
     """Why a charge was refused: True when only for want of room in the tail (move it and
     charge again), False when it was charged already or is no longer billable."""
     return (
-        item.billable == BILLABLE
+        item.billable is not None
         and stamp(item.last_metered_at) == entry.last_metered_at
         and len(item.ledger_tail or []) >= LEDGER_PAGE
     )

@@ -112,8 +112,9 @@ METERED_ATTRIBUTES = [
 
 
 class BillableIndex(GlobalSecondaryIndex):
-    """Deployments a provider is charging for (sparse: `billable` is set only then). The
-    metering tick reads this and nothing else: stopped deployments are never read."""
+    """Deployments a provider is charging for (sparse: `billable` is set only then, to one of
+    16 keys, see billing_shard). The metering tick reads this and nothing else: stopped
+    deployments are never read."""
 
     class Meta:
         index_name = "billable"

@@ -17,7 +17,7 @@ from chalicelib.queue import WorkQueue
 from chalicelib.services import metering as metering_service
 from chalicelib.services import registry
 from chalicelib.services.metering import METER_THREADS, MeteringService
-from chalicelib.store.deployments import DeploymentRepository
+from chalicelib.store.deployments import BILLING_SHARDS, DeploymentRepository
 from chalicelib.store.metering import LEDGER_PAGE, BillableEntry, MeteringRepository
 from chalicelib.store.models import LedgerItem
 
@@ -252,6 +252,20 @@ def test_a_broken_entry_fails_its_message_but_the_rest_are_charged_once(
     with pytest.raises(RuntimeError):
         metering.work(body)  # the redelivery
     assert all(cost(d) == Decimal("0.060000") and len(ledger(d)) == 1 for d in ids)
+
+
+def test_billable_deployments_spread_over_the_index_keys_and_the_tick_reads_them_all(
+    api, metering, queue, clock
+):
+    """Every charge rewrites the deployment's index entry: under one key they would all hit
+    one index partition."""
+    ids = [billable(api) for _ in range(40)]
+    keys = {DeploymentRepository().get(d).billable for d in ids}
+    assert len(keys) >= 8 and keys <= set(BILLING_SHARDS)
+    clock.at(60)
+    assert metering.tick().deployments == 40
+    drain(metering, queue)
+    assert all(cost(d) == Decimal("0.060000") for d in ids)
 
 
 def test_the_tick_sends_while_it_pages_so_workers_start_before_it_ends(api, queue, clock):
