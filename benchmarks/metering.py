@@ -19,9 +19,9 @@ read that were not billable; <= 0.1 SQS requests per deployment.
 Rounds alternate one tick + drain with the bare passes on the same server (each round's items
 carry the ledger entries of the rounds before); the ratios reported are medians.
 
-On AWS, the same design for 100,000 billable deployments: the tick's Query reads only the sparse
+On AWS, the same design for 100,000 billable deployments: the tick's Queries read only the sparse
 `billable` index, which projects just the four attributes the tick needs (~130 bytes an entry,
-~13 MB in ~13 pages of 1 MB, ~1,600 read units, a few seconds; never a ledger tail) and sends
+~13 MB in ~16 pages of up to 1 MB, ~1,600 read units, a few seconds; never a ledger tail) and sends
 1,000 messages in 100 SendMessageBatch calls while it pages. The SQS trigger spreads them over
 Lambda invocations (batch 10 = 1,000 deployments an invocation, ~100 invocations; a concurrency
 of a few tens, capped with the event source's maximum concurrency); an invocation issues its
@@ -32,9 +32,9 @@ pages (25 rows each). An update is billed on the item's size: ~1 KB plus the tai
 minute's burst drains in one minute, inside on-demand table limits (40,000 WCU) and SQS standard
 throughput (unlimited). Each charge also rewrites the deployment's index entry (the projected
 total and time change): ~1,700 index writes a second at that scale, which is why the index key
-is one of 16 (billing_shard): ~100 a second per key, far under the 1,000 write units a second
-one partition takes; under a single key the index would throttle, and the table's writes with
-it. The tick runs one Query per key (16; ~1 page each at this scale).
+is one of 8 (billing_shard): ~210 a second per key, under the 1,000 write units a second one
+partition takes up to ~250,000 billable deployments; under a single key the index would
+throttle, and the table's writes with it. The tick runs one Query per key (8, ~2 pages each).
 Conditional writes keep it exactly-once under any redelivery or concurrency.
 """
 

@@ -113,7 +113,7 @@ METERED_ATTRIBUTES = [
 
 class BillableIndex(GlobalSecondaryIndex):
     """Deployments a provider is charging for (sparse: `billable` is set only then, to one of
-    16 keys, see billing_shard). The metering tick reads this and nothing else: stopped
+    8 keys, see billing_shard). The metering tick reads this and nothing else: stopped
     deployments are never read."""
 
     class Meta:
