@@ -33,11 +33,13 @@ format: install
 bench: install
 	$(BIN)/python benchmarks/api.py
 
-## CloudFormation/SAM for a stage (STAGE=dev|prod) in out/<stage>/, checked by cfn-lint.
+## CloudFormation/SAM for a stage (STAGE=dev|prod) in out/<stage>/, checked by cfn-lint. The
+## merge template is bound to the stage (its Stage parameter accepts only that one) and sized by
+## infra/sizing.json.
 STAGE ?= dev
 package: install
 	rm -rf out/$(STAGE)
-	$(BIN)/python -m prism.dev.infra out/merge-$(STAGE).json
+	$(BIN)/python -m prism.dev.infra $(STAGE) out/merge-$(STAGE).json
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) \
 		--merge-template out/merge-$(STAGE).json out/$(STAGE)
 	$(BIN)/cfn-lint out/$(STAGE)/sam.json

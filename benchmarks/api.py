@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prism.dev.awsenv import local_aws_env  # noqa: E402
+from prism.dev.local_state import LocalState  # noqa: E402
 from prism.dev.platform import STAGE, LocalPlatform  # noqa: E402
 
 STATUSES = [
@@ -83,10 +84,16 @@ def main() -> None:
     scan_log = Path(tempfile.mkdtemp()) / "scans.log"
     scan_log.touch()
     os.environ["PRISM_MOTO_SCAN_LOG"] = str(scan_log)
-    platform = LocalPlatform(api_port=free_port(), moto_port=free_port())
+    platform = LocalPlatform(
+        api_port=free_port(),
+        moto_port=free_port(),
+        ws_port=free_port(),
+        management_port=free_port(),
+        state=LocalState(scan_log.parent / "state"),
+    )
     platform.start()
     try:
-        os.environ.update(local_aws_env(platform.aws_url, STAGE))
+        os.environ.update(local_aws_env(platform.aws_url, STAGE, *platform.operator_keys()))
         run(platform, args, scan_log)
     finally:
         platform.stop()

@@ -26,6 +26,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from prism.dev.local_state import LocalState  # noqa: E402
 from prism.dev.platform import LocalPlatform  # noqa: E402
 
 MODEL = [sys.executable, str(REPO / "tests" / "fakes" / "model_server.py")]
@@ -113,6 +114,7 @@ def main() -> None:
         moto_port=free_port(),
         ws_port=free_port(),
         management_port=free_port(),
+        state=LocalState(work / "state"),
     )
     user = platform.start()
     env = platform.env() | {

@@ -24,6 +24,8 @@ class CloudSettings:
     terminate_retry_seconds: int  # teardown retries terminate this often...
     terminate_give_up_seconds: int  # ...for this long, then flags the instance for the reaper
     reaper_grace_seconds: int  # an instance of ours with no live deployment older than this goes
+    # A deployment coming up this long with no provision execution running gets a new one.
+    workflow_lost_seconds: int
     max_offers: int  # offers (GPU type x region) tried when one has no capacity
     # provider -> API key: from the environment locally, else from this SSM SecureString
     api_keys: dict
@@ -62,6 +64,7 @@ class CloudSettings:
             terminate_retry_seconds=int(env.get("PRISM_CLOUD_TERMINATE_RETRY_SECONDS", "30")),
             terminate_give_up_seconds=int(env.get("PRISM_CLOUD_TERMINATE_GIVE_UP_SECONDS", "900")),
             reaper_grace_seconds=int(env.get("PRISM_REAPER_GRACE_SECONDS", "600")),
+            workflow_lost_seconds=int(env.get("PRISM_CLOUD_WORKFLOW_LOST_SECONDS", "120")),
             max_offers=int(env.get("PRISM_CLOUD_MAX_OFFERS", "5")),
             api_keys={
                 "runpod": env.get("RUNPOD_API_KEY") or None,

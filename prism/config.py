@@ -20,6 +20,9 @@ class CliConfig:
     # Set by `prism dev up` so `prism admin` can reach the local platform's tables.
     aws_endpoint_url: str | None = None
     stage: str | None = None
+    # The local platform's operator identity (IAM is enforced there): `prism admin` signs with it.
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
 
     @classmethod
     def load(cls) -> "CliConfig":

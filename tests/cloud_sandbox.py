@@ -39,6 +39,7 @@ def fast_cloud_settings(runpod, lam, **overrides):
         terminate_retry_seconds=1,
         health_grace_seconds=4,
         boot_deadline_seconds={"runpod": 4, "lambda": 4},
+        workflow_lost_seconds=2,
         api_keys={"runpod": runpod.api_key, "lambda": lam.api_key},
         runpod_api_url=runpod.url,
         runpod_endpoint_template=runpod.endpoint_template,

@@ -1,16 +1,19 @@
-"""The marketplace catalog: read it, and seed it from chalicelib/data/catalog.json."""
+"""The marketplace catalog: read it (the table over the packaged chalicelib/data/catalog.json,
+see store/resources.py), and store the packaged recipes in the table."""
 
-import json
 import re
 from pathlib import Path
 
 from chalicelib.errors import NotFound
-from chalicelib.schemas import DeployConfig, ResourceOut
-from chalicelib.store.models import DeployConfigAttribute, ResourceItem
-from chalicelib.store.resources import ResourceRepository
+from chalicelib.schemas import ResourceOut
+from chalicelib.store.resources import (
+    CATALOG_FILE,
+    CODE_ROOT,
+    ResourceRepository,
+    packaged_catalog,
+)
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-CATALOG_FILE = Path(__file__).resolve().parent.parent / "data" / "catalog.json"
 
 
 class CatalogService:
@@ -27,32 +30,11 @@ class CatalogService:
         return ResourceOut.from_item(item)
 
     def seed(self, path: Path = CATALOG_FILE, examples_root: Path | None = None) -> int:
-        """Write every entry of the data file. Relative "./" paths (the bundled example model's
-        weights and script) are resolved against `examples_root`, the checkout we run from."""
-        entries = json.loads(path.read_text())
-        for entry in entries:
-            resource = ResourceOut.model_validate(entry)
-            root = examples_root or path.resolve().parents[2]
-
-            def resolve(value: str | None, root: Path = root) -> str | None:
-                if value and value.startswith("./"):
-                    return str((root / value).resolve())
-                return value
-
-            weights = resolve(resource.weights_source)
-            config = resource.deploy_config or DeployConfig()
-            self._resources.put(
-                ResourceItem(
-                    slug=resource.slug,
-                    title=resource.title,
-                    description=resource.description,
-                    image=resource.image,
-                    weights_source=weights,
-                    framework=resource.framework,
-                    command=[resolve(arg) for arg in resource.command],
-                    gpu=resource.gpu,
-                    gpu_type=resource.gpu_type,
-                    deploy_config=DeployConfigAttribute(**config.stored()),
-                )
-            )
-        return len(entries)
+        """Write every packaged recipe into the table (not needed to serve them). Relative "./"
+        paths (the bundled example model's weights and script) are resolved against
+        `examples_root`, the checkout we run from."""
+        items = packaged_catalog(path, examples_root or CODE_ROOT)
+        for item in items.values():
+            ResourceOut.from_item(item)  # a malformed entry fails here, not in a request
+            self._resources.put(item)
+        return len(items)

@@ -53,8 +53,12 @@ class CloudUpkeep:
         report = ReapReport([], [], [], [])
         for name in self._configured():
             _isolated(f"reaping {name}", lambda name=name: self._reap_orphans(name, report))
+        provisioning = self._workflows.running_provisions()
         for item in self._deployments.cloud_active():
-            _isolated(f"checking {item.id}", lambda item=item: self._reap_stuck(item, report))
+            _isolated(
+                f"checking {item.id}",
+                lambda item=item: self._reap_stuck(item, provisioning, report),
+            )
         return report
 
     def _reap_orphans(self, provider_name: str, report: ReapReport) -> None:
@@ -86,19 +90,22 @@ class CloudUpkeep:
         )
         metrics.add_metric(name="OrphansReaped", unit=Unit.Count, value=1)
 
-    def _reap_stuck(self, item: DeploymentItem, report: ReapReport) -> None:
+    def _reap_stuck(self, item: DeploymentItem, provisioning: set[str], report: ReapReport) -> None:
         status, age = Status(item.status), (self._clock() - item.updated_at).total_seconds()
         deadline = (
             self._cloud.boot_deadline_seconds.get(item.target, 1800)
             + self._cloud.health_grace_seconds
             + (self._cloud.agent_start_seconds if runs_agent(item) else 0)
         )
-        waiting = status is Status.PROVISIONING and not item.provider_instance_id and age > 120
-        if waiting and not self._workflows.provision_started(item.id):  # failed at create
-            self._workflows.start_provision(item.id)
+        coming_up = status in (Status.PROVISIONING, Status.PULLING, Status.STARTING)
+        lost = self._cloud.workflow_lost_seconds
+        if coming_up and age > lost and item.id not in provisioning and age <= deadline:
+            # Its workflow is gone: it failed to start at create, or died with the control
+            # plane. Start it again; its Launch adopts the instance already launched, if any.
+            self._workflows.start_provision(item.id, attempt=int(time.time() // lost))
             report.restarted_provisions.append(item.id)
             return
-        if status in (Status.PROVISIONING, Status.PULLING, Status.STARTING) and age > deadline:
+        if coming_up and age > deadline:
             self._provision_failed(
                 {
                     "deployment_id": item.id,

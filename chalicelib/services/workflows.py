@@ -14,10 +14,11 @@ class Workflows:
         self._sfn = stepfunctions
         self._cloud = cloud
 
-    def start_provision(self, deployment_id: str) -> None:
+    def start_provision(self, deployment_id: str, attempt: int = 0) -> None:
+        """`attempt` > 0 when the reaper restarts a provision whose execution is gone."""
         self._start(
             self._cloud.provision_state_machine_arn,
-            f"provision-{deployment_id}",
+            f"provision-{deployment_id}" + (f"-{attempt}" if attempt else ""),
             {"deployment_id": deployment_id, "wait_seconds": self._cloud.poll_seconds},
         )
 
@@ -29,17 +30,14 @@ class Workflows:
             {"deployment_id": deployment_id, "retry_seconds": self._cloud.terminate_retry_seconds},
         )
 
-    def provision_started(self, deployment_id: str) -> bool:
-        """Whether this deployment's provision execution exists (running or finished)."""
-        machine = self._cloud.provision_state_machine_arn
-        execution = machine.replace(":stateMachine:", ":execution:") + f":provision-{deployment_id}"
-        try:
-            self._sfn.describe_execution(executionArn=execution)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ExecutionDoesNotExist":
-                return False
-            raise
-        return True
+    def running_provisions(self) -> set[str]:
+        """The deployments whose provision execution is running now (one List per 1,000)."""
+        pages = self._sfn.get_paginator("list_executions").paginate(
+            stateMachineArn=self._cloud.provision_state_machine_arn, statusFilter="RUNNING"
+        )
+        names = (execution["name"] for page in pages for execution in page["executions"])
+        # provision-<deployment id>[-<attempt>]; deployment ids have no "-"
+        return {name.removeprefix("provision-").split("-", 1)[0] for name in names}
 
     def _start(self, machine_arn: str, name: str, state: dict) -> None:
         try:

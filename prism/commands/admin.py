@@ -24,7 +24,10 @@ def create_key(name, stage, as_json):
         raise click.BadParameter("must be 1-64 characters", param_hint="--name")
     config = CliConfig.load()
     if config.aws_endpoint_url and not stage:
-        os.environ.update(local_aws_env(config.aws_endpoint_url, config.stage or "dev"))
+        keys = (config.aws_access_key_id, config.aws_secret_access_key)
+        os.environ.update(
+            local_aws_env(config.aws_endpoint_url, config.stage or "dev", *filter(None, keys))
+        )
     elif stage:
         os.environ["PRISM_STAGE"] = stage
     # Imported here: settings are read from the environment prepared above.

@@ -9,6 +9,7 @@ import click
 
 from prism.config import CliConfig
 from prism.dev.demo import run_demo
+from prism.dev.local_state import LocalState
 from prism.dev.platform import LocalPlatform, PlatformError
 
 
@@ -46,7 +47,7 @@ def dev():
     default=60.0,
     show_default=True,
     type=click.FloatRange(0.5),
-    help="seconds between scheduled runs (the node sweep)",
+    help="seconds between scheduled runs: every schedule (sweep, reaper, metering) each tick",
 )
 @click.option(
     "--node/--no-node",
@@ -75,7 +76,12 @@ def dev():
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False),
-    help="where logs and the local node's state go (default: .prism in the checkout)",
+    help="where the platform keeps its state, logs and the local node's (default: .prism)",
+)
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="start empty: forget the users, keys, nodes and deployments the state dir kept",
 )
 @click.option(
     "--fake-price-per-hour",
@@ -98,6 +104,7 @@ def dev_up(
     fake_hub,
     hub_port,
     state_dir,
+    fresh,
 ):
     """Start moto (AWS), the API and the node WebSocket gateway; create a dev user and write
     the CLI config."""
@@ -114,7 +121,8 @@ def dev_up(
         fake_price_per_hour=fake_price_per_hour,
         fake_hub=fake_hub,
         hub_port=hub_port,
-        **({"log_dir": Path(state_dir).resolve() / "logs"} if state_dir else {}),
+        fresh=fresh,
+        **({"state": LocalState(Path(state_dir).resolve())} if state_dir else {}),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -128,18 +136,24 @@ def dev_up(
         platform.stop()
         raise
     try:
+        access_key, secret_key = platform.operator_keys()
         path = CliConfig(
             ws_url=platform.ws_url,
             api_url=platform.api_url,
             api_key=user["api_key"],
             aws_endpoint_url=platform.aws_url,
             stage="dev",
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
         ).save()
         click.echo(f"PRISM_API_URL={platform.api_url}")
         click.echo(f"PRISM_API_KEY={user['api_key']}")
         click.echo(f"PRISM_WS_URL={platform.ws_url}")
         click.echo(f"# AWS (moto) at {platform.aws_url}; CLI config written to {path}")
-        click.echo(f"# logs in {platform.log_dir}; Ctrl-C stops everything", err=False)
+        click.echo(
+            f"# state and logs in {platform.state.root} (kept across restarts; --fresh starts "
+            "empty); Ctrl-C stops everything"
+        )
         if fake_hub:
             click.echo(f"# fake Hugging Face Hub at {platform.hub_url} (hf://prism/tiny-regressor)")
         if fake_clouds:
@@ -154,7 +168,10 @@ def dev_up(
             "PRISM_WS_URL": platform.ws_url,
         }
         if node:
-            platform.start_node(user["api_key"], cli_env)
+            try:
+                platform.start_node(user["api_key"], cli_env, say=lambda x: click.echo(f"# {x}"))
+            except PlatformError as exc:
+                raise click.ClickException(str(exc)) from None
             click.echo("# node agent 'local' online (logs in node.log)")
         if demo:
             if not node:
@@ -162,12 +179,10 @@ def dev_up(
             run_demo(cli_env)
         click.echo("# ready", err=False)
         while not stop.wait(0.5):
-            for name, process in platform.processes.items():
-                if process.poll() is not None:
-                    raise click.ClickException(
-                        f"{name} exited unexpectedly (code {process.returncode}); "
-                        f"see {platform.log_dir / (name + '.log')}"
-                    )
+            try:
+                platform.supervise()
+            except PlatformError as exc:
+                raise click.ClickException(str(exc)) from None
     finally:
         platform.stop()
         click.echo("# stopped", err=True)

@@ -4,6 +4,7 @@ import os
 import signal
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -96,7 +97,7 @@ def node_up(
     standalone,
 ):
     """Register (first time only) and run the node agent until Ctrl-C."""
-    from node_agent.main import NodeConfig, run_agent
+    from node_agent.main import run_agent
 
     state = _state_dir(state_dir)
     local_api = None if no_local_api else ("127.0.0.1", local_api_port)
@@ -107,7 +108,7 @@ def node_up(
     elif join_token:
         config = _join(state, join_token, api_url, ws_url, name)
     else:
-        config = NodeConfig.load(state) or _register(state, api_url, ws_url, name)
+        config = _saved(state, api_url, ws_url) or _register(state, api_url, ws_url, name)
     settings = {
         "advertise_host": advertise_host,
         "probe_interval_s": probe_interval,
@@ -115,6 +116,20 @@ def node_up(
         "weights_cache_max_bytes": int(cache_max_gb * 1e9) if cache_max_gb else None,
     }
     run_agent(config, state, settings, heartbeat_s=heartbeat, local_api=local_api)
+
+
+def _saved(state: Path, api_url: str | None, ws_url: str | None):
+    """The node this state dir already is; --api / --ws given now say where the control plane
+    is now (it moved, or a local platform restarted on other ports)."""
+    from node_agent.main import NodeConfig
+
+    config = NodeConfig.load(state)
+    if config is None:
+        return None
+    moved = replace(config, api_url=api_url or config.api_url, ws_url=ws_url or config.ws_url)
+    if moved != config:
+        moved.save(state)
+    return moved
 
 
 def _join(state: Path, token: str, api_url: str | None, ws_url: str | None, name: str | None):

@@ -134,12 +134,14 @@ def _local_role(iam) -> str:
 
 
 def _ensure_function(lambda_client, name: str, role: str) -> str:
+    # Created, not looked up first: moto's signature check fails a GET without a body (which
+    # GetFunction is) under IAM enforcement, and the Lambda backend is not kept across restarts.
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as archive:
+        archive.writestr(
+            "app.py", "# routed to the local Lambda service by prism.dev.lambda_router\n"
+        )
     try:
-        return lambda_client.get_function(FunctionName=name)["Configuration"]["FunctionArn"]
-    except lambda_client.exceptions.ResourceNotFoundException:
-        code = io.BytesIO()
-        with zipfile.ZipFile(code, "w") as archive:
-            archive.writestr("app.py", "# routed to the Chalice app by prism.dev.lambda_router\n")
         return lambda_client.create_function(
             FunctionName=name,
             Runtime="python3.11",
@@ -147,6 +149,9 @@ def _ensure_function(lambda_client, name: str, role: str) -> str:
             Handler="app.handler",
             Code={"ZipFile": code.getvalue()},
         )["FunctionArn"]
+    except lambda_client.exceptions.ResourceConflictException:  # made by an earlier bootstrap
+        account = role.split(":")[4]
+        return f"arn:aws:lambda:{lambda_client.meta.region_name}:{account}:function:{name}"
 
 
 def _ensure_state_machine(sfn, name: str, definition: str, role: str) -> str:
@@ -174,6 +179,8 @@ STARTS_WORKFLOWS = (
 # Functions that send to nodes over the WebSocket API's management endpoint.
 TALKS_TO_NODES = (
     "APIHandler",
+    # Places an agent-run deployment on its instance's node once the agent has connected.
+    "CloudCheckHealth",
     "MeterWorker",
     "SweepNodes",
     "WebsocketConnect",
@@ -192,10 +199,15 @@ PUBLIC_URLS = {
 }
 
 
-def merged_template(template: Path = TEMPLATE) -> dict:
-    """infra/resources.json plus the state machines of infra/statemachines and their role:
-    what `chalice package --merge-template` takes (`make package` writes it out)."""
+SIZING = REPO_ROOT / "infra" / "sizing.json"
+
+
+def merged_template(stage: str, template: Path = TEMPLATE, sizing: Path = SIZING) -> dict:
+    """infra/resources.json plus the state machines of infra/statemachines and their role, bound
+    to `stage` and sized by infra/sizing.json: what `chalice package --stage <stage>
+    --merge-template` takes (`make package` writes it out)."""
     merged = json.loads(template.read_text())
+    _bind_stage(merged["Parameters"]["Stage"], stage)
     resources = merged["Resources"]
     invoked: set[str] = set()
     for path in sorted(STATE_MACHINES.glob("*.asl.json")):
@@ -224,8 +236,62 @@ def merged_template(template: Path = TEMPLATE) -> dict:
             variables[f"PRISM_{kind.upper()}_STATE_MACHINE_ARN"] = _machine_arn(kind)
     for logical_id in TALKS_TO_NODES:
         _env_of(resources, logical_id)["PRISM_WS_MANAGEMENT_URL"] = MANAGEMENT_URL
+    resources["NodeConnectionsPolicy"] = _node_connections_policy()
     _env_of(resources, "CloudLaunch").update(PUBLIC_URLS)
+    if sizing.exists():
+        _apply_sizing(resources, json.loads(sizing.read_text()))
     return merged
+
+
+def _node_connections_policy() -> dict:
+    """ManageConnections on our WebSocket API only, for the functions that send to nodes: the
+    API's id exists only once deployed, so .chalice/policy-<stage>.json cannot name it."""
+    roles = [{"Ref": ("ApiHandler" if f == "APIHandler" else f) + "Role"} for f in TALKS_TO_NODES]
+    connections = (
+        "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:"
+        "${WebsocketAPI}/api/POST/@connections/*"
+    )
+    statement = {
+        "Effect": "Allow",
+        "Action": "execute-api:ManageConnections",
+        "Resource": {"Fn::Sub": connections},
+    }
+    return {
+        "Type": "AWS::IAM::Policy",
+        "Properties": {
+            "PolicyName": "manage-node-connections",
+            "Roles": roles,
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": [statement]},
+        },
+    }
+
+
+def _bind_stage(parameter: dict, stage: str) -> None:
+    """The package holds this stage's code (PRISM_STAGE) and IAM policy (prism-<stage>-*), so
+    the tables and queues must carry the same name: no other value is accepted."""
+    if stage not in parameter["AllowedValues"]:
+        raise ValueError(f"unknown stage {stage!r}; one of {parameter['AllowedValues']}")
+    parameter["Default"] = stage
+    parameter["AllowedValues"] = [stage]
+
+
+def _apply_sizing(resources: dict, sizing: dict) -> None:
+    """Measured memory and timeout per function, overriding what .chalice/config.json gives
+    (the merge wins), with the measurement written beside them."""
+    for logical_id, size in sizing.items():
+        function = resources.setdefault(logical_id, {})
+        function.setdefault("Properties", {}).update(
+            MemorySize=size["MemorySize"], Timeout=size["Timeout"]
+        )
+        function.setdefault("Metadata", {})["prism:sizing"] = size["measured"]
+    worker = sizing.get("MeterWorker")
+    visibility = resources["MeteringQueue"]["Properties"]["VisibilityTimeout"]
+    if worker and worker["Timeout"] > visibility:
+        # AWS refuses an SQS trigger whose function may outlive the message's invisibility.
+        raise ValueError(
+            f"MeterWorker Timeout {worker['Timeout']} s exceeds the metering queue's "
+            f"VisibilityTimeout {visibility} s (infra/resources.json)"
+        )
 
 
 def _machine_arn(kind: str) -> dict:
@@ -279,8 +345,9 @@ def _states_role(functions: list[str]) -> dict:
     }
 
 
-if __name__ == "__main__":  # python -m prism.dev.infra OUT.json: the merge template
+if __name__ == "__main__":  # python -m prism.dev.infra STAGE OUT.json: the merge template
     import sys
 
-    Path(sys.argv[1]).parent.mkdir(parents=True, exist_ok=True)
-    Path(sys.argv[1]).write_text(json.dumps(merged_template(), indent=2) + "\n")
+    stage, out = sys.argv[1], Path(sys.argv[2])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merged_template(stage), indent=2) + "\n")

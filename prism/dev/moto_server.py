@@ -5,9 +5,12 @@ the same condition; real DynamoDB never lets that happen. Our correctness rests 
 writes, so the local platform and the tests serialise moto's DynamoDB writes.
 
 Run as `python -m prism.dev.moto_server [moto.server args]` to start a moto server this way.
-With PRISM_MOTO_SCAN_LOG=<file> set, every DynamoDB Scan appends its table name to that file
-(benchmarks use it to prove the API never scans); with PRISM_MOTO_CALL_LOG=<file>, every AWS
-call appends "<service> <action>" (benchmarks count calls per deployment).
+The local platform also sets PRISM_MOTO_STATE_DIR (the state persists there:
+prism.dev.moto_state) and PRISM_LOCAL_IDENTITIES (IAM enforced, each identity's key acting
+as its role: prism.dev.identities). With PRISM_MOTO_SCAN_LOG=<file> set, every DynamoDB Scan
+appends its table name to that file (benchmarks use it to prove the API never scans); with
+PRISM_MOTO_CALL_LOG=<file>, every AWS call appends "<service> <action>" (benchmarks count calls
+per deployment).
 """
 
 import functools
@@ -102,6 +105,31 @@ def _restore(backend, table_name, key, item_json) -> None:
         backend.put_item(table_name, item_json["Attributes"])
 
 
+def close_moto_api() -> None:
+    """AWS has no unauthenticated back door: moto's own API (/moto-api/: reset, state, config)
+    answers only its readiness probe, and the settings the platform needs are set here."""
+    from moto.core.config import default_user_config
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    from prism.dev.lambda_router import SFN_CONFIG
+
+    for service, settings in SFN_CONFIG.items():
+        default_user_config[service].update(settings)
+    serve = DomainDispatcherApplication.__call__
+
+    def guarded(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/moto-api") and (path, environ["REQUEST_METHOD"]) != (
+            "/moto-api/",
+            "GET",
+        ):
+            start_response("403 Forbidden", [("Content-Type", "text/plain")])
+            return [b"moto's API is closed on the local platform\n"]
+        return serve(self, environ, start_response)
+
+    DomainDispatcherApplication.__call__ = guarded
+
+
 def log_scans_to(path: str) -> None:
     scan = DynamoDBBackend.scan
 
@@ -133,18 +161,31 @@ if __name__ == "__main__":
 
     make_dynamodb_writes_atomic()
     make_transactions_cheap()
+    if os.environ.get("PRISM_MOTO_STATE_DIR"):  # the platform's local AWS survives restarts
+        from pathlib import Path
+
+        from prism.dev.moto_state import persist_state
+
+        persist_state(Path(os.environ["PRISM_MOTO_STATE_DIR"]))
+    if os.environ.get("PRISM_LOCAL_IDENTITIES"):  # IAM enforced (INITIAL_NO_AUTH_ACTION_COUNT=0)
+        from pathlib import Path
+
+        from prism.dev import identities
+        from prism.dev.moto_iam import match_resources
+
+        match_resources()  # policies are evaluated on the resources a call touches
+        identities.install(Path(os.environ["PRISM_LOCAL_IDENTITIES"]))
+        close_moto_api()
     if os.environ.get("PRISM_MOTO_SCAN_LOG"):
         log_scans_to(os.environ["PRISM_MOTO_SCAN_LOG"])
     if os.environ.get("PRISM_MOTO_CALL_LOG"):
         log_calls_to(os.environ["PRISM_MOTO_CALL_LOG"])
-    if os.environ.get("PRISM_STAGE"):  # the local platform: Step Functions runs the app's steps
+    if os.environ.get("PRISM_LOCAL_FUNCTIONS_URL"):  # the platform: Step Functions runs steps
         import sys
 
-        from prism.dev.lambda_router import route_lambda_to_app
+        from prism.dev.lambda_router import route_lambda_to_service
 
         port = sys.argv[sys.argv.index("-p") + 1] if "-p" in sys.argv else "5000"
         os.environ["MOTO_PORT"] = port  # where moto's Step Functions calls Lambda
-        from app import app
-
-        route_lambda_to_app(app, os.environ["PRISM_STAGE"])
+        route_lambda_to_service(os.environ["PRISM_LOCAL_FUNCTIONS_URL"])
     main()

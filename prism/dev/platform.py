@@ -1,8 +1,9 @@
-"""The local platform: a moto server as AWS and `chalice local` as API Gateway + Lambda, as
-child processes that die with us (own process group, parent-death signal)."""
+"""The local platform, as child processes that die with us (own process group, parent-death
+signal): the packaged stack's functions in the local Lambda service, a moto server as AWS, the
+REST API (chalice local's gateway) and the WebSocket gateway (with the schedules and the SQS
+event source) invoking them."""
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -12,25 +13,24 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
 
+from prism.dev import identities, stack
 from prism.dev.awsenv import local_aws_env
 from prism.dev.fakes.__main__ import local_env as fake_cloud_env
 from prism.dev.infra import REPO_ROOT
+from prism.dev.local_state import LocalState
+from prism.dev.node_supervisor import NodeSupervisor
+from prism.dev.processes import die_with_parent, free_port
 
 STAGE = "dev"
-_PR_SET_PDEATHSIG = 1
 
 
 class PlatformError(Exception):
     """The platform could not start; the message says what to do."""
-
-
-def _die_with_parent() -> None:  # runs in the child, before exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -57,8 +57,15 @@ class LocalPlatform:
     fake_price_per_hour: float | None = None  # every fake GPU at this price (budget demos)
     fake_hub: bool = False  # a fake Hugging Face Hub with hf://prism/tiny-regressor
     hub_port: int = 8005
-    log_dir: Path = field(default_factory=lambda: REPO_ROOT / ".prism" / "logs")
+    state: LocalState = field(default_factory=lambda: LocalState(REPO_ROOT / ".prism"))
+    fresh: bool = False  # start empty: forget the state dir's users, nodes and deployments
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    functions_port: int = field(default_factory=free_port)  # the local Lambda service
+    node: NodeSupervisor | None = None
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state.logs
 
     @property
     def api_url(self) -> str:
@@ -76,16 +83,26 @@ class LocalPlatform:
     def ws_url(self) -> str:
         return f"ws://{self.host}:{self.ws_port}"
 
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.host}:{self.management_port}/api"
+
+    @property
+    def functions_url(self) -> str:
+        return f"http://127.0.0.1:{self.functions_port}"
+
+    def operator_keys(self) -> tuple[str, str]:
+        """The operator identity (an administrator of the local AWS): bootstrap, `prism admin`."""
+        operator = identities.load(self.state.identities)[identities.OPERATOR]
+        return operator.access_key, operator.secret_key
+
     def env(self) -> dict[str, str]:
+        keys = self.operator_keys() if self.state.identities.exists() else ()
         return (
             os.environ
-            | local_aws_env(self.aws_url, STAGE)
+            | local_aws_env(self.aws_url, STAGE, *keys)
             | {
                 "PYTHONUNBUFFERED": "1",
-                "PRISM_WS_MANAGEMENT_URL": f"http://{self.host}:{self.management_port}/{STAGE}",
-                # Where node agents on (fake) cloud instances connect back to.
-                "PRISM_PUBLIC_WS_URL": self.ws_url,
-                "PRISM_PUBLIC_API_URL": self.api_url,
                 # The local ticker's period is the metering interval the worker plans with.
                 "PRISM_METERING_INTERVAL_SECONDS": str(max(1, round(self.tick_seconds))),
                 # Step Functions' waits between provider polls (seconds, as the ticker's).
@@ -106,7 +123,49 @@ class LocalPlatform:
         return env
 
     def start(self) -> dict:
-        """Start everything; returns the dev user's {"user_id", "api_key"}."""
+        """Start everything; returns the dev user's {"user_id", "api_key"} (the last run's,
+        when the state dir has it)."""
+        self._check_ports()
+        self.state.prepare(self.fresh)
+        if self.fake_clouds or self.fake_hub:
+            self._start_fakes()
+        package = self._start_functions()
+        self._spawn(
+            "moto",
+            [sys.executable, "-m", "prism.dev.moto_server", "-H", self.host]
+            + ["-p", str(self.moto_port)],
+            extra_env={
+                "PRISM_MOTO_STATE_DIR": str(self.state.aws),
+                "PRISM_LOCAL_IDENTITIES": str(self.state.identities),
+                "INITIAL_NO_AUTH_ACTION_COUNT": "0",  # IAM enforced from the first request
+                "MOTO_DISABLE_GLOBAL_CORS": "1",  # no web page may call the local AWS
+                "PRISM_LOCAL_FUNCTIONS_URL": self.functions_url,  # Step Functions' Lambda
+            },
+        )
+        self._wait_http("moto", f"{self.aws_url}/moto-api/")
+        user = self._bootstrap()
+        self.state.save_user(user)
+        stack_args = [
+            *("--functions-url", self.functions_url, "--package", str(package)),
+            *("--stage", STAGE, "--host", self.host),
+        ]
+        self._spawn(
+            "api",
+            [sys.executable, "-m", "prism.dev.api_server", "--port", str(self.api_port)]
+            + stack_args,
+        )
+        self._wait_http("api", f"{self.api_url}/api/v1/openapi.json")
+        self._spawn(
+            "gateway",
+            [sys.executable, "-m", "prism.dev.ws_gateway", "--port", str(self.ws_port)]
+            + ["--management-port", str(self.management_port), "--tick", str(self.tick_seconds)]
+            + ["--identities", str(self.state.identities), *stack_args],
+        )
+        self._wait_http("gateway", f"http://{self.host}:{self.management_port}/")
+        self._wait_port("gateway", self.ws_port)
+        return user
+
+    def _check_ports(self) -> None:
         ports = {
             "api": self.api_port,
             "aws": self.moto_port,
@@ -123,59 +182,26 @@ class LocalPlatform:
                     f"port {port} (--{option}-port) is already in use; stop what holds it "
                     f"or choose another with --{option}-port"
                 )
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        if self.fake_clouds or self.fake_hub:
-            self._start_fakes()
+
+    def _start_functions(self) -> Path:
+        """The Lambda package (built when what it is made of changed), each function's
+        identity, and the local Lambda service that runs the functions."""
+        try:
+            package = stack.build(STAGE)
+        except RuntimeError as exc:
+            raise PlatformError(str(exc)) from None
+        local = stack.LocalAws(STAGE, self.api_url, self.ws_url, self.management_url)
+        identities.prepare(stack.Stack(package, local), self.state.identities)
         self._spawn(
-            "moto",
-            [
-                sys.executable,
-                "-m",
-                "prism.dev.moto_server",
-                "-H",
-                self.host,
-                "-p",
-                str(self.moto_port),
-            ],
+            "lambda",
+            [sys.executable, "-m", "prism.dev.lambda_service", "--port", str(self.functions_port)]
+            + ["--package", str(package), "--stage", STAGE]
+            + ["--log-dir", str(self.log_dir / "functions"), "--api-url", self.api_url]
+            + ["--ws-url", self.ws_url, "--management-url", self.management_url]
+            + ["--identities", str(self.state.identities)],
         )
-        self._wait_http("moto", f"{self.aws_url}/moto-api/")
-        user = self._bootstrap()
-        self._spawn(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "prism.dev.api_server",
-                "local",
-                "--stage",
-                STAGE,
-                "--host",
-                self.host,
-                "--port",
-                str(self.api_port),
-                "--no-autoreload",
-            ],
-        )
-        self._wait_http("api", f"{self.api_url}/api/v1/openapi.json")
-        self._spawn(
-            "gateway",
-            [
-                sys.executable,
-                "-m",
-                "prism.dev.ws_gateway",
-                "--host",
-                self.host,
-                "--port",
-                str(self.ws_port),
-                "--management-port",
-                str(self.management_port),
-                "--tick",
-                str(self.tick_seconds),
-            ],
-        )
-        self._wait_http("gateway", f"http://{self.host}:{self.management_port}/")
-        self._wait_port("gateway", self.ws_port)
-        return user
+        self._wait_http("lambda", self.functions_url)
+        return package
 
     def _start_fakes(self) -> None:
         argv = [sys.executable, "-m", "prism.dev.fakes"]
@@ -198,7 +224,7 @@ class LocalPlatform:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
     def _wait_http(self, name: str, url: str, timeout: float = 60.0) -> None:
@@ -230,51 +256,35 @@ class LocalPlatform:
         raise PlatformError(f"{name} did not listen on port {port} within {timeout:.0f}s")
 
     def _bootstrap(self) -> dict:
+        saved = self.state.saved_user()
         result = subprocess.run(
             [sys.executable, "-m", "prism.dev.bootstrap", "dev"],
             cwd=REPO_ROOT,
-            env=self.env(),
+            env=self.env() | ({"PRISM_DEV_API_KEY": saved["api_key"]} if saved else {}),
             capture_output=True,
             text=True,
             timeout=120,
         )
         if result.returncode != 0:
-            raise PlatformError(f"could not prepare the local tables: {result.stderr.strip()}")
-        return json.loads(result.stdout.strip().splitlines()[-1])
+            raise PlatformError(f"could not prepare the local AWS: {result.stderr.strip()}")
+        user = json.loads(result.stdout.strip().splitlines()[-1])
+        if saved and user != saved:  # the local AWS started empty: the node's token is dead too
+            shutil.rmtree(self.state.node, ignore_errors=True)
+        return user
 
-    @property
-    def node_state_dir(self) -> Path:
-        return self.log_dir.parent / "node"
+    def start_node(self, api_key: str, env: dict[str, str], say=print) -> None:
+        """A node agent on this machine, supervised: registered the first time, after that it
+        comes back with its token and re-adopts the models it runs."""
+        argv = [sys.executable, "-m", "prism", "node", "up", "--state-dir", str(self.state.node)]
+        argv += ["--name", "local", "--api", self.api_url, "--ws", self.ws_url]
+        argv += ["--local-api-port", "0", "--probe-interval", "2", "--heartbeat", "5"]
 
-    def start_node(self, api_key: str, env: dict[str, str]) -> None:
-        """A node agent on this machine, registered afresh (the moto server starts empty, so
-        a token from an earlier run would be refused)."""
-        shutil.rmtree(self.node_state_dir, ignore_errors=True)
-        self._spawn(
-            "node",
-            [
-                sys.executable,
-                "-m",
-                "prism",
-                "node",
-                "up",
-                "--state-dir",
-                str(self.node_state_dir),
-                "--name",
-                "local",
-                "--api",
-                self.api_url,
-                "--ws",
-                self.ws_url,
-                "--local-api-port",
-                "0",
-                "--probe-interval",
-                "2",
-                "--heartbeat",
-                "5",
-            ],
-            extra_env=env | {"PRISM_API_KEY": api_key},
-        )
+        def spawn() -> subprocess.Popen:
+            self._spawn("node", argv, extra_env=env | {"PRISM_API_KEY": api_key})
+            return self.processes["node"]
+
+        started = datetime.now(UTC)
+        self.node = NodeSupervisor(spawn, say)
         headers = {"Authorization": f"Bearer {api_key}"}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -283,17 +293,29 @@ class LocalPlatform:
             nodes = requests.get(
                 f"{self.api_url}/api/v1/compute/nodes", headers=headers, timeout=5
             ).json()["items"]
-            if any(n["status"] == "online" for n in nodes):
+            # Online since this start: a node kept from the last run may still say online.
+            if any(_online_since(node, started) for node in nodes):
                 return
             time.sleep(0.2)
         raise PlatformError("the local node agent did not come online within 60 s")
+
+    def supervise(self) -> None:
+        """Call often: a dead node agent is restarted; any other process dying is an error."""
+        if self.node is not None:
+            self.node.check()
+        for name, process in self.processes.items():
+            if name != "node" and process.poll() is not None:
+                raise PlatformError(
+                    f"{name} exited unexpectedly (code {process.returncode}); "
+                    f"see {self.log_dir / (name + '.log')}"
+                )
 
     def stop(self, grace: float = 10.0) -> None:
         """The node agent first, with its models, while the API still hears its reports; then
         SIGTERM every process group, and SIGKILL what is left after `grace` seconds."""
         node = self.processes.pop("node", None)
         if node is not None:
-            (self.node_state_dir / "stop-all").touch()
+            (self.state.node / "stop-all").touch()
             _signal_group(node, signal.SIGTERM)
             try:
                 node.wait(timeout=grace + 20)
@@ -310,6 +332,11 @@ class LocalPlatform:
                 _signal_group(process, signal.SIGKILL)
                 process.wait()
         self.processes.clear()
+
+
+def _online_since(node: dict, started: datetime) -> bool:
+    seen = datetime.fromisoformat(node["last_seen_at"].replace("Z", "+00:00"))
+    return node["status"] == "online" and seen >= started
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

@@ -1,39 +1,53 @@
-"""A local stand-in for API Gateway's WebSocket API, running the app's own handlers.
+"""A local stand-in for API Gateway's WebSocket API, EventBridge's schedules and Lambda's SQS
+event source, invoking the packaged stack's functions through the local Lambda service.
 
 - A real WebSocket server: each connect, frame and close becomes an API Gateway-shaped event
-  (`requestContext.routeKey/eventType/connectionId/apiId/stage`) handed to the Chalice handler
-  for $connect, $default or $disconnect, off the event loop. A $connect answer other than 200
-  refuses the upgrade with that status.
-- The management API the handlers call back (`POST /@connections/{id}` = post_to_connection;
-  410 GoneException for a connection that is gone; DELETE closes it), on a second port.
-- A ticker that fires the app's scheduled handlers every `--tick` seconds, and a drain that
-  delivers the metering queue to the app's SQS handler (Lambda's event source mapping).
+  (`requestContext.routeKey/eventType/connectionId/apiId/stage`) handed to the function the
+  template routes $connect, $default or $disconnect to, off the event loop. A $connect answer
+  other than 200 refuses the upgrade with that status.
+- The management API the functions call back (`POST /@connections/{id}` = post_to_connection;
+  410 GoneException for a connection that is gone; DELETE closes it), on a second port. Like
+  API Gateway's, it answers only requests SigV4-signed with the functions' keys (403 otherwise).
+- A ticker that fires the template's scheduled functions every `--tick` seconds, and a drain that
+  delivers each SQS event source's queue to its function (batchItemFailures honoured).
 
-    python -m prism.dev.ws_gateway --port 8001 --management-port 8002 [--tick 60]
+    python -m prism.dev.ws_gateway --port 8001 --management-port 8002 --functions-url URL \
+        --package DIR --stage dev --identities FILE [--tick 60]
 """
 
 import argparse
 import asyncio
 import json
+import os
 import re
 import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote
 
+import boto3
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-API_ID = "local"
-STAGE = "dev"
+from prism.dev import identities
+from prism.dev.lambda_service import FunctionError, LambdaClient
+from prism.dev.sigv4 import is_signed_by
+from prism.dev.stack import LOCAL_API_IDS, LocalAws, Stack
+
+API_ID = LOCAL_API_IDS["WebsocketAPI"]
+STAGE = "api"  # the template's API Gateway stage
 MAX_FRAME = 128 * 1024  # API Gateway's WebSocket message limit
 CONNECTION_PATH = re.compile(r"/@connections/([^/?]+)$")
 
 
 class LocalWebsocketGateway:
-    def __init__(self, app, host: str, port: int, management_port: int):
-        self.app = app
+    def __init__(
+        self, functions: LambdaClient, routes: dict, host: str, port: int, management_port: int
+    ):
+        self.functions = functions
+        self.routes = routes  # $connect/$default/$disconnect -> the function's logical id
         self.host = host
         self.port = port
         self.management_port = management_port
@@ -59,8 +73,11 @@ class LocalWebsocketGateway:
         }
 
     def _invoke(self, route_key: str, event: dict) -> dict:
-        name = self.app.websocket_handlers[route_key].name
-        return self.app.handler_map[name](event, None) or {"statusCode": 200}
+        try:
+            return self.functions.invoke(self.routes[route_key], event) or {"statusCode": 200}
+        except FunctionError as exc:  # API Gateway answers an integration failure with a 500
+            print(f"{route_key} failed: {exc}", flush=True)
+            return {"statusCode": 500, "body": "Internal server error"}
 
     # --- the WebSocket side -------------------------------------------------------------
 
@@ -128,19 +145,26 @@ class LocalWebsocketGateway:
 
     # --- the management API -------------------------------------------------------------
 
-    def management_server(self) -> ThreadingHTTPServer:
+    def management_server(self, keys: dict[str, str]) -> ThreadingHTTPServer:
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
+            def _signed(self, body: bytes) -> bool:
+                url = f"http://{self.headers.get('Host', '')}{self.path}"
+                if is_signed_by(self.command, url, dict(self.headers), body, keys):
+                    return True
+                self._reply(403, "Forbidden", "ForbiddenException")
+                return False
+
             def _connection_id(self) -> str | None:
                 match = CONNECTION_PATH.search(self.path.split("?", 1)[0])
                 return unquote(match.group(1)) if match else None
 
-            def _reply(self, status: int, error: str | None = None) -> None:
+            def _reply(self, status: int, error: str | None = None, kind="GoneException") -> None:
                 body = json.dumps({"message": error}).encode() if error else b""
                 self.send_response(status)
                 if error:
-                    self.send_header("x-amzn-ErrorType", "GoneException")
+                    self.send_header("x-amzn-ErrorType", kind)
                     self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -148,6 +172,8 @@ class LocalWebsocketGateway:
 
             def do_POST(self):  # noqa: N802 - post_to_connection
                 data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if not self._signed(data):
+                    return
                 connection_id = self._connection_id()
                 if connection_id and gateway.post_to_connection(connection_id, data):
                     self._reply(200)
@@ -156,12 +182,16 @@ class LocalWebsocketGateway:
 
             def do_GET(self):  # noqa: N802 - get_connection, and a readiness probe on /
                 connection_id = self._connection_id()
+                if connection_id is not None and not self._signed(b""):
+                    return
                 if connection_id is None or connection_id in gateway.connections:
                     self._reply(200)
                 else:
                     self._reply(410, "connection is gone")
 
             def do_DELETE(self):  # noqa: N802 - delete_connection
+                if not self._signed(b""):
+                    return
                 connection_id = self._connection_id()
                 ok = connection_id and gateway.close_connection(connection_id)
                 self._reply(204 if ok else 410, None if ok else "connection is gone")
@@ -179,9 +209,8 @@ def _body_text(result: dict) -> str:
     return body if isinstance(body, str) else json.dumps(body)
 
 
-def run_ticker(app, interval: float, stop: threading.Event) -> None:
-    """Fire every scheduled handler of the app each `interval` seconds (EventBridge locally)."""
-    names = [s.name for s in app.event_sources if type(s).__name__ == "ScheduledEventConfig"]
+def run_ticker(functions: LambdaClient, names: list[str], interval: float, stop) -> None:
+    """Fire every scheduled function each `interval` seconds (EventBridge locally)."""
     while not stop.wait(interval):
         for name in names:
             event = {
@@ -196,22 +225,21 @@ def run_ticker(app, interval: float, stop: threading.Event) -> None:
                 "detail": {},
             }
             try:
-                app.handler_map[name](event, None)
+                functions.invoke(name, event)
             except Exception as exc:  # a failed tick must not stop the next one
                 print(f"scheduled {name} failed: {exc!r}", flush=True)
 
 
-def run_queue_drain(app, sqs, queue_name: str, stop: threading.Event) -> None:
-    """Deliver the metering queue to the app's SQS handler, as Lambda's event source mapping
-    does: batches of up to 10, failed messages (batchItemFailures) left for redelivery."""
-    handler = next(s.name for s in app.event_sources if type(s).__name__ == "SQSEventConfig")
-    url = sqs.get_queue_url(QueueName=queue_name)["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
+def run_queue_drain(functions: LambdaClient, function: str, source: dict, sqs, stop) -> None:
+    """Deliver a queue to its function, as Lambda's event source mapping does: batches of up
+    to BatchSize, failed messages (batchItemFailures) left for redelivery."""
+    arn = source["Queue"]
+    url = sqs.get_queue_url(QueueName=arn.rsplit(":", 1)[-1])["QueueUrl"]
     while not stop.is_set():
         try:
-            got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+            got = sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=source.get("BatchSize", 10), WaitTimeSeconds=1
+            )
         except Exception as exc:  # the moto server going away at shutdown
             print(f"queue drain: {exc!r}", flush=True)
             stop.wait(1)
@@ -219,25 +247,10 @@ def run_queue_drain(app, sqs, queue_name: str, stop: threading.Event) -> None:
         messages = got.get("Messages", [])
         if not messages:
             continue
-        event = {
-            "Records": [
-                {
-                    "messageId": m["MessageId"],
-                    "receiptHandle": m["ReceiptHandle"],
-                    "body": m["Body"],
-                    "attributes": {},
-                    "messageAttributes": {},
-                    "md5OfBody": m["MD5OfBody"],
-                    "eventSource": "aws:sqs",
-                    "eventSourceARN": arn,
-                    "awsRegion": "us-east-1",
-                }
-                for m in messages
-            ]
-        }
+        event = {"Records": [_sqs_record(m, arn) for m in messages]}
         try:
-            result = app.handler_map[handler](event, None) or {}
-        except Exception as exc:
+            result = functions.invoke(function, event) or {}
+        except Exception as exc:  # the whole batch comes back after the visibility timeout
             print(f"queue handler failed: {exc!r}", flush=True)
             continue
         failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
@@ -246,29 +259,66 @@ def run_queue_drain(app, sqs, queue_name: str, stop: threading.Event) -> None:
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
 
 
+def _sqs_record(message: dict, arn: str) -> dict:
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": {},
+        "messageAttributes": {},
+        "md5OfBody": message["MD5OfBody"],
+        "eventSource": "aws:sqs",
+        "eventSourceARN": arn,
+        "awsRegion": "us-east-1",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--management-port", type=int, required=True)
     parser.add_argument("--tick", type=float, default=60.0, help="seconds between schedules")
+    parser.add_argument("--functions-url", required=True, help="the local Lambda service")
+    parser.add_argument("--package", required=True, help="the packaged stack's directory")
+    parser.add_argument("--stage", default="dev")
+    parser.add_argument("--identities", required=True, help="each function's role and keys")
     args = parser.parse_args()
 
-    from app import app  # settings come from the environment the platform prepared
-
-    gateway = LocalWebsocketGateway(app, args.host, args.port, args.management_port)
-    management = gateway.management_server()
+    own = f"http://{args.host}"  # only region and account matter for what is resolved here
+    stack = Stack(Path(args.package), LocalAws(args.stage, own, own, own))
+    functions = LambdaClient(args.functions_url)
+    gateway = LocalWebsocketGateway(
+        functions, stack.websocket_routes(), args.host, args.port, args.management_port
+    )
+    # Only a role that may ManageConnections on this API reaches it, as on AWS.
+    roles = identities.load(Path(args.identities))
+    connections = f"arn:aws:execute-api:{stack.local.region}:{stack.local.account}:{API_ID}"
+    keys = {
+        role.access_key: role.secret_key
+        for role in roles.values()
+        if identities.allows(
+            role, "execute-api:ManageConnections", connections + "/api/POST/@connections/x"
+        )
+    }
+    management = gateway.management_server(keys)
     threading.Thread(target=management.serve_forever, daemon=True).start()
     stop = threading.Event()
-    threading.Thread(target=run_ticker, args=(app, args.tick, stop), daemon=True).start()
-    from chalicelib import aws
-    from chalicelib.config import settings
-
+    schedules = [name for name, _ in stack.event_sources("Schedule")]
     threading.Thread(
-        target=run_queue_drain,
-        args=(app, aws.client("sqs"), settings.metering_queue, stop),
-        daemon=True,
+        target=run_ticker, args=(functions, schedules, args.tick, stop), daemon=True
     ).start()
+    for name, source in stack.event_sources("SQS"):
+        # Lambda's event source mapping reads the queue with the function's role.
+        sqs = boto3.client(
+            "sqs",
+            endpoint_url=os.environ["PRISM_AWS_ENDPOINT_URL"],
+            aws_access_key_id=roles[name].access_key,
+            aws_secret_access_key=roles[name].secret_key,
+        )
+        threading.Thread(
+            target=run_queue_drain, args=(functions, name, source, sqs, stop), daemon=True
+        ).start()
     print(
         f"websocket ws://{args.host}:{args.port} management "
         f"http://{args.host}:{args.management_port}",

@@ -1,6 +1,7 @@
 """The whole local platform as real processes: `prism dev up` (moto server + chalice local),
 driven by the real `prism` CLI over HTTP."""
 
+import json
 import os
 import signal
 import socket
@@ -10,7 +11,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import boto3
 import pytest
+import requests
 
 REPO = Path(__file__).resolve().parents[2]
 PRISM = [sys.executable, "-m", "prism"]
@@ -35,10 +38,35 @@ class Platform:
     env: dict
     ws_port: int = 0
     management_port: int = 0
+    state_dir: Path | None = None
     api_url: str = ""
     api_key: str = ""
     ws_url: str = ""
     output: list = field(default_factory=list)
+
+    def register_node(self, name: str, key: str | None = None) -> dict:
+        """A node registered through the REST API: its id and its token."""
+        return requests.post(
+            f"{self.api_url}/api/v1/compute/nodes",
+            json={"name": name},
+            headers={"Authorization": f"Bearer {key or self.api_key}"},
+            timeout=10,
+        ).json()
+
+    def aws(self, service: str, identity: str):
+        """A boto3 client signed as one of the platform's identities (a function's logical id,
+        "operator"): the state dir keeps their keys."""
+        keys = json.loads((self.state_dir / "identities.json").read_text())[identity]
+        endpoint = f"http://127.0.0.1:{self.aws_port}"
+        if service == "apigatewaymanagementapi":
+            endpoint = f"http://127.0.0.1:{self.management_port}/api"
+        return boto3.client(
+            service,
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=keys["access_key"],
+            aws_secret_access_key=keys["secret_key"],
+        )
 
     def cli(self, *args, key: str | None = None, check: bool = False):
         env = self.env | ({"PRISM_API_KEY": key} if key else {})
@@ -62,6 +90,8 @@ def start_platform(
     env |= extra_env or {}
     for name in ("PRISM_API_URL", "PRISM_API_KEY", "PRISM_AWS_ENDPOINT_URL"):
         env.pop(name, None)
+    if "--state-dir" not in args:  # each platform its own state, never the checkout's .prism
+        args = (*args, "--state-dir", str(tmp_path / "state"))
     process = subprocess.Popen(
         [
             *PRISM,
@@ -86,11 +116,13 @@ def start_platform(
         text=True,
     )
     platform = Platform(process, api_port, aws_port, env, ws_port, management_port)
+    platform.state_dir = Path(args[args.index("--state-dir") + 1])
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line and process.poll() is not None:
-            raise AssertionError(f"prism dev up exited with {process.returncode}")
+            output = "".join(platform.output)
+            raise AssertionError(f"prism dev up exited with {process.returncode}:\n{output}")
         if line.startswith("PRISM_API_URL="):
             platform.api_url = line.split("=", 1)[1].strip()
         if line.startswith("PRISM_API_KEY="):
@@ -101,6 +133,30 @@ def start_platform(
         if line.startswith(ready_line):
             return platform
     raise AssertionError("prism dev up did not print its API key in time")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process started, directly or not, by `pid` (each found by its parent)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def stop_platform(platform: Platform) -> int:

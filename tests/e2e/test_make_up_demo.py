@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import port_in_use, start_platform, stop_platform
+from tests.e2e.conftest import alive, descendants, port_in_use, start_platform, stop_platform
 
 pytestmark = pytest.mark.e2e
 
@@ -36,10 +36,12 @@ def check_demo_and_shutdown(platform):
     assert "demo: inference 200" in output and '"outputs": [7.1' in output
     assert "healthy" in output and "demo: done" in output
     assert "$ prism deploy create --name demo --weights" in output
-    state_dir = str(Path(__file__).resolve().parents[2] / ".prism" / "node")
+    state_dir = str(platform.state_dir / "node")
     ports = (platform.api_port, platform.aws_port, platform.ws_port, platform.management_port)
     markers = [f"--port\0{platform.api_port}\0", f"-p\0{platform.aws_port}\0", state_dir]
     assert len(_processes_mentioning(*markers)) == 3  # the API, moto and the node agent
+    started = descendants(platform.process.pid)  # every process it runs, models included
     assert stop_platform(platform) == 0
-    assert _processes_mentioning(*markers, "tiny-regressor/serve.py") == []
+    assert _processes_mentioning(*markers) == []
+    assert [pid for pid in started if alive(pid)] == []
     assert not any(port_in_use(port) for port in ports)

@@ -245,12 +245,11 @@ def test_a_dropped_connection_reconnects_and_reconciles(stack, weights):
     platform, node = stack
     deployment_id = deploy(platform, weights, "steady")
     reaches(platform, deployment_id, "running")
-    # The gateway's management API closes the node's connection, as API Gateway may.
+    # The gateway's management API closes the node's connection, as API Gateway may: asked
+    # (SigV4-signed) by a function whose role may manage connections.
+    management = platform.aws("apigatewaymanagementapi", "WebsocketMessage")
     for connection_id in _connection_ids(platform):
-        requests.delete(
-            f"http://127.0.0.1:{platform.management_port}/dev/@connections/{connection_id}",
-            timeout=5,
-        )
+        management.delete_connection(ConnectionId=connection_id)
     wait_for(node.online, timeout=30)
     assert status(platform, deployment_id)["status"] == "running"
     platform.cli("deploy", "stop", deployment_id, check=True)
@@ -320,12 +319,7 @@ def test_a_node_cannot_touch_another_owners_deployment(stack, weights, tmp_path)
     bob_key = json.loads(
         platform.cli("admin", "create-key", "--name", "bob", "--json", check=True).stdout
     )["api_key"]
-    bob_node = requests.post(
-        f"{platform.api_url}/api/v1/compute/nodes",
-        json={"name": "bobs"},
-        headers={"Authorization": f"Bearer {bob_key}"},
-        timeout=10,
-    ).json()
+    bob_node = platform.register_node("bobs", key=bob_key)
     ws = websocket.create_connection(
         platform.ws_url, header=[f"Authorization: Bearer {bob_node['token']}"], timeout=10
     )
@@ -349,16 +343,8 @@ def test_a_node_cannot_touch_another_owners_deployment(stack, weights, tmp_path)
 
 def _connection_ids(platform) -> list[str]:
     """The node's live connection ids, read straight from the local connections table."""
-    import boto3
-
-    table = boto3.resource(
-        "dynamodb",
-        endpoint_url=f"http://127.0.0.1:{platform.aws_port}",
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    ).Table("prism-dev-connections")
-    return [item["connection_id"] for item in table.scan()["Items"]]
+    items = platform.aws("dynamodb", "operator").scan(TableName="prism-dev-connections")
+    return [item["connection_id"]["S"] for item in items["Items"]]
 
 
 def _alive(pid: int) -> bool:

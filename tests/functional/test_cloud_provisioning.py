@@ -4,6 +4,8 @@ RunPod and Lambda Cloud servers speaking the real wire formats. After every scen
 instance left at the provider without a live deployment, and the USD charged matches the
 provider's own bill to the cent."""
 
+from datetime import timedelta
+
 import pytest
 
 from chalicelib import aws
@@ -225,7 +227,9 @@ def test_a_provision_that_never_started_is_started_by_the_reaper(api, fakes):
     deployment_id = create(api)
     del workflows.start_provision
     item = registry.cloud()._deployments.get(deployment_id)
-    item.update(actions=[type(item).updated_at.set(item.updated_at.replace(year=2020))])
+    # Older than a workflow may take to show up, within the provisioning deadline (8 s here).
+    earlier = item.updated_at - timedelta(seconds=5)
+    item.update(actions=[type(item).updated_at.set(earlier)])
     report = registry.cloud_upkeep().reap()
     assert report.restarted_provisions == [deployment_id]
     reaches(api, deployment_id, {"running"})

@@ -1,6 +1,10 @@
 from pathlib import Path
 
+from chalicelib.store.models import ResourceItem
+from chalicelib.store.resources import ResourceRepository, packaged_catalog
+
 CATALOG = "/api/v1/marketplace/resources"
+DEPLOYMENTS = "/api/v1/compute/deployments"
 
 
 def test_catalog_lists_the_seeded_resources(api):
@@ -32,3 +36,39 @@ def test_openapi_document_is_public_and_valid(client):
     document = __import__("json").loads(response.body)
     validate(document)
     assert "/api/v1/compute/deployments/{deployment_id}/health" in document["paths"]
+
+
+def _empty_the_catalog_table():
+    for item in ResourceItem.scan():
+        item.delete()
+
+
+def test_a_fresh_stage_serves_the_packaged_catalog_without_seeding(api):
+    _empty_the_catalog_table()
+    slugs = [r["slug"] for r in api.get(CATALOG).data["items"]]
+    assert slugs == ["mace-mp-0", "tiny-regressor"]
+    tiny = api.get(f"{CATALOG}/tiny-regressor").data
+    assert (Path(tiny["weights_source"]) / "model.json").exists()  # locally, from the checkout
+    created = api.post(DEPLOYMENTS, {"name": "mace", "resource_slug": "mace-mp-0"})
+    assert created.status_code == 201
+    assert created.data["command"] == ["python", "-m", "mace_serve"]
+
+
+def test_a_table_entry_overrides_or_adds_to_the_packaged_catalog(api):
+    resources = ResourceRepository()
+    curated = resources.get("mace-mp-0")
+    curated.title = "MACE-MP-0 (curated)"
+    resources.put(curated)
+    added = resources.get("mace-mp-0")
+    added.slug, added.title = "mace-large", "MACE large"
+    resources.put(added)
+    items = api.get(CATALOG).data["items"]
+    assert [r["slug"] for r in items] == ["mace-large", "mace-mp-0", "tiny-regressor"]
+    assert items[1]["title"] == "MACE-MP-0 (curated)"
+    assert api.get(f"{CATALOG}/mace-large").data["title"] == "MACE large"
+
+
+def test_without_a_checkout_the_bundled_example_is_left_out(tmp_path):
+    # On Lambda the package holds chalicelib/ but not examples/: no node could run that recipe.
+    assert list(packaged_catalog(root=tmp_path)) == ["mace-mp-0"]
+    assert list(packaged_catalog()) == ["mace-mp-0", "tiny-regressor"]

@@ -2,7 +2,6 @@
 (no dev dependency, no site-packages) import `app`, every chalicelib module, and every module any
 of them names in an import statement, including imports inside functions."""
 
-import fcntl
 import json
 import os
 import subprocess
@@ -12,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from prism.dev.stack import chalice_package
+
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 # Runs in `python -I -S`: the standard library and the unpacked package, nothing else.
 CHECK = r"""
@@ -51,27 +51,11 @@ print(json.dumps({"modules": modules, "named": sorted(named), "missing": missing
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("package")
-    # chalice caches the built dependencies in .chalice/deployments; two builds at once (xdist)
-    # would write the same cache file.
-    lock = (REPO / ".chalice" / "deployments").with_suffix(".lock")
-    with open(lock, "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        _chalice_package(out / "build")
+    chalice_package("dev", out / "build")
     unpacked = out / "contents"
     with zipfile.ZipFile(out / "build" / "deployment.zip") as archive:
         archive.extractall(unpacked)
     return unpacked
-
-
-def _chalice_package(out: Path) -> None:
-    subprocess.run(
-        [str(BIN / "chalice"), "package", "--stage", "dev", str(out)],
-        cwd=REPO,
-        env=os.environ | {"AWS_DEFAULT_REGION": "us-east-1"},
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
 
 
 def test_the_package_alone_imports_everything_the_control_plane_names(package):

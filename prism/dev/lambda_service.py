@@ -1,0 +1,292 @@
+"""Lambda, locally: the Invoke API (`POST /2015-03-31/functions/{name}/invocations`) on a
+loopback port, each function of the packaged stack in its own container process
+(prism/dev/lambda_worker.py), started on first use and kept warm, that sees the Lambda package
+alone and exactly the environment the template gives that function, plus LOCAL_SETTINGS.
+
+The local stand-ins for what invokes functions on AWS call it through LambdaClient: API Gateway
+(prism.dev.api_server), the WebSocket API, EventBridge and the SQS event source
+(prism.dev.ws_gateway), Step Functions (moto, through prism.dev.lambda_router).
+
+    python -m prism.dev.lambda_service --port P --package DIR --stage dev --log-dir DIR \
+        --api-url URL --ws-url URL --management-url URL --identities FILE
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import requests
+
+from prism.dev import identities
+from prism.dev.identities import Identity
+from prism.dev.processes import die_with_parent, free_port
+from prism.dev.stack import FunctionSpec, LocalAws, Stack
+
+WORKER = Path(__file__).with_name("lambda_worker.py")
+INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
+# What every function gets besides its template environment and its own role's keys (as Lambda
+# gives a function its role's, prism.dev.identities): where AWS is, and the local stand-ins'
+# addresses and clock. A setting a function needs that its template lacks is missing here as
+# on AWS.
+LOCAL_SETTINGS = (
+    "PRISM_AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "PRISM_RUNPOD_API_URL",
+    "PRISM_RUNPOD_ENDPOINT_TEMPLATE",
+    "PRISM_LAMBDA_API_URL",
+    "PRISM_LAMBDA_ENDPOINT_TEMPLATE",
+)
+TUNABLE = re.compile(r"^PRISM_\w+_SECONDS$")  # timeouts and periods, scaled for local runs
+
+
+def local_settings(environ) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k in LOCAL_SETTINGS or TUNABLE.match(k)}
+
+
+class FunctionError(Exception):
+    """The function raised (or timed out): Lambda's X-Amz-Function-Error."""
+
+    def __init__(self, payload: dict):
+        super().__init__(f"{payload.get('errorType')}: {payload.get('errorMessage')}")
+        self.payload = payload
+
+
+@dataclass
+class Container:
+    process: subprocess.Popen
+    port: int
+
+
+class FunctionHost:
+    """Starts, keeps and replaces each function's container; one at a time per function."""
+
+    def __init__(
+        self, stack: Stack, log_dir: Path, settings: dict[str, str], roles: dict[str, Identity]
+    ):
+        self.stack = stack
+        self.roles = roles
+        self.specs = stack.functions()
+        self.log_dir = log_dir
+        self.settings = settings
+        self.containers: dict[str, Container] = {}
+        self.locks = {name: threading.Lock() for name in self.specs}
+        # Containers die with this service (PR_SET_PDEATHSIG), and that signal follows the
+        # thread that started them: start them all from one thread that lives as long.
+        self.spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
+
+    def spec_for(self, name: str) -> FunctionSpec | None:
+        """By logical id (MeterTick), function name (prism-dev-meter_tick) or ARN."""
+        name = name.rsplit(":function:", 1)[-1].split(":", 1)[0]
+        if name in self.specs:
+            return self.specs[name]
+        return next((s for s in self.specs.values() if s.name == name), None)
+
+    def invoke(self, spec: FunctionSpec, payload: bytes) -> tuple[bytes, bool]:
+        """(the response payload, whether it is a function error)."""
+        container = self._container(spec)
+        try:
+            answer = requests.post(
+                f"http://127.0.0.1:{container.port}/invoke",
+                data=payload,
+                headers={"Content-Type": "application/json"},
+                timeout=spec.timeout + 1,
+            )
+        except requests.Timeout:  # Lambda stops the container of a function that times out
+            self._discard(spec, container)
+            return _error("Sandbox.Timedout", f"Task timed out after {spec.timeout}.00 seconds")
+        except requests.ConnectionError:
+            self._discard(spec, container)
+            return _error("Runtime.ExitError", "the function's process exited")
+        return answer.content, "X-Amz-Function-Error" in answer.headers
+
+    def warm_all(self) -> None:
+        """Start every container ahead of its first event, one after another (provisioned
+        concurrency): a cold start on this small machine takes a second or more, and the
+        platform's timing (a budget stop's teardown, a node's hello) should not wait for it."""
+        for spec in self.specs.values():
+            try:
+                self._container(spec)
+            except Exception as exc:  # reported again, as an init error, when invoked
+                print(f"{spec.logical_id} did not start: {exc}", flush=True)
+
+    def peak_memory(self) -> dict[str, float]:
+        peaks = {}
+        for logical_id, container in list(self.containers.items()):
+            try:
+                stats = requests.get(f"http://127.0.0.1:{container.port}/stats", timeout=5)
+                peaks[logical_id] = stats.json()["max_rss_mb"]
+            except requests.RequestException:
+                continue
+        return peaks
+
+    def stop(self) -> None:
+        for container in self.containers.values():
+            container.process.terminate()
+        for container in self.containers.values():
+            try:
+                container.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                container.process.kill()
+
+    def _container(self, spec: FunctionSpec) -> Container:
+        with self.locks[spec.logical_id]:
+            container = self.containers.get(spec.logical_id)
+            if container is None or container.process.poll() is not None:
+                container = self._start(spec)
+                self.containers[spec.logical_id] = container
+            return container
+
+    def _discard(self, spec: FunctionSpec, container: Container) -> None:
+        with self.locks[spec.logical_id]:
+            container.process.kill()
+            if self.containers.get(spec.logical_id) is container:
+                del self.containers[spec.logical_id]
+
+    def _start(self, spec: FunctionSpec) -> Container:
+        port = free_port()
+        arn = f"arn:aws:lambda:{self.stack.local.region}:{self.stack.local.account}:function:"
+        env = self._environment(spec)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{spec.logical_id}.log", "ab") as log:
+            process = self.spawner.submit(
+                subprocess.Popen,
+                [sys.executable, "-I", "-S", str(WORKER), str(self.stack.runtime), spec.handler]
+                + [str(port), str(spec.timeout), arn + spec.name],
+                env=env,
+                cwd=self.stack.runtime,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            ).result()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                requests.get(f"http://127.0.0.1:{port}/stats", timeout=1)
+                return Container(process, port)
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        process.kill()
+        raise RuntimeError(
+            f"{spec.logical_id} did not start; see {self.log_dir / (spec.logical_id + '.log')}"
+        )
+
+    def _environment(self, spec: FunctionSpec) -> dict[str, str]:
+        lambda_sets = {  # what the Lambda runtime itself sets in every function
+            "AWS_LAMBDA_FUNCTION_NAME": spec.name,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory),
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
+            "LAMBDA_TASK_ROOT": str(self.stack.runtime),
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "en_US.UTF-8",
+            "TZ": ":UTC",
+        }
+        keys = self.roles[spec.logical_id].env()
+        return spec.environment | self.settings | keys | lambda_sets
+
+
+def _error(kind: str, message: str) -> tuple[bytes, bool]:
+    return json.dumps({"errorType": kind, "errorMessage": message}).encode(), True
+
+
+class LambdaClient:
+    """Invoke a function of the local Lambda service, as AWS's services do."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.local = threading.local()  # a requests.Session per thread: sessions aren't shared
+
+    def invoke(self, function: str, event: dict):
+        if not hasattr(self.local, "http"):
+            self.local.http = requests.Session()
+        answer = self.local.http.post(
+            f"{self.url}/2015-03-31/functions/{function}/invocations",
+            data=json.dumps(event, default=str),
+            timeout=960,  # the longest a function may run, and some
+        )
+        if answer.status_code != 200:
+            raise FunctionError({"errorType": "ServiceError", "errorMessage": answer.text})
+        payload = answer.json() if answer.content else None
+        if "X-Amz-Function-Error" in answer.headers:
+            raise FunctionError(payload)
+        return payload
+
+
+def serve(host: FunctionHost, port: int) -> ThreadingHTTPServer:
+    class Invoke(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802
+            payload = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            match = INVOKE_PATH.match(self.path.split("?", 1)[0])
+            spec = host.spec_for(match.group(1)) if match else None
+            if spec is None:
+                body = {"Type": "User", "message": f"Function not found: {self.path}"}
+                return self._send(404, json.dumps(body).encode(), False)
+            try:
+                body, failed = host.invoke(spec, payload)
+            except Exception as exc:  # the container could not start: Lambda's init error
+                body, failed = _error("Runtime.InitError", str(exc))
+            self._send(200, body, failed)
+
+        def do_GET(self):  # noqa: N802 - readiness, and each container's peak memory
+            self._send(200, json.dumps(host.peak_memory()).encode(), False)
+
+        def _send(self, status: int, body: bytes, failed: bool) -> None:
+            self.send_response(status)
+            if failed:
+                self.send_header("X-Amz-Function-Error", "Unhandled")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Invoke)
+    server.daemon_threads = True
+    return server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for option in ("--package", "--stage", "--log-dir", "--api-url", "--ws-url"):
+        parser.add_argument(option, required=True)
+    parser.add_argument("--management-url", required=True)
+    parser.add_argument("--identities", required=True, help="each function's role and keys")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    local = LocalAws(args.stage, args.api_url, args.ws_url, args.management_url)
+    host = FunctionHost(
+        Stack(Path(args.package), local),
+        Path(args.log_dir),
+        local_settings(os.environ),
+        identities.load(Path(args.identities)),
+    )
+    server = serve(host, args.port)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    print(f"lambda http://127.0.0.1:{args.port}: {len(host.specs)} functions", flush=True)
+    threading.Thread(target=host.warm_all, daemon=True).start()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        host.stop()
+
+
+if __name__ == "__main__":
+    main()

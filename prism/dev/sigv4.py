@@ -1,0 +1,44 @@
+"""Checks an AWS Signature Version 4 the way an AWS endpoint does, with botocore's own signer:
+the local management API accepts only requests signed with the platform functions' keys."""
+
+import datetime
+import hmac
+import re
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+AUTHORIZATION = re.compile(
+    r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
+    r"(?P<service>[^/]+)/aws4_request, ?SignedHeaders=(?P<signed>[^,]+), ?Signature=(?P<sig>\w+)$"
+)
+MAX_SKEW = datetime.timedelta(minutes=15)  # AWS refuses a signature older or newer than this
+
+
+def is_signed_by(method: str, url: str, headers: dict, body: bytes, keys: dict[str, str]) -> bool:
+    """True when the request carries a valid SigV4 signature made with one of these keys
+    (access key id -> secret)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    match = AUTHORIZATION.match(lowered.get("authorization", ""))
+    stamp = lowered.get("x-amz-date", "")
+    if not match or match["key"] not in keys or not _fresh(stamp):
+        return False
+    access_key, secret_key = match["key"], keys[match["key"]]
+    signed = match["signed"].split(";")
+    request = AWSRequest(
+        method=method, url=url, data=body, headers={h: lowered.get(h, "") for h in signed}
+    )
+    request.context["timestamp"] = stamp
+    signer = SigV4Auth(Credentials(access_key, secret_key), match["service"], match["region"])
+    canonical = signer.canonical_request(request)
+    expected = signer.signature(signer.string_to_sign(request, canonical), request)
+    return hmac.compare_digest(expected, match["sig"])
+
+
+def _fresh(stamp: str) -> bool:
+    try:
+        when = datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return False
+    return abs(datetime.datetime.now(datetime.UTC) - when) <= MAX_SKEW
