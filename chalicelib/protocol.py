@@ -7,7 +7,7 @@ Pure pydantic, no AWS. Every message carries `type` and a message `id`.
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 PROTOCOL_VERSION = 1
 NODE_TOKEN_PREFIX = "prismnode_"
@@ -151,12 +151,30 @@ class DeploymentHealthUpdate(Message):
 StopReason = Literal["stopped", "crash", "pull_error", "start_error", "lost"]
 
 
+STOP_MESSAGE_MAX = 8192  # characters: a crash report (the last log lines) is cut to fit
+CUT_MARKER = "\n[... earlier output cut ...]\n"
+
+
+def fit_report(text: str, limit: int = STOP_MESSAGE_MAX) -> str:
+    """`text` within `limit` characters: its first line (what happened) and as much of its end
+    (the last output) as fits. A report too long is cut, never dropped."""
+    if len(text) <= limit:
+        return text
+    head = text.split("\n", 1)[0][: limit // 4]
+    return head + CUT_MARKER + text[-(limit - len(head) - len(CUT_MARKER)) :]
+
+
 class DeploymentStopped(Message):
     type: Literal["deployment_stopped"] = "deployment_stopped"
     deployment_id: DeploymentId
     reason: StopReason
     exit_code: int | None = None
-    message: str | None = Field(None, max_length=8192)
+    message: str | None = Field(None, max_length=STOP_MESSAGE_MAX)
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def _fits(cls, message):
+        return fit_report(message) if isinstance(message, str) else message
 
 
 class HealthResult(Message):

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chalicelib.protocol import (
-    DeploymentHealthUpdate,
     DeploymentProgress,
     DeploymentReady,
     DeploymentStopped,
@@ -34,12 +33,12 @@ from node_agent import __version__, gpus
 from node_agent.frameworks import FrameworkError, detect_framework, resolve_command
 from node_agent.health import HealthTracker, probe
 from node_agent.runtime.base import LaunchSpec, RuntimeError_
-from node_agent.runtime.process import cap_log, tail_lines
+from node_agent.runtime.process import tail_lines
 from node_agent.state import Record, StateStore
+from node_agent.supervision import Supervision
 from node_agent.weights import PullError, PullSettings, WeightsCache, fetch
 
 log = logging.getLogger("prism.node")
-HEALTH_REFRESH_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Agent:
+class Agent(Supervision):
     def __init__(self, settings: AgentSettings, runtimes: dict, send: Callable[[Message], None]):
         self.settings = settings
         self.runtimes = runtimes  # "process" -> ProcessRuntime, "docker" -> DockerRuntime
@@ -187,7 +186,20 @@ class Agent:
             log.exception("starting %s failed", record.deployment_id)
             self._finish(record, "start_error", f"{type(exc).__name__}: {exc}")
             return
-        self._await_ready(record)
+        try:
+            self._await_ready(record)
+        except Exception as exc:  # e.g. the container engine failing: report, never hang
+            log.exception("waiting for %s to start failed", record.deployment_id)
+            self._stop_quietly(record)
+            self._finish(record, "start_error", f"{type(exc).__name__}: {exc}")
+
+    def _stop_quietly(self, record: Record) -> None:
+        """Best effort: stop what may still run of a deployment being failed for another
+        reason (its GPU and port must not stay taken)."""
+        try:
+            self.runtimes[record.handle.runtime].stop(record.handle, 0)
+        except Exception:
+            log.exception("stopping %s failed", record.deployment_id)
 
     def _pull_and_launch(self, message: DeployModel, record: Record) -> None:
         weights_dir, revision = None, None
@@ -342,51 +354,6 @@ class Agent:
         lines = tail_lines(Path(record.log_path), 20)
         head = f"the process exited {when}" + ("" if code is None else f" with code {code}")
         return head + (":\n" + "\n".join(lines) if lines else "")
-
-    # --- supervision -------------------------------------------------------------------
-
-    def supervise(self, stop: threading.Event) -> None:
-        while not stop.wait(self.settings.liveness_interval_s):
-            with self.lock:
-                watched = [
-                    r
-                    for r in self.records.values()
-                    if r.status in ("running", "unhealthy") and not r.stop_requested
-                ]
-            for record in watched:
-                self._check(record)
-
-    def _check(self, record: Record) -> None:
-        runtime = self.runtimes[record.handle.runtime]
-        if not runtime.is_running(record.handle):
-            if not record.stop_requested:
-                code = runtime.exit_code(record.handle)
-                message = self._exit_message(record, "unexpectedly")
-                runtime.stop(record.handle, 0)  # its workers go with it, freeing GPU and port
-                self._finish(record, "crash", message, code)
-            return
-        now = time.monotonic()
-        if now - self.last_probe.get(record.deployment_id, 0) < self.settings.probe_interval_s:
-            return
-        self.last_probe[record.deployment_id] = now
-        cap_log(Path(record.log_path))
-        tracker = self.trackers.setdefault(record.deployment_id, HealthTracker())
-        result = probe(self._health_url(record))
-        changed = tracker.observe(result)
-        # Also re-state health now and then: the server may have marked the deployment
-        # unhealthy while this node was silent, and only a report brings it back.
-        stale = now - self.last_report.get(record.deployment_id, 0) >= HEALTH_REFRESH_S
-        if changed or stale:
-            self.last_report[record.deployment_id] = now
-            record.status = "running" if tracker.healthy else "unhealthy"
-            self.send(
-                DeploymentHealthUpdate(
-                    deployment_id=record.deployment_id,
-                    healthy=result.healthy,
-                    consecutive_failures=tracker.consecutive_failures,
-                    latency_ms=result.latency_ms,
-                )
-            )
 
     def _health_now(self, message: HealthCheck) -> Message:
         record = self.records.get(message.deployment_id)

@@ -268,7 +268,7 @@ class LocalPlatform:
         if result.returncode != 0:
             raise PlatformError(f"could not prepare the local AWS: {result.stderr.strip()}")
         user = json.loads(result.stdout.strip().splitlines()[-1])
-        if saved and user != saved:  # the local AWS started empty: the node's token is dead too
+        if user != saved:  # the local AWS started empty: a node token kept from before is dead
             shutil.rmtree(self.state.node, ignore_errors=True)
         return user
 

@@ -1,0 +1,85 @@
+"""Supervision of the deployments an agent runs: a process or container that exited is a
+crash, reported with its last output; a live one is probed every probe interval and its health
+changes reported. Errors are per deployment: one that cannot be checked counts as a failed
+probe, and the loop goes on for the others.
+
+A mixin of node_agent.agent.Agent, whose state (records, runtimes, trackers, settings, send,
+_finish, ...) it reads; kept apart so that deploying and supervising change independently."""
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from chalicelib.protocol import DeploymentHealthUpdate
+from node_agent.health import HealthTracker, ProbeResult, probe
+from node_agent.runtime.process import cap_log
+from node_agent.state import Record
+
+HEALTH_REFRESH_S = 60.0  # re-state health this often even when nothing changed
+log = logging.getLogger("prism.node")
+
+
+class Supervision:
+    def supervise(self, stop: threading.Event) -> None:
+        while not stop.wait(self.settings.liveness_interval_s):
+            with self.lock:
+                watched = [
+                    r
+                    for r in self.records.values()
+                    if r.status in ("running", "unhealthy") and not r.stop_requested
+                ]
+            for record in watched:
+                try:
+                    self._check(record)
+                except Exception as exc:  # one deployment's trouble never stops the others'
+                    log.exception("checking %s failed", record.deployment_id)
+                    self._check_failed(record, exc)
+
+    def _check_failed(self, record: Record, exc: Exception) -> None:
+        """The runtime could not say how the deployment is (e.g. the container engine errs):
+        that counts as a failed probe, so three in a row make it unhealthy, with the reason."""
+        tracker = self.trackers.setdefault(record.deployment_id, HealthTracker())
+        result = ProbeResult(healthy=False, latency_ms=None, detail=f"{type(exc).__name__}: {exc}")
+        if tracker.observe(result):
+            record.status = "running" if tracker.healthy else "unhealthy"
+            self.send(
+                DeploymentHealthUpdate(
+                    deployment_id=record.deployment_id,
+                    healthy=False,
+                    consecutive_failures=tracker.consecutive_failures,
+                    latency_ms=None,
+                )
+            )
+
+    def _check(self, record: Record) -> None:
+        runtime = self.runtimes[record.handle.runtime]
+        if not runtime.is_running(record.handle):
+            if not record.stop_requested:
+                code = runtime.exit_code(record.handle)
+                message = self._exit_message(record, "unexpectedly")
+                runtime.stop(record.handle, 0)  # its workers go with it, freeing GPU and port
+                self._finish(record, "crash", message, code)
+            return
+        now = time.monotonic()
+        if now - self.last_probe.get(record.deployment_id, 0) < self.settings.probe_interval_s:
+            return
+        self.last_probe[record.deployment_id] = now
+        cap_log(Path(record.log_path))
+        tracker = self.trackers.setdefault(record.deployment_id, HealthTracker())
+        result = probe(self._health_url(record))
+        changed = tracker.observe(result)
+        # Also re-state health now and then: the server may have marked the deployment
+        # unhealthy while this node was silent, and only a report brings it back.
+        stale = now - self.last_report.get(record.deployment_id, 0) >= HEALTH_REFRESH_S
+        if changed or stale:
+            self.last_report[record.deployment_id] = now
+            record.status = "running" if tracker.healthy else "unhealthy"
+            self.send(
+                DeploymentHealthUpdate(
+                    deployment_id=record.deployment_id,
+                    healthy=result.healthy,
+                    consecutive_failures=tracker.consecutive_failures,
+                    latency_ms=result.latency_ms,
+                )
+            )
