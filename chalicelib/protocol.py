@@ -4,12 +4,22 @@ The one definition: the control plane (chalicelib) and the node agent both impor
 Pure pydantic, no AWS. Every message carries `type` and a message `id`.
 """
 
+import json
 import uuid
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 PROTOCOL_VERSION = 1
+MIN_PROTOCOL_VERSION = 1  # the oldest agent protocol the control plane still serves
+# API Gateway WebSocket limits (not raisable): a message is at most 128 KB, sent in frames of
+# at most 32 KB each; a larger frame closes the connection (1009), a larger message is refused.
+MAX_MESSAGE_BYTES = 128 * 1024
+MAX_FRAME_BYTES = 32 * 1024
+# What a deployment's own content may take of a deploy_model (env vars and command, checked at
+# create), leaving room for the rest of the message.
+DEPLOY_CONTENT_BUDGET_BYTES = 96 * 1024
+LOGS_BUDGET_BYTES = 96 * 1024  # a logs_result carries the newest lines that fit
 NODE_TOKEN_PREFIX = "prismnode_"
 
 
@@ -26,7 +36,8 @@ def _message_id() -> str:
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Fields a newer peer adds are ignored, so an older agent or control plane keeps working.
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: str = Field(default_factory=_message_id, min_length=1, max_length=64)
 
@@ -38,7 +49,7 @@ DeploymentId = Annotated[str, Field(pattern=r"^dep_[0-9a-f]{16}$")]
 
 
 class DeployConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
     port: int = Field(ge=1, le=65535)
     health_path: str = Field(pattern=r"^/")
     weights_allow_patterns: list[str] | None = None  # hf:// file globs
@@ -193,6 +204,25 @@ class LogsResult(Message):
     deployment_id: DeploymentId
     lines: list[str] = Field(default_factory=list)
 
+    @field_validator("lines")
+    @classmethod
+    def _fits(cls, lines: list[str]) -> list[str]:
+        return newest_lines_within(lines, LOGS_BUDGET_BYTES)
+
+
+def newest_lines_within(lines: list[str], budget: int) -> list[str]:
+    """The newest lines whose JSON fits `budget` bytes, after a line saying how many were cut."""
+    kept, used = [], 0
+    for line in reversed(lines):
+        size = len(json.dumps(line).encode()) + 2
+        if used + size > budget - 100:  # room for the marker
+            break
+        kept.append(line)
+        used += size
+    cut = len(lines) - len(kept)
+    marker = [f"[... {cut} earlier lines cut to fit one message ...]"] if cut else []
+    return marker + kept[::-1]
+
 
 class Error(Message):
     """Either side: a message could not be handled. The connection stays up."""
@@ -256,8 +286,6 @@ def _parse(adapter: TypeAdapter, raw: str | bytes):
 
 
 def _message_id_of(raw: str | bytes) -> str | None:
-    import json
-
     try:
         value = json.loads(raw).get("id")
     except (ValueError, AttributeError):

@@ -1,6 +1,7 @@
 """Request and response models of the REST API (pydantic v2); the OpenAPI document is built
 from these. Requests forbid unknown fields; env var values never appear in a response."""
 
+import json
 import re
 from datetime import datetime
 from decimal import Decimal
@@ -22,6 +23,7 @@ from pydantic import (
 from chalicelib.errors import ValidationFailed
 from chalicelib.lifecycle import Status
 from chalicelib.metering import seconds_until_exhausted
+from chalicelib.protocol import DEPLOY_CONTENT_BUDGET_BYTES
 from chalicelib.weights_uri import InvalidWeightsSource, LocalSource, parse_weights_uri
 
 Target = Literal["prism_node", "runpod", "lambda"]
@@ -161,6 +163,13 @@ class CreateDeploymentRequest(StrictModel):
                 "instance of their own",
                 fields={"node_id": "only with target prism_node"},
             )
+        content = len(json.dumps(self.env_vars).encode()) + len(json.dumps(self.command).encode())
+        if content > DEPLOY_CONTENT_BUDGET_BYTES:
+            message = (
+                f"env_vars and command take {content} bytes; together they must fit in "
+                f"{DEPLOY_CONTENT_BUDGET_BYTES} (they travel to the node in one message)"
+            )
+            raise ValidationFailed(message, fields={"env_vars": message})
         if (
             self.weights_source
             and self.target in CLOUD_TARGETS

@@ -11,7 +11,14 @@ from collections.abc import Callable
 
 import websocket
 
-from chalicelib.protocol import Error, Heartbeat, Message, ProtocolError, parse_server_message
+from chalicelib.protocol import (
+    MAX_FRAME_BYTES,
+    Error,
+    Heartbeat,
+    Message,
+    ProtocolError,
+    parse_server_message,
+)
 
 log = logging.getLogger("prism.node")
 OUTBOX_LIMIT = 1000
@@ -54,7 +61,7 @@ class Connection:
         with self._send_lock:
             if self._ws is not None:
                 try:
-                    self._ws.send(data)
+                    send_in_frames(self._ws, data)
                     return
                 except (websocket.WebSocketException, OSError):
                     self._drop()
@@ -91,9 +98,9 @@ class Connection:
         ws.settimeout(1.0)
         with self._send_lock:
             self._ws = ws
-            ws.send(self._hello().to_json())  # first, so the server reconciles before reports
+            send_in_frames(ws, self._hello().to_json())  # first: the server reconciles first
             while self._outbox:
-                ws.send(self._outbox[0])  # dropped from the outbox only once it went out
+                send_in_frames(ws, self._outbox[0])  # dropped from the outbox once it went out
                 self._outbox.popleft()
         self.connects += 1
         self.connected.set()
@@ -137,3 +144,16 @@ class Connection:
                 self._ws.close()
             self._ws = None
         self.connected.clear()
+
+
+def send_in_frames(ws: websocket.WebSocket, data: str) -> None:
+    """One text message in frames of at most MAX_FRAME_BYTES: API Gateway closes the connection
+    on a larger frame (a message may be up to MAX_MESSAGE_BYTES)."""
+    payload = data.encode("utf-8")
+    if len(payload) <= MAX_FRAME_BYTES:
+        ws.send(data)
+        return
+    chunks = [payload[i : i + MAX_FRAME_BYTES] for i in range(0, len(payload), MAX_FRAME_BYTES)]
+    for index, chunk in enumerate(chunks):
+        opcode = websocket.ABNF.OPCODE_TEXT if index == 0 else websocket.ABNF.OPCODE_CONT
+        ws.send_frame(websocket.ABNF.create_frame(chunk, opcode, fin=index == len(chunks) - 1))

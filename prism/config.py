@@ -39,6 +39,7 @@ class CliConfig:
         path.parent.mkdir(parents=True, exist_ok=True)
         # The file holds an API key: readable by its owner only.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also when it existed before with a wider mode
         with os.fdopen(fd, "w") as handle:
             json.dump(asdict(self), handle, indent=2)
         return path

@@ -93,7 +93,12 @@ class CloudService:
         item = self._provisioning(state["deployment_id"])
         provider = self._providers(item.target)
         launched_at = self._clock()
-        instance = self._adopt(item, provider) or self._launch_first_offer(item, provider)
+        if item.launch_requested_at is None:
+            self._deployments.mark_launch_requested(item, launched_at)
+        adopted = self._adopt(item, provider)
+        if adopted is not None and not item.provider_instance_id and item.launch_requested_at:
+            launched_at = item.launch_requested_at  # billed since an earlier attempt made it
+        instance = adopted or self._launch_first_offer(item, provider)
         price = instance.price_per_hour
         if not item.provider_instance_id and not self._deployments.record_instance(
             item, instance.id, price, launched_at, instance.region

@@ -53,7 +53,11 @@ class CloudUpkeep:
         report = ReapReport([], [], [], [])
         for name in self._configured():
             _isolated(f"reaping {name}", lambda name=name: self._reap_orphans(name, report))
-        provisioning = self._workflows.running_provisions()
+        try:  # read before the deployments: a provision finishing meanwhile is seen running
+            provisioning = self._workflows.running_provisions()
+        except Exception:
+            logger.exception("reaper step failed", extra={"step": "listing provisions"})
+            provisioning = None  # restarts wait for the next run; deadlines still apply
         for item in self._deployments.cloud_active():
             _isolated(
                 f"checking {item.id}",
@@ -90,7 +94,9 @@ class CloudUpkeep:
         )
         metrics.add_metric(name="OrphansReaped", unit=Unit.Count, value=1)
 
-    def _reap_stuck(self, item: DeploymentItem, provisioning: set[str], report: ReapReport) -> None:
+    def _reap_stuck(
+        self, item: DeploymentItem, provisioning: set[str] | None, report: ReapReport
+    ) -> None:
         status, age = Status(item.status), (self._clock() - item.updated_at).total_seconds()
         deadline = (
             self._cloud.boot_deadline_seconds.get(item.target, 1800)
@@ -99,7 +105,8 @@ class CloudUpkeep:
         )
         coming_up = status in (Status.PROVISIONING, Status.PULLING, Status.STARTING)
         lost = self._cloud.workflow_lost_seconds
-        if coming_up and age > lost and item.id not in provisioning and age <= deadline:
+        lost_workflow = provisioning is not None and item.id not in provisioning
+        if coming_up and age > lost and lost_workflow and age <= deadline:
             # Its workflow is gone: it failed to start at create, or died with the control
             # plane. Start it again; its Launch adopts the instance already launched, if any.
             self._workflows.start_provision(item.id, attempt=int(time.time() // lost))

@@ -5,6 +5,8 @@ from chalicelib.errors import PrismError
 from chalicelib.lifecycle import COMING_UP, FailureReason, Status, can_transition
 from chalicelib.logs import logger
 from chalicelib.protocol import (
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
     DeploymentHealthUpdate,
     DeploymentProgress,
     DeploymentReady,
@@ -83,6 +85,17 @@ class NodeMessageHandler:
                 Error(
                     code="wrong_node",
                     message="node_id does not match this token",
+                    reply_to=message.id,
+                )
+            ]
+        if message.protocol_version < MIN_PROTOCOL_VERSION:  # it would misread what we send
+            return [
+                Error(
+                    code="protocol_too_old",
+                    message=f"this control plane speaks protocol {PROTOCOL_VERSION} and needs "
+                    f"at least {MIN_PROTOCOL_VERSION}; the agent speaks "
+                    f"{message.protocol_version}: upgrade it (pip install -U, or a newer "
+                    "agent image)",
                     reply_to=message.id,
                 )
             ]

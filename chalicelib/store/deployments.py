@@ -211,6 +211,15 @@ class DeploymentRepository:
             & DeploymentItem.provider_instance_id.does_not_exist(),
         )
 
+    def mark_launch_requested(self, item: DeploymentItem, at) -> None:
+        """The first time launch asks a provider for an instance (kept by later attempts)."""
+        update_if(
+            item,
+            [DeploymentItem.launch_requested_at.set(at)],
+            DeploymentItem.status.is_in(*(s.value for s in COMING_UP))
+            & DeploymentItem.launch_requested_at.does_not_exist(),
+        )
+
     def dedicate_node(self, item: DeploymentItem, node_id: str) -> bool:
         """Pin a cloud deployment to the node its instance will run (one per deployment: False
         when an earlier launch attempt pinned one, or the deployment is no longer

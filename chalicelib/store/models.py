@@ -205,6 +205,9 @@ class DeploymentItem(Model):
     cloud = UnicodeAttribute(null=True)  # "1" while a cloud deployment is not over
     provider_region = UnicodeAttribute(null=True)
     launched_at = UTCDateTimeAttribute(null=True)  # the provider instance's launch
+    # When launch first asked a provider: an instance that attempt created, found by a retried
+    # launch (the control plane died before recording it), is billed from here.
+    launch_requested_at = UTCDateTimeAttribute(null=True)
     bytes_done = NumberAttribute(null=True)
     bytes_total = NumberAttribute(null=True)
     weights_revision = UnicodeAttribute(null=True)  # what weights_source resolved to

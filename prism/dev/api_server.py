@@ -14,11 +14,14 @@ import base64
 from pathlib import Path
 from types import SimpleNamespace
 
+import requests
 from chalice.config import Config
 from chalice.local import ChaliceRequestHandler, LocalDevServer
 
 from prism.dev.lambda_service import FunctionError, LambdaClient
 from prism.dev.stack import LocalAws, Stack
+
+INTEGRATION_TIMEOUT_S = 29  # API Gateway REST's integration timeout (not raisable)
 
 
 class TemplateRoutes:
@@ -43,7 +46,13 @@ class TemplateRoutes:
                 event["body"] = base64.b64encode(body).decode("ascii")
                 event["isBase64Encoded"] = True
         try:
-            return self.functions.invoke(self.function, event)
+            return self.functions.invoke(self.function, event, timeout=INTEGRATION_TIMEOUT_S)
+        except requests.Timeout:  # API Gateway gives up on the integration, the function runs on
+            return {
+                "statusCode": 504,
+                "headers": {"Content-Type": "application/json"},
+                "body": '{"message": "Endpoint request timed out"}',
+            }
         except FunctionError as exc:  # API Gateway's answer to a failed Lambda integration
             print(f"{self.function} failed: {exc}", flush=True)
             return {

@@ -1,6 +1,7 @@
 """Who calls the local AWS, as on AWS: each function as its own role from the packaged template,
-the state machines as the template's states role, and the platform's operator (bootstrap,
-`prism admin`) as an administrator.
+the state machines as the template's states role (moto's Step Functions signs its Lambda
+tasks with that role's keys), and the platform's operator (bootstrap, `prism admin`) as an
+administrator.
 
 The keys are made once per state dir and kept there (0600). The moto server, with IAM enforced,
 makes each key act as its role (prism.dev.moto_iam.fixed_key_acts_as), so an unsigned request,
@@ -22,8 +23,6 @@ ADMIN_POLICY = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
 }
-# moto's Step Functions signs its Lambda tasks with this fixed key; it acts as the states role.
-STEP_FUNCTIONS_KEY = ("ak", "sk")
 TRUST = json.dumps(
     {
         "Version": "2012-10-17",
@@ -64,13 +63,15 @@ def prepare(stack: Stack, path: Path) -> dict[str, Identity]:
         keys = saved.get(name) or {}
         access_key = keys.get("access_key") or "AKIAPRISM" + secrets.token_hex(6).upper()
         secret_key = keys.get("secret_key") or secrets.token_urlsafe(30)
-        if name == STATES:
-            access_key, secret_key = STEP_FUNCTIONS_KEY
         identities[name] = Identity(role, access_key, secret_key, policies)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    partial = path.with_suffix(".partial")  # a crash mid-write never leaves it empty
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump({name: asdict(i) for name, i in identities.items()}, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
     return identities
 
 
@@ -115,3 +116,28 @@ def install(path: Path, account: str = "123456789012") -> None:
         for name, policy in zip(names, identity.policies, strict=True):
             iam.put_role_policy(identity.role, name, json.dumps(policy))
         fixed_key_acts_as(identity.access_key, identity.secret_key, identity.role)
+    _step_functions_sign_as(load(path)[STATES])
+
+
+def _step_functions_sign_as(states: Identity) -> None:
+    """moto's Step Functions calls Lambda signed with a fixed, public key ("ak"); on AWS a
+    state machine's tasks run as its role, so here they are signed with the states role's own
+    keys, and "ak" is refused like any key IAM never issued."""
+    import boto3
+    from moto.settings import moto_server_port
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    plain = lambda_eval_utils.boto_client_for
+
+    def signed(region: str, service: str, state_credentials=None):
+        config = plain(region, service, state_credentials).meta.config
+        return boto3.client(
+            service,
+            region_name=region,
+            endpoint_url=f"http://localhost:{moto_server_port()}",
+            aws_access_key_id=states.access_key,
+            aws_secret_access_key=states.secret_key,
+            config=config,
+        )
+
+    lambda_eval_utils.boto_client_for = signed

@@ -12,10 +12,14 @@ The local stand-ins for what invokes functions on AWS call it through LambdaClie
 """
 
 import argparse
+import hmac
 import json
 import os
+import random
 import re
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +33,7 @@ import requests
 
 from prism.dev import identities
 from prism.dev.identities import Identity
-from prism.dev.processes import die_with_parent, free_port
+from prism.dev.processes import die_with_parent
 from prism.dev.stack import FunctionSpec, LocalAws, Stack
 
 WORKER = Path(__file__).with_name("lambda_worker.py")
@@ -47,6 +51,9 @@ LOCAL_SETTINGS = (
     "PRISM_LAMBDA_API_URL",
     "PRISM_LAMBDA_ENDPOINT_TEMPLATE",
 )
+CONTAINER_PORTS = (20000, 32768)  # below Linux's ephemeral range (32768-60999)
+MAX_CONTAINERS = 4  # concurrent invocations of one function; Lambda would scale further
+INVOKE_TOKEN = "PRISM_LOCAL_INVOKE_TOKEN"  # the platform's stand-ins show it; nothing else can
 TUNABLE = re.compile(r"^PRISM_\w+_SECONDS$")  # timeouts and periods, scaled for local runs
 
 
@@ -66,10 +73,12 @@ class FunctionError(Exception):
 class Container:
     process: subprocess.Popen
     port: int
+    token: str  # what the service shows it on every call: nothing else may invoke it
 
 
 class FunctionHost:
-    """Starts, keeps and replaces each function's container; one at a time per function."""
+    """Each function's containers: started on demand and kept warm, one invocation at a time
+    each, as Lambda runs them; up to MAX_CONTAINERS per function, then calls wait their turn."""
 
     def __init__(
         self, stack: Stack, log_dir: Path, settings: dict[str, str], roles: dict[str, Identity]
@@ -79,8 +88,10 @@ class FunctionHost:
         self.specs = stack.functions()
         self.log_dir = log_dir
         self.settings = settings
-        self.containers: dict[str, Container] = {}
-        self.locks = {name: threading.Lock() for name in self.specs}
+        self.idle: dict[str, list[Container]] = {name: [] for name in self.specs}
+        self.started: dict[str, int] = dict.fromkeys(self.specs, 0)
+        self.everyone: list[Container] = []
+        self.turns = threading.Condition()
         # Containers die with this service (PR_SET_PDEATHSIG), and that signal follows the
         # thread that started them: start them all from one thread that lives as long.
         self.spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
@@ -94,87 +105,117 @@ class FunctionHost:
 
     def invoke(self, spec: FunctionSpec, payload: bytes) -> tuple[bytes, bool]:
         """(the response payload, whether it is a function error)."""
-        container = self._container(spec)
+        container = self._acquire(spec)
         try:
             answer = requests.post(
                 f"http://127.0.0.1:{container.port}/invoke",
                 data=payload,
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", "X-Prism-Token": container.token},
                 timeout=spec.timeout + 1,
             )
         except requests.Timeout:  # Lambda stops the container of a function that times out
-            self._discard(spec, container)
+            self._release(spec, container, keep=False)
             return _error("Sandbox.Timedout", f"Task timed out after {spec.timeout}.00 seconds")
         except requests.ConnectionError:
-            self._discard(spec, container)
+            self._release(spec, container, keep=False)
             return _error("Runtime.ExitError", "the function's process exited")
+        self._release(spec, container, keep=True)
         return answer.content, "X-Amz-Function-Error" in answer.headers
 
     def warm_all(self) -> None:
-        """Start every container ahead of its first event, one after another (provisioned
-        concurrency): a cold start on this small machine takes a second or more, and the
-        platform's timing (a budget stop's teardown, a node's hello) should not wait for it."""
+        """Start a container of every function ahead of its first event, one after another
+        (provisioned concurrency): a cold start on this small machine takes a second or more,
+        and the platform's timing (a budget stop's teardown, a node's hello) should not wait."""
         for spec in self.specs.values():
             try:
-                self._container(spec)
+                self._release(spec, self._acquire(spec), keep=True)
             except Exception as exc:  # reported again, as an init error, when invoked
                 print(f"{spec.logical_id} did not start: {exc}", flush=True)
 
     def peak_memory(self) -> dict[str, float]:
-        peaks = {}
-        for logical_id, container in list(self.containers.items()):
+        """Each function's largest container peak (MB), from the idle ones."""
+        peaks: dict[str, float] = {}
+        with self.turns:
+            idle = [(name, c) for name, found in self.idle.items() for c in found]
+        for name, container in idle:
             try:
-                stats = requests.get(f"http://127.0.0.1:{container.port}/stats", timeout=5)
-                peaks[logical_id] = stats.json()["max_rss_mb"]
+                stats = requests.get(
+                    f"http://127.0.0.1:{container.port}/stats",
+                    headers={"X-Prism-Token": container.token},
+                    timeout=5,
+                )
+                peaks[name] = max(peaks.get(name, 0.0), stats.json()["max_rss_mb"])
             except requests.RequestException:
                 continue
         return peaks
 
     def stop(self) -> None:
-        for container in self.containers.values():
+        for container in self.everyone:
             container.process.terminate()
-        for container in self.containers.values():
+        for container in self.everyone:
             try:
                 container.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 container.process.kill()
 
-    def _container(self, spec: FunctionSpec) -> Container:
-        with self.locks[spec.logical_id]:
-            container = self.containers.get(spec.logical_id)
-            if container is None or container.process.poll() is not None:
-                container = self._start(spec)
-                self.containers[spec.logical_id] = container
-            return container
+    def _acquire(self, spec: FunctionSpec) -> Container:
+        name = spec.logical_id
+        with self.turns:
+            while True:
+                while self.idle[name]:
+                    container = self.idle[name].pop()
+                    if container.process.poll() is None:
+                        return container
+                    self.started[name] -= 1  # died while idle
+                if self.started[name] < MAX_CONTAINERS:
+                    self.started[name] += 1
+                    break
+                self.turns.wait()
+        try:
+            return self._start(spec)
+        except Exception:
+            with self.turns:
+                self.started[name] -= 1
+                self.turns.notify_all()
+            raise
 
-    def _discard(self, spec: FunctionSpec, container: Container) -> None:
-        with self.locks[spec.logical_id]:
-            container.process.kill()
-            if self.containers.get(spec.logical_id) is container:
-                del self.containers[spec.logical_id]
+    def _release(self, spec: FunctionSpec, container: Container, keep: bool) -> None:
+        with self.turns:
+            if keep and container.process.poll() is None:
+                self.idle[spec.logical_id].append(container)
+            else:
+                container.process.kill()
+                self.started[spec.logical_id] -= 1
+            self.turns.notify_all()
 
     def _start(self, spec: FunctionSpec) -> Container:
-        port = free_port()
+        token = secrets.token_urlsafe(24)
         arn = f"arn:aws:lambda:{self.stack.local.region}:{self.stack.local.account}:function:"
         env = self._environment(spec)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"{spec.logical_id}.log", "ab") as log:
+        with open(self.log_dir / f"{spec.logical_id}.log", "ab") as log, _listening() as sock:
+            port = sock.getsockname()[1]
             process = self.spawner.submit(
                 subprocess.Popen,
                 [sys.executable, "-I", "-S", str(WORKER), str(self.stack.runtime), spec.handler]
-                + [str(port), str(spec.timeout), arn + spec.name],
+                + [str(sock.fileno()), str(spec.timeout), arn + spec.name],
                 env=env,
                 cwd=self.stack.runtime,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,  # its token, never on a command line or in its env
+                pass_fds=[sock.fileno()],
                 preexec_fn=die_with_parent,
             ).result()
+        process.stdin.write(token.encode() + b"\n")
+        process.stdin.close()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
             try:
                 requests.get(f"http://127.0.0.1:{port}/stats", timeout=1)
-                return Container(process, port)
+                container = Container(process, port, token)
+                self.everyone.append(container)
+                return container
             except requests.ConnectionError:
                 time.sleep(0.05)
         process.kill()
@@ -197,6 +238,20 @@ class FunctionHost:
         return spec.environment | self.settings | keys | lambda_sets
 
 
+def _listening() -> socket.socket:
+    """A loopback socket listening on a port below the ephemeral range, handed to a container:
+    no race with the platform's own ports, which are free ephemeral ones picked ahead."""
+    while True:
+        sock = socket.socket()
+        try:
+            sock.bind(("127.0.0.1", random.randrange(*CONTAINER_PORTS)))
+        except OSError:
+            sock.close()
+            continue
+        sock.listen(16)
+        return sock
+
+
 def _error(kind: str, message: str) -> tuple[bytes, bool]:
     return json.dumps({"errorType": kind, "errorMessage": message}).encode(), True
 
@@ -204,17 +259,21 @@ def _error(kind: str, message: str) -> tuple[bytes, bool]:
 class LambdaClient:
     """Invoke a function of the local Lambda service, as AWS's services do."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, token: str | None = None):
         self.url = url.rstrip("/")
+        self.token = token or os.environ[INVOKE_TOKEN]
         self.local = threading.local()  # a requests.Session per thread: sessions aren't shared
 
-    def invoke(self, function: str, event: dict):
+    def invoke(self, function: str, event: dict, timeout: float = 960):
+        """The function's result; FunctionError if it raised. `timeout`: how long the caller
+        waits (960 s: the longest a function may run, and some)."""
         if not hasattr(self.local, "http"):
             self.local.http = requests.Session()
         answer = self.local.http.post(
             f"{self.url}/2015-03-31/functions/{function}/invocations",
             data=json.dumps(event, default=str),
-            timeout=960,  # the longest a function may run, and some
+            headers={"X-Prism-Token": self.token},
+            timeout=timeout,
         )
         if answer.status_code != 200:
             raise FunctionError({"errorType": "ServiceError", "errorMessage": answer.text})
@@ -224,12 +283,14 @@ class LambdaClient:
         return payload
 
 
-def serve(host: FunctionHost, port: int) -> ThreadingHTTPServer:
+def serve(host: FunctionHost, port: int, token: str) -> ThreadingHTTPServer:
     class Invoke(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self):  # noqa: N802
             payload = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if not self._allowed():
+                return
             match = INVOKE_PATH.match(self.path.split("?", 1)[0])
             spec = host.spec_for(match.group(1)) if match else None
             if spec is None:
@@ -241,8 +302,15 @@ def serve(host: FunctionHost, port: int) -> ThreadingHTTPServer:
                 body, failed = _error("Runtime.InitError", str(exc))
             self._send(200, body, failed)
 
-        def do_GET(self):  # noqa: N802 - readiness, and each container's peak memory
-            self._send(200, json.dumps(host.peak_memory()).encode(), False)
+        def do_GET(self):  # noqa: N802 - readiness, and each function's peak memory
+            if self._allowed():
+                self._send(200, json.dumps(host.peak_memory()).encode(), False)
+
+        def _allowed(self) -> bool:
+            if hmac.compare_digest(self.headers.get("X-Prism-Token", ""), token):
+                return True
+            self._send(403, b'{"message": "Forbidden"}', False)
+            return False
 
         def _send(self, status: int, body: bytes, failed: bool) -> None:
             self.send_response(status)
@@ -276,7 +344,7 @@ def main() -> None:
         local_settings(os.environ),
         identities.load(Path(args.identities)),
     )
-    server = serve(host, args.port)
+    server = serve(host, args.port, os.environ[INVOKE_TOKEN])
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"lambda http://127.0.0.1:{args.port}: {len(host.specs)} functions", flush=True)
     threading.Thread(target=host.warm_all, daemon=True).start()

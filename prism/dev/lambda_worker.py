@@ -1,23 +1,27 @@
 """One Lambda function's container, locally:
-`python -I -S lambda_worker.py RUNTIME HANDLER PORT TIMEOUT_S FUNCTION_ARN`.
+`python -I -S lambda_worker.py RUNTIME HANDLER LISTENING_FD TIMEOUT_S FUNCTION_ARN`.
 
 Standard library only, and run isolated (-I -S): the interpreter sees the unpacked Lambda
 package (RUNTIME) and nothing else, so a module the package lacks fails here as on Lambda. The
 environment is the function's own (prism.dev.lambda_service sets it). Serves invocations on
-127.0.0.1:PORT: POST /invoke with the event as JSON answers the handler's return
-value, or {errorType, errorMessage, stackTrace} with X-Amz-Function-Error, as Lambda does.
-GET /stats answers the container's peak memory.
+the loopback socket the service opened for it (LISTENING_FD): POST /invoke with the event as
+JSON answers the handler's return value, or {errorType, errorMessage, stackTrace} with
+X-Amz-Function-Error, as Lambda does.
+GET /stats answers the container's peak memory. Only a caller showing the token the service
+wrote to its standard input is answered.
 """
 
+import hmac
 import importlib
 import json
 import os
 import resource
+import socket
 import sys
 import time
 import traceback
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 
 class LambdaContext:
@@ -43,12 +47,15 @@ def load_handler(runtime: str, handler: str):
     return getattr(importlib.import_module(module_name), attribute)
 
 
-def serve(handler, port: int, timeout_s: float, arn: str) -> None:
+def serve(handler, listening: socket.socket, timeout_s: float, arn: str, token: str) -> None:
     class Invocations(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self):  # noqa: N802
-            event = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if not self._allowed():
+                return
+            event = json.loads(body or b"{}")
             request_id = self.headers.get("X-Request-Id") or str(uuid.uuid4())
             error = None
             try:
@@ -68,9 +75,19 @@ def serve(handler, port: int, timeout_s: float, arn: str) -> None:
             self._send(body)
 
         def do_GET(self):  # noqa: N802 - /stats
+            if not self._allowed():
+                return
             peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             self.send_response(200)
             self._send(json.dumps({"max_rss_mb": round(peak_kb / 1024, 1)}).encode())
+
+        def _allowed(self) -> bool:
+            """Only the Lambda service, which holds this container's token, may call it."""
+            if hmac.compare_digest(self.headers.get("X-Prism-Token", ""), token):
+                return True
+            self.send_response(403)
+            self._send(b"{}")
+            return False
 
         def _send(self, body: bytes) -> None:
             self.send_header("Content-Type", "application/json")
@@ -81,16 +98,19 @@ def serve(handler, port: int, timeout_s: float, arn: str) -> None:
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Invocations)
-    server.daemon_threads = True
+    # One invocation at a time, as in a Lambda sandbox; the service runs more containers.
+    server = HTTPServer(listening.getsockname(), Invocations, bind_and_activate=False)
+    server.socket = listening
     server.serve_forever()
 
 
 if __name__ == "__main__":
-    runtime_dir, handler_name, listen_port, function_timeout, function_arn = sys.argv[1:6]
+    runtime_dir, handler_name, listening_fd, function_timeout, function_arn = sys.argv[1:6]
+    service_token = sys.stdin.readline().strip()  # from the service, never on the command line
     try:
         loaded = load_handler(runtime_dir, handler_name)
     except Exception:  # an import error fails the function's every invocation, as on Lambda
         traceback.print_exc()
         sys.exit(1)
-    serve(loaded, int(listen_port), float(function_timeout), function_arn)
+    inherited = socket.socket(fileno=int(listening_fd))
+    serve(loaded, inherited, float(function_timeout), function_arn, service_token)

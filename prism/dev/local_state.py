@@ -41,13 +41,25 @@ class LocalState:
 
     def prepare(self, fresh: bool) -> None:
         if fresh:
-            for directory in (self.aws, self.node):
-                shutil.rmtree(directory, ignore_errors=True)
+            self.forget_node()
+            shutil.rmtree(self.aws, ignore_errors=True)
             for file in (self.identities, self._user):
                 file.unlink(missing_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         self.logs.mkdir(exist_ok=True)
+
+    def forget_node(self) -> None:
+        """Delete the local node's state, after stopping the models it still records (after a
+        kill -9 they outlive it; with their record gone nothing would ever stop them)."""
+        from node_agent.runtime.process import ProcessRuntime
+        from node_agent.state import StateStore
+
+        runtime = ProcessRuntime()
+        for record in StateStore(self.node / "state.json").load().values():
+            if record.handle is not None and record.handle.runtime == runtime.name:
+                runtime.stop(record.handle, grace_seconds=5)
+        shutil.rmtree(self.node, ignore_errors=True)
 
     def saved_user(self) -> dict | None:
         return json.loads(self._user.read_text()) if self._user.exists() else None

@@ -6,7 +6,7 @@ event source) invoking them."""
 import contextlib
 import json
 import os
-import shutil
+import secrets
 import signal
 import socket
 import subprocess
@@ -22,6 +22,7 @@ from prism.dev import identities, stack
 from prism.dev.awsenv import local_aws_env
 from prism.dev.fakes.__main__ import local_env as fake_cloud_env
 from prism.dev.infra import REPO_ROOT
+from prism.dev.lambda_service import INVOKE_TOKEN
 from prism.dev.local_state import LocalState
 from prism.dev.node_supervisor import NodeSupervisor
 from prism.dev.processes import die_with_parent, free_port
@@ -61,6 +62,9 @@ class LocalPlatform:
     fresh: bool = False  # start empty: forget the state dir's users, nodes and deployments
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     functions_port: int = field(default_factory=free_port)  # the local Lambda service
+    # Shown by the platform's own stand-ins (API Gateway, EventBridge, Step Functions) on every
+    # invocation: nothing else on this machine may invoke a function.
+    invoke_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     node: NodeSupervisor | None = None
 
     @property
@@ -97,10 +101,11 @@ class LocalPlatform:
         return operator.access_key, operator.secret_key
 
     def env(self) -> dict[str, str]:
-        keys = self.operator_keys() if self.state.identities.exists() else ()
+        """What every child starts with. Its AWS keys are placeholders the local AWS refuses
+        (and never a real account's): each process that calls AWS gets its own identity."""
         return (
             os.environ
-            | local_aws_env(self.aws_url, STAGE, *keys)
+            | local_aws_env(self.aws_url, STAGE)
             | {
                 "PYTHONUNBUFFERED": "1",
                 # The local ticker's period is the metering interval the worker plans with.
@@ -140,6 +145,7 @@ class LocalPlatform:
                 "INITIAL_NO_AUTH_ACTION_COUNT": "0",  # IAM enforced from the first request
                 "MOTO_DISABLE_GLOBAL_CORS": "1",  # no web page may call the local AWS
                 "PRISM_LOCAL_FUNCTIONS_URL": self.functions_url,  # Step Functions' Lambda
+                INVOKE_TOKEN: self.invoke_token,
             },
         )
         self._wait_http("moto", f"{self.aws_url}/moto-api/")
@@ -153,6 +159,7 @@ class LocalPlatform:
             "api",
             [sys.executable, "-m", "prism.dev.api_server", "--port", str(self.api_port)]
             + stack_args,
+            extra_env={INVOKE_TOKEN: self.invoke_token},
         )
         self._wait_http("api", f"{self.api_url}/api/v1/openapi.json")
         self._spawn(
@@ -160,6 +167,7 @@ class LocalPlatform:
             [sys.executable, "-m", "prism.dev.ws_gateway", "--port", str(self.ws_port)]
             + ["--management-port", str(self.management_port), "--tick", str(self.tick_seconds)]
             + ["--identities", str(self.state.identities), *stack_args],
+            extra_env={INVOKE_TOKEN: self.invoke_token},
         )
         self._wait_http("gateway", f"http://{self.host}:{self.management_port}/")
         self._wait_port("gateway", self.ws_port)
@@ -199,6 +207,7 @@ class LocalPlatform:
             + ["--log-dir", str(self.log_dir / "functions"), "--api-url", self.api_url]
             + ["--ws-url", self.ws_url, "--management-url", self.management_url]
             + ["--identities", str(self.state.identities)],
+            extra_env={INVOKE_TOKEN: self.invoke_token},
         )
         self._wait_http("lambda", self.functions_url)
         return package
@@ -215,17 +224,17 @@ class LocalPlatform:
         self._wait_port("fakes", self.hub_port if self.fake_hub else self.lambda_port)
 
     def _spawn(self, name: str, argv: list[str], extra_env: dict | None = None) -> None:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the child
-        self.processes[name] = subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            env=self.env() | (extra_env or {}),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+        with open(self.log_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy
+            self.processes[name] = subprocess.Popen(
+                argv,
+                cwd=REPO_ROOT,
+                env=self.env() | (extra_env or {}),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
 
     def _wait_http(self, name: str, url: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -260,7 +269,9 @@ class LocalPlatform:
         result = subprocess.run(
             [sys.executable, "-m", "prism.dev.bootstrap", "dev"],
             cwd=REPO_ROOT,
-            env=self.env() | ({"PRISM_DEV_API_KEY": saved["api_key"]} if saved else {}),
+            env=self.env()
+            | local_aws_env(self.aws_url, STAGE, *self.operator_keys())
+            | ({"PRISM_DEV_API_KEY": saved["api_key"]} if saved else {}),
             capture_output=True,
             text=True,
             timeout=120,
@@ -269,7 +280,7 @@ class LocalPlatform:
             raise PlatformError(f"could not prepare the local AWS: {result.stderr.strip()}")
         user = json.loads(result.stdout.strip().splitlines()[-1])
         if user != saved:  # the local AWS started empty: a node token kept from before is dead
-            shutil.rmtree(self.state.node, ignore_errors=True)
+            self.state.forget_node()
         return user
 
     def start_node(self, api_key: str, env: dict[str, str], say=print) -> None:

@@ -16,14 +16,16 @@ AUTHORIZATION = re.compile(
 MAX_SKEW = datetime.timedelta(minutes=15)  # AWS refuses a signature older or newer than this
 
 
-def is_signed_by(method: str, url: str, headers: dict, body: bytes, keys: dict[str, str]) -> bool:
-    """True when the request carries a valid SigV4 signature made with one of these keys
-    (access key id -> secret)."""
+def signer_of(
+    method: str, url: str, headers: dict, body: bytes, keys: dict[str, str], service: str
+) -> str | None:
+    """The access key id whose secret (from `keys`) made the request's valid SigV4 signature
+    for `service`, or None."""
     lowered = {k.lower(): v for k, v in headers.items()}
     match = AUTHORIZATION.match(lowered.get("authorization", ""))
     stamp = lowered.get("x-amz-date", "")
-    if not match or match["key"] not in keys or not _fresh(stamp):
-        return False
+    if not match or match["key"] not in keys or match["service"] != service or not _fresh(stamp):
+        return None
     access_key, secret_key = match["key"], keys[match["key"]]
     signed = match["signed"].split(";")
     request = AWSRequest(
@@ -33,7 +35,7 @@ def is_signed_by(method: str, url: str, headers: dict, body: bytes, keys: dict[s
     signer = SigV4Auth(Credentials(access_key, secret_key), match["service"], match["region"])
     canonical = signer.canonical_request(request)
     expected = signer.signature(signer.string_to_sign(request, canonical), request)
-    return hmac.compare_digest(expected, match["sig"])
+    return access_key if hmac.compare_digest(expected, match["sig"]) else None
 
 
 def _fresh(stamp: str) -> bool:

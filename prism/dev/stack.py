@@ -24,6 +24,7 @@ from pathlib import Path
 from prism.dev.infra import REPO_ROOT, merged_template
 
 PACKAGE_CACHE = REPO_ROOT / ".prism" / "package"
+KEEP_BUILDS = 3
 # What the package and its template are made of: a change to any of these builds anew.
 PACKAGE_INPUTS = (
     "app.py",
@@ -247,7 +248,9 @@ def chalice_package(stage: str, out: Path, merge: dict | None = None) -> None:
 
 
 def _build_into(directory: Path, stage: str) -> None:
-    for old in PACKAGE_CACHE.glob(f"{stage}-*"):
+    # Older builds go, but not the last few: a platform still running may run from one.
+    builds = sorted(PACKAGE_CACHE.glob(f"{stage}-*"), key=lambda p: p.stat().st_mtime)
+    for old in builds[:-KEEP_BUILDS]:
         shutil.rmtree(old, ignore_errors=True)
     building = directory.with_name(directory.name + ".partial")
     shutil.rmtree(building, ignore_errors=True)
@@ -257,13 +260,20 @@ def _build_into(directory: Path, stage: str) -> None:
     building.rename(directory)
 
 
+def _generated(file: Path) -> bool:
+    """Not what the package is made of: chalice's dependency cache, locks, bytecode."""
+    skipped = {"deployments", "venv", "__pycache__"}
+    parts = set(file.relative_to(REPO_ROOT).parts)
+    return bool(skipped & parts) or file.suffix in (".lock", ".pyc")
+
+
 def _inputs_digest() -> str:
     digest = hashlib.sha256()
     for entry in PACKAGE_INPUTS:
         path = REPO_ROOT / entry
         files = sorted(path.rglob("*")) if path.is_dir() else [path]
         for file in files:
-            if file.is_file() and "deployments" not in file.parts and file.suffix != ".pyc":
+            if file.is_file() and not _generated(file):
                 digest.update(str(file.relative_to(REPO_ROOT)).encode())
                 digest.update(file.read_bytes())
     return digest.hexdigest()[:16]

@@ -31,14 +31,14 @@ import boto3
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from chalicelib.protocol import MAX_MESSAGE_BYTES
 from prism.dev import identities
 from prism.dev.lambda_service import FunctionError, LambdaClient
-from prism.dev.sigv4 import is_signed_by
+from prism.dev.sigv4 import signer_of
 from prism.dev.stack import LOCAL_API_IDS, LocalAws, Stack
 
 API_ID = LOCAL_API_IDS["WebsocketAPI"]
 STAGE = "api"  # the template's API Gateway stage
-MAX_FRAME = 128 * 1024  # API Gateway's WebSocket message limit
 CONNECTION_PATH = re.compile(r"/@connections/([^/?]+)$")
 
 
@@ -139,19 +139,19 @@ class LocalWebsocketGateway:
             self.host,
             self.port,
             process_request=self._process_request,
-            max_size=MAX_FRAME,
+            max_size=MAX_MESSAGE_BYTES,
         ):
             await asyncio.Future()
 
     # --- the management API -------------------------------------------------------------
 
-    def management_server(self, keys: dict[str, str]) -> ThreadingHTTPServer:
+    def management_server(self, allowed) -> ThreadingHTTPServer:
+        """`allowed(request, connection_id)`: whether a request may manage that connection."""
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
             def _signed(self, body: bytes) -> bool:
-                url = f"http://{self.headers.get('Host', '')}{self.path}"
-                if is_signed_by(self.command, url, dict(self.headers), body, keys):
+                if allowed(self, body, self._connection_id() or ""):
                     return True
                 self._reply(403, "Forbidden", "ForbiddenException")
                 return False
@@ -173,6 +173,9 @@ class LocalWebsocketGateway:
             def do_POST(self):  # noqa: N802 - post_to_connection
                 data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if not self._signed(data):
+                    return
+                if len(data) > MAX_MESSAGE_BYTES:  # as API Gateway answers it
+                    self._reply(413, "Message too long", "PayloadTooLargeException")
                     return
                 connection_id = self._connection_id()
                 if connection_id and gateway.post_to_connection(connection_id, data):
@@ -209,6 +212,24 @@ def _body_text(result: dict) -> str:
     return body if isinstance(body, str) else json.dumps(body)
 
 
+def connection_policy(roles: dict, local: LocalAws):
+    """As on AWS: a request signed (SigV4, execute-api) by a role whose policy allows
+    execute-api:ManageConnections on this API, this method and this connection."""
+    by_key = {role.access_key: role for role in roles.values()}
+    keys = {key: role.secret_key for key, role in by_key.items()}
+    api = f"arn:aws:execute-api:{local.region}:{local.account}:{API_ID}/{STAGE}"
+
+    def allowed(request, body: bytes, connection_id: str) -> bool:
+        url = f"http://{request.headers.get('Host', '')}{request.path}"
+        signer = signer_of(request.command, url, dict(request.headers), body, keys, "execute-api")
+        resource = f"{api}/{request.command}/@connections/{connection_id}"
+        return signer is not None and identities.allows(
+            by_key[signer], "execute-api:ManageConnections", resource
+        )
+
+    return allowed
+
+
 def run_ticker(functions: LambdaClient, names: list[str], interval: float, stop) -> None:
     """Fire every scheduled function each `interval` seconds (EventBridge locally)."""
     while not stop.wait(interval):
@@ -232,31 +253,34 @@ def run_ticker(functions: LambdaClient, names: list[str], interval: float, stop)
 
 def run_queue_drain(functions: LambdaClient, function: str, source: dict, sqs, stop) -> None:
     """Deliver a queue to its function, as Lambda's event source mapping does: batches of up
-    to BatchSize, failed messages (batchItemFailures) left for redelivery."""
-    arn = source["Queue"]
-    url = sqs.get_queue_url(QueueName=arn.rsplit(":", 1)[-1])["QueueUrl"]
+    to BatchSize, failed messages (batchItemFailures) left for redelivery. Nothing stops it but
+    `stop`: an error is printed and the next poll goes on."""
+    arn, url = source["Queue"], None
     while not stop.is_set():
         try:
-            got = sqs.receive_message(
-                QueueUrl=url, MaxNumberOfMessages=source.get("BatchSize", 10), WaitTimeSeconds=1
-            )
-        except Exception as exc:  # the moto server going away at shutdown
+            url = url or sqs.get_queue_url(QueueName=arn.rsplit(":", 1)[-1])["QueueUrl"]
+            _deliver_once(functions, function, arn, url, source.get("BatchSize", 10), sqs)
+        except Exception as exc:  # the moto server going away at shutdown, a timeout, ...
             print(f"queue drain: {exc!r}", flush=True)
             stop.wait(1)
-            continue
-        messages = got.get("Messages", [])
-        if not messages:
-            continue
-        event = {"Records": [_sqs_record(m, arn) for m in messages]}
-        try:
-            result = functions.invoke(function, event) or {}
-        except Exception as exc:  # the whole batch comes back after the visibility timeout
-            print(f"queue handler failed: {exc!r}", flush=True)
-            continue
-        failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
-        for m in messages:
-            if m["MessageId"] not in failed:
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+
+
+def _deliver_once(functions: LambdaClient, function: str, arn: str, url: str, batch, sqs):
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=batch, WaitTimeSeconds=1)
+    messages = got.get("Messages", [])
+    if not messages:
+        return
+    event = {"Records": [_sqs_record(m, arn) for m in messages]}
+    try:
+        result = functions.invoke(function, event)
+    except Exception as exc:  # the whole batch comes back after the visibility timeout
+        print(f"queue handler failed: {exc!r}", flush=True)
+        return
+    failures = result.get("batchItemFailures", []) if isinstance(result, dict) else []
+    failed = {f.get("itemIdentifier") for f in failures}
+    for m in messages:
+        if m["MessageId"] not in failed:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
 
 
 def _sqs_record(message: dict, arn: str) -> dict:
@@ -291,17 +315,8 @@ def main() -> None:
     gateway = LocalWebsocketGateway(
         functions, stack.websocket_routes(), args.host, args.port, args.management_port
     )
-    # Only a role that may ManageConnections on this API reaches it, as on AWS.
     roles = identities.load(Path(args.identities))
-    connections = f"arn:aws:execute-api:{stack.local.region}:{stack.local.account}:{API_ID}"
-    keys = {
-        role.access_key: role.secret_key
-        for role in roles.values()
-        if identities.allows(
-            role, "execute-api:ManageConnections", connections + "/api/POST/@connections/x"
-        )
-    }
-    management = gateway.management_server(keys)
+    management = gateway.management_server(connection_policy(roles, stack.local))
     threading.Thread(target=management.serve_forever, daemon=True).start()
     stop = threading.Event()
     schedules = [name for name, _ in stack.event_sources("Schedule")]

@@ -133,6 +133,8 @@ def test_the_management_api_answers_only_roles_that_may_manage_connections(platf
         with pytest.raises(websocket.WebSocketTimeoutException):
             node.recv()  # nothing reached the node
         sender = platform.aws("apigatewaymanagementapi", "WebsocketMessage")
+        with pytest.raises(ClientError, match="403|Forbidden"):  # granted POST, not DELETE
+            sender.delete_connection(ConnectionId=connection_id)
         sender.post_to_connection(ConnectionId=connection_id, Data=b'{"type": "ping"}')
         assert json.loads(node.recv()) == {"type": "ping"}
     finally:

@@ -115,6 +115,9 @@ def test_kill_9_and_restart_loses_nothing_and_charges_exactly(tmp_path, runpod):
         assert came["status"] == "running", came
         pods = {pod["name"]: pod for pod in runpod.live_pods()}
         assert sorted(pods) == sorted(f"prism-dev-{d}" for d in (running["id"], coming["id"]))
+        # Both billed long enough that the exactness check below can fail (a cent a second).
+        youngest = max(pod["created_at"] for pod in pods.values())
+        time.sleep(max(0.0, youngest + 25 - time.time()))
         for deployment_id in (running["id"], coming["id"]):
             second.cli("deploy", "stop", deployment_id, check=True)
         for deployment_id in (running["id"], coming["id"]):
@@ -196,5 +199,21 @@ def test_a_killed_node_agent_is_restarted_and_ctrl_c_and_restart_keep_everything
         assert _json(fresh, "deploy", "list")["items"] == []
         refused = fresh.cli("deploy", "list", key=bob["api_key"])
         assert refused.returncode == 1 and "401" in refused.stderr
+    finally:
+        stop_platform(fresh)
+
+
+def test_fresh_after_a_crash_stops_the_models_it_would_otherwise_forget(tmp_path):
+    state = tmp_path / "state"
+    first = start_platform(tmp_path, tick=1, args=("--state-dir", str(state)))
+    port = free_port()
+    _until(first, _json(first, *_local_model("orphan", port))["id"], {"running"})
+    assert len(_model_pids(port)) == 1
+    os.kill(first.process.pid, signal.SIGKILL)
+    first.process.wait(timeout=10)
+    fresh = start_platform(tmp_path, tick=1, args=("--state-dir", str(state), "--fresh"))
+    try:
+        assert _model_pids(port) == set()  # stopped before its record was deleted
+        assert _json(fresh, "deploy", "list")["items"] == []
     finally:
         stop_platform(fresh)

@@ -236,3 +236,37 @@ def test_a_provision_that_never_started_is_started_by_the_reaper(api, fakes):
     api.delete(f"{DEPLOYMENTS}/{deployment_id}")
     reaches(api, deployment_id, TERMINAL)
     assert_nothing_leaked_and_billed_exactly(fakes["runpod"], api, [deployment_id])
+
+
+def test_an_instance_launched_just_before_the_control_plane_died_is_billed_from_its_launch(
+    api, fakes
+):
+    """The provider created the pod, then the launch died before recording it: the retried
+    launch adopts the pod by name and bills it from the first request to the provider (the
+    time it was down is charged, not lost)."""
+    from chalicelib.providers.base import TransientError
+
+    repository = registry.cloud()._deployments
+    record_instance = repository.record_instance
+    calls = []
+
+    def dies_the_first_time(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise TransientError("the control plane died here")
+        return record_instance(*args, **kwargs)
+
+    repository.record_instance = dies_the_first_time
+    try:
+        deployment_id = create(api)
+        reaches(api, deployment_id, {"running"})
+    finally:
+        repository.record_instance = record_instance
+    (pod,) = fakes["runpod"].live_pods()
+    item = repository.get(deployment_id)
+    assert len(calls) == 2  # adopted by the retry, not launched twice
+    assert item.launch_requested_at == item.launched_at
+    assert 0 <= pod["created_at"] - item.launched_at.timestamp() < 1.0  # from its launch...
+    api.delete(f"{DEPLOYMENTS}/{deployment_id}")
+    reaches(api, deployment_id, TERMINAL)
+    assert_nothing_leaked_and_billed_exactly(fakes["runpod"], api, [deployment_id])

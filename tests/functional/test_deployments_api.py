@@ -139,6 +139,18 @@ def test_invalid_create_is_a_400_naming_the_field(api, body, field):
     assert error["message"]
 
 
+def test_env_vars_too_large_for_one_deploy_model_message_are_a_400_and_nothing_is_created(api):
+    # Each value is allowed (32 KiB), together they would not fit one WebSocket message.
+    env_vars = {f"BLOB_{n}": "x" * 30000 for n in range(4)}
+    response = api.post(BASE, {"name": "m", "image": "nginx", "env_vars": env_vars})
+    assert response.status_code == 400, response.data
+    assert "env_vars" in response.data["error"]["fields"]
+    assert "x" * 100 not in response.body.decode()  # values never echoed
+    assert api.get(BASE).data["items"] == []
+    fits = {f"BLOB_{n}": "x" * 30000 for n in range(3)}
+    assert api.post(BASE, {"name": "m", "image": "nginx", "env_vars": fits}).status_code == 201
+
+
 def test_secret_values_are_not_echoed_in_validation_errors(api):
     body = {"name": "m", "image": "nginx", "env_vars": {"TOKEN": 12345678}}
     response = api.post(BASE, body)

@@ -271,3 +271,18 @@ def test_reports_about_a_stopping_or_finished_deployment_tell_the_node_to_stop_i
     stopped = get(api, d)
     assert stopped["status"] == "stopped"
     assert api.get(f"{DEPLOYMENTS}/{d}/health").data["healthy"] is None  # not rewritten
+
+
+def test_an_agent_too_old_for_the_protocol_is_told_to_upgrade(api, node):
+    from chalicelib.protocol import MIN_PROTOCOL_VERSION
+    from chalicelib.services import registry
+
+    hello = {
+        "type": "node_hello",
+        "id": "h-old",
+        "node_id": node.node_id,
+        "protocol_version": MIN_PROTOCOL_VERSION - 1,
+    }
+    replies = registry.node_message_handler().handle(node.connection_id, json.dumps(hello))
+    assert [(r.code, r.reply_to) for r in replies] == [("protocol_too_old", "h-old")]
+    assert "upgrade" in replies[0].message
