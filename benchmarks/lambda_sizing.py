@@ -512,33 +512,10 @@ def measure_cloud_upkeep(runner: Runner, sizes: Sizes, runpod, health) -> list[M
 
 
 def seed_metering(billable: int, stopped: int) -> None:
-    """As benchmarks/metering.py: billable deployments last metered a minute ago, and stopped
-    ones that only make the table bigger."""
-    from decimal import Decimal
+    """As benchmarks/metering.py (benchmarks/seeding.py)."""
+    import seeding  # beside this script
 
-    from chalicelib.store.deployments import billing_shard
-    from chalicelib.store.models import DeployConfigAttribute, DeploymentItem
-
-    start = datetime.now(UTC) - timedelta(minutes=1)
-    with DeploymentItem.batch_write() as batch:
-        for i in range(billable + stopped):
-            is_billable = i < billable
-            item = DeploymentItem(
-                id=f"dep_{i:016x}",
-                owner_id="usr_bench",
-                name=f"m{i}",
-                target="runpod",
-                status="running" if is_billable else "stopped",
-                owner_status="usr_bench#x",
-                image="acme/llm:1",
-                budget_max_usd=1000,
-                deploy_config=DeployConfigAttribute(port=8000, health_path="/health"),
-                price_per_hour_usd=Decimal("3.6"),
-                last_metered_at=start,
-            )
-            item.billable = billing_shard(item.id) if is_billable else None
-            item.ledger_tail = [] if is_billable else None  # as billing starts
-            batch.save(item)
+    seeding.billing_deployments(billable, stopped)
 
 
 def take_queue(expected: int) -> list[dict]:

@@ -50,14 +50,15 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import seeding  # noqa: E402 - benchmarks/seeding.py, beside this script
 
 from prism.dev.awsenv import local_aws_env  # noqa: E402
 
@@ -121,37 +122,13 @@ def run(args, log: Path) -> None:
     for emitter in (metrics, metrics.provider):  # the provider prints every 100 values itself
         emitter.flush_metrics = lambda *_, **__: metrics.clear_metrics()
     from chalicelib.services.metering import METER_THREADS, MeteringService
-    from chalicelib.store.deployments import billing_shard
     from chalicelib.store.metering import MeteringRepository, stamp
-    from chalicelib.store.models import DeployConfigAttribute, DeploymentItem
     from prism.dev.infra import create_queues, create_tables
 
     create_tables(aws.client("dynamodb"), settings)
     create_queues(aws.client("sqs"), settings.stage)
-    start = datetime.now(UTC) - timedelta(minutes=1)
     started = time.perf_counter()
-    billable_ids = []
-    with DeploymentItem.batch_write() as batch:
-        for i in range(args.billable + args.stopped):
-            billable = i < args.billable
-            item = DeploymentItem(
-                id=f"dep_{i:016x}",
-                owner_id="usr_bench",
-                name=f"m{i}",
-                target="runpod",
-                status="running" if billable else "stopped",
-                owner_status="usr_bench#x",
-                image="acme/llm:1",
-                budget_max_usd=1000,
-                deploy_config=DeployConfigAttribute(port=8000, health_path="/health"),
-                price_per_hour_usd=Decimal("3.6"),
-                last_metered_at=start,
-            )
-            item.billable = billing_shard(item.id) if billable else None
-            item.ledger_tail = [] if billable else None  # as billing starts: see record_instance
-            batch.save(item)
-            if billable:
-                billable_ids.append(item.id)
+    billable_ids = seeding.billing_deployments(args.billable, args.stopped)
     print(
         f"loaded {args.billable:,} billable + {args.stopped:,} stopped deployments in "
         f"{time.perf_counter() - started:.0f}s"
