@@ -30,7 +30,13 @@ from chalicelib.protocol import (
     StopDeployment,
 )
 from node_agent import __version__, gpus
-from node_agent.frameworks import FrameworkError, detect_framework, resolve_command
+from node_agent.frameworks import (
+    CONTAINER_WEIGHTS,
+    FrameworkError,
+    detect_framework,
+    fill_placeholders,
+    resolve_command,
+)
 from node_agent.health import HealthTracker, probe
 from node_agent.runtime.base import LaunchSpec, RuntimeError_
 from node_agent.runtime.process import tail_lines
@@ -230,6 +236,9 @@ class Agent(Supervision):
         command = list(message.command)
         if runtime_name == "process":
             command = resolve_command(framework, command, weights_dir, record.port)
+        else:  # in its container the weights are at /weights, the port the container's own
+            mounted = CONTAINER_WEIGHTS if weights_dir is not None else None
+            command = fill_placeholders(command, mounted, message.deploy_config.port)
         record.status = "starting"
         self.send(
             DeploymentProgress(

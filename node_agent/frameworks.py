@@ -12,7 +12,9 @@ from pathlib import Path
 
 MAX_JSON_BYTES = 8 * 1024 * 1024  # configs and safetensors headers are KBs; more is not a model
 ENTRY_POINTS = ("serve.py", "app.py", "server.py", "main.py")
-CONTAINER_WEIGHTS = "/weights"  # where a user's command finds the weights (see the README)
+CONTAINER_WEIGHTS = "/weights"  # where a container finds the weights (see the README)
+# In a command, replaced by the agent on either runtime: exec arrays are never shell-expanded.
+WEIGHTS_PLACEHOLDER, PORT_PLACEHOLDER = "{weights}", "{port}"
 
 Files = Mapping[str, Path]  # top-level file name -> path, sorted by name
 
@@ -172,51 +174,51 @@ _BUILT_IN: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class _Hint:
-    example: tuple[str, ...]  # "{file}" becomes the detected file (or `file`) under /weights
+    example: tuple[str, ...]  # "{file}" becomes the detected file (or `file`) under {weights}
     note: str
     file: str = ""
     reason: str = ""  # defaults to "no built-in server for <framework> is installed"
 
 
-_W = CONTAINER_WEIGHTS
+_W, _P = WEIGHTS_PLACEHOLDER, PORT_PLACEHOLDER
 _VLLM_HINT = _Hint(
-    ("vllm", "serve", _W, "--port", "$PORT"),
+    ("vllm", "serve", _W, "--port", _P),
     "run it in an image with vLLM, or install vllm on this node",
 )
 _HINTS: dict[str, _Hint] = {
     "vllm": _VLLM_HINT,
     "transformers": _VLLM_HINT,
     "tgi": _Hint(
-        ("text-generation-launcher", "--model-id", _W, "--port", "$PORT"),
+        ("text-generation-launcher", "--model-id", _W, "--port", _P),
         "Hugging Face text-generation-inference, in its image or installed on this node",
     ),
     "sentence-transformers": _Hint(
-        ("text-embeddings-router", "--model-id", _W, "--port", "$PORT"),
+        ("text-embeddings-router", "--model-id", _W, "--port", _P),
         "Hugging Face text-embeddings-inference serves sentence-transformers models",
     ),
     "gguf": _Hint(
-        ("llama-server", "-m", "{file}", "--port", "$PORT"),
+        ("llama-server", "-m", "{file}", "--port", _P),
         "llama.cpp's llama-server",
         "model.gguf",
     ),
     "onnx": _Hint(
-        ("python", "serve.py", "--model", "{file}", "--port", "$PORT"),
+        ("python", "serve.py", "--model", "{file}", "--port", _P),
         "your onnxruntime-based server, e.g. onnxruntime InferenceSession behind HTTP",
         "model.onnx",
     ),
     "safetensors": _Hint(
-        ("python", "serve.py", "--weights", "{file}", "--port", "$PORT"),
+        ("python", "serve.py", "--weights", "{file}", "--port", _P),
         "bare safetensors hold tensors but no architecture, so your code must build the model",
         "model.safetensors",
     ),
     "torch": _Hint(
-        ("python", "serve.py", "--checkpoint", "{file}", "--port", "$PORT"),
+        ("python", "serve.py", "--checkpoint", "{file}", "--port", _P),
         "your PyTorch server that loads the checkpoint",
         "model.pt",
     ),
     "custom": _Hint(
         ("python", "{file}"),
-        "pass the command that starts your server; it must listen on $PORT",
+        "pass the command that starts your server; it must listen on {port} (also in $PORT)",
         "serve.py",
         reason="the agent cannot guess how to start custom code",
     ),
@@ -251,9 +253,10 @@ def _no_server(framework: str, weights_dir: Path | None) -> FrameworkError:
 def resolve_command(
     framework: str, requested: list[str], weights_dir: Path | None, port: int
 ) -> list[str]:
-    """The user's command if given, else a built-in server's; FrameworkError when there is none."""
+    """The user's command if given, else a built-in server's, placeholders filled for the
+    process runtime; FrameworkError when there is none."""
     if requested:
-        return list(requested)
+        return fill_placeholders(requested, weights_dir, port)
     if framework == "auto" and weights_dir is not None:
         framework = detect_framework(weights_dir).framework
     argv = _BUILT_IN.get(framework)
@@ -264,5 +267,18 @@ def resolve_command(
             f"framework '{framework}' serves weights but this deployment has none; "
             "pass weights_source, or a command"
         )
-    values = {"{weights}": str(weights_dir), "{port}": str(port)}
-    return [values.get(arg, arg) for arg in argv]
+    return fill_placeholders(argv, weights_dir, port)
+
+
+def fill_placeholders(command, weights: Path | str | None, port: int) -> list[str]:
+    """{weights} and {port} anywhere in the arguments, as this runtime sees them (the host's
+    weights path and port for a process; /weights and the container port in a container)."""
+    if weights is None and any(WEIGHTS_PLACEHOLDER in arg for arg in command):
+        raise FrameworkError("the command uses {weights} but this deployment has no weights_source")
+    values = {WEIGHTS_PLACEHOLDER: str(weights), PORT_PLACEHOLDER: str(port)}
+    filled = []
+    for arg in command:
+        for placeholder, value in values.items():
+            arg = arg.replace(placeholder, value)
+        filled.append(arg)
+    return filled

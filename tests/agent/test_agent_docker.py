@@ -131,3 +131,23 @@ def test_a_deployment_that_ended_here_is_not_started_again(setup):
     deploy(agent)
     time.sleep(0.3)
     assert engine.container(f"prism-{DEPLOYMENT}") is None
+
+
+def test_placeholders_in_an_image_command_are_the_container_port_and_weights_path(setup):
+    engine, agent, messages = setup
+    agent.deploy(
+        DeployModel(
+            deployment_id=DEPLOYMENT,
+            image="acme/model:1",
+            command=["serve", "--port", "{port}", "--listen=0.0.0.0:{port}"],
+            deploy_config=DeployConfig(port=8080, health_path="/health"),
+        )
+    )
+    server = serve_container_port(agent)
+    try:
+        wait_for(messages, "deployment_ready")
+        created = engine.container(f"prism-{DEPLOYMENT}").body
+        # The container's own port, whatever host port the agent mapped it to.
+        assert created["Cmd"] == ["serve", "--port", "8080", "--listen=0.0.0.0:8080"]
+    finally:
+        server.shutdown()

@@ -10,6 +10,7 @@ from node_agent.frameworks import (
     Detection,
     FrameworkError,
     detect_framework,
+    fill_placeholders,
     resolve_command,
 )
 
@@ -245,7 +246,7 @@ def test_gguf_without_a_command_says_to_pass_llama_server(tmp_path, bin_dir):
     assert str(error.value) == (
         "detected framework 'gguf' (model.gguf) but no command was given and no built-in server"
         " for gguf is installed on this node; pass command, e.g. "
-        '["llama-server", "-m", "/weights/model.gguf", "--port", "$PORT"]'
+        '["llama-server", "-m", "{weights}/model.gguf", "--port", "{port}"]'
         " (llama.cpp's llama-server)"
     )
 
@@ -256,7 +257,7 @@ def test_transformers_without_vllm_says_to_pass_vllm_serve(tmp_path, bin_dir):
         resolve_command("transformers", [], weights, 8000)
     message = str(error.value)
     assert "detected framework 'transformers' (config.json + model.safetensors)" in message
-    assert 'pass command, e.g. ["vllm", "serve", "/weights", "--port", "$PORT"]' in message
+    assert 'pass command, e.g. ["vllm", "serve", "{weights}", "--port", "{port}"]' in message
 
 
 def test_sentence_transformers_has_no_built_in_server_even_with_vllm(tmp_path, bin_dir):
@@ -269,12 +270,12 @@ def test_sentence_transformers_has_no_built_in_server_even_with_vllm(tmp_path, b
 @pytest.mark.parametrize(
     ("name", "content", "framework", "advice"),
     [
-        ("model.onnx", b"\x08\x07", "onnx", '"--model", "/weights/model.onnx"'),
+        ("model.onnx", b"\x08\x07", "onnx", '"--model", "{weights}/model.onnx"'),
         ("model.onnx", b"\x08\x07", "onnx", "onnxruntime"),
-        ("model.pt", b"\x80\x02}.", "torch", '"--checkpoint", "/weights/model.pt"'),
-        ("app.py", b"pass", "custom", '["python", "/weights/app.py"]'),
+        ("model.pt", b"\x80\x02}.", "torch", '"--checkpoint", "{weights}/model.pt"'),
+        ("app.py", b"pass", "custom", '["python", "{weights}/app.py"]'),
         ("app.py", b"pass", "custom", "pass the command that starts your server"),
-        ("app.py", b"pass", "custom", "it must listen on $PORT"),
+        ("app.py", b"pass", "custom", "it must listen on {port}"),
     ],
 )
 def test_each_framework_gets_specific_advice(tmp_path, bin_dir, name, content, framework, advice):
@@ -296,3 +297,23 @@ def test_a_built_in_server_needs_weights(bin_dir):
     install(bin_dir, "vllm")
     with pytest.raises(FrameworkError, match="has none; pass weights_source, or a command"):
         resolve_command("vllm", [], None, 8000)
+
+
+def test_placeholders_in_a_given_command_are_the_weights_and_the_port(tmp_path):
+    command = ["vllm", "serve", "{weights}", "--port", "{port}", "--tokenizer={weights}/tok"]
+    assert resolve_command("auto", command, tmp_path, 9123) == [
+        "vllm",
+        "serve",
+        str(tmp_path),
+        "--port",
+        "9123",
+        f"--tokenizer={tmp_path}/tok",
+    ]
+    assert fill_placeholders(["serve", "{weights}"], "/weights", 80) == ["serve", "/weights"]
+    assert resolve_command("auto", ["python", "serve.py", "$PORT"], None, 1) == [
+        "python",
+        "serve.py",
+        "$PORT",  # never shell-expanded: {port} is how a command names its port
+    ]
+    with pytest.raises(FrameworkError, match="uses {weights} but this deployment has no"):
+        resolve_command("auto", ["serve", "{weights}"], None, 8000)
