@@ -5,6 +5,7 @@ one supervisor loop watches all of them: liveness often (a crash is noticed with
 of a second), HTTP health every probe interval.
 """
 
+import ipaddress
 import logging
 import shutil
 import socket
@@ -255,6 +256,7 @@ class Agent(Supervision):
             gpu_indices=record.gpu_indices,
             log_path=Path(record.log_path),
             container_port=message.deploy_config.port,
+            publish_on="127.0.0.1" if _is_loopback(self.settings.advertise_host) else "0.0.0.0",
         )
         with self.lock:
             if record.stop_requested:
@@ -421,6 +423,13 @@ class Agent(Supervision):
     def _save(self) -> None:
         with self.lock:
             self.store.save({k: v for k, v in self.records.items() if v.handle is not None})
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _weights_cache(settings: AgentSettings, in_use) -> WeightsCache:

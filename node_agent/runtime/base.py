@@ -20,6 +20,9 @@ class LaunchSpec:
     gpu_indices: list[int] = field(default_factory=list)  # host GPU indices assigned
     log_path: Path | None = None  # where stdout/stderr go (size-capped)
     container_port: int | None = None  # port inside a container; defaults to `port`
+    # The host interface a container's port is published on: loopback only while the
+    # endpoint the node advertises is a loopback one, else every interface (it is reached there).
+    publish_on: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)

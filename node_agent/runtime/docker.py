@@ -157,7 +157,7 @@ def _run_options(spec: LaunchSpec) -> dict[str, Any]:
         "environment": env,
         "mounts": mounts,
         # Loopback only: the model is reached through the agent, never straight from outside.
-        "ports": {f"{container_port}/tcp": ("127.0.0.1", spec.port)},
+        "ports": {f"{container_port}/tcp": (spec.publish_on, spec.port)},
         "restart_policy": {"Name": "no"},  # restarts are the agent's decision, not the engine's
     }
     if spec.gpu_indices:

@@ -151,3 +151,30 @@ def test_placeholders_in_an_image_command_are_the_container_port_and_weights_pat
         assert created["Cmd"] == ["serve", "--port", "8080", "--listen=0.0.0.0:8080"]
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("advertise", "published"),
+    [("127.0.0.1", "127.0.0.1"), ("localhost", "127.0.0.1"), ("10.1.2.3", "0.0.0.0")],
+)
+def test_a_container_is_published_where_its_advertised_endpoint_is_reached(
+    tmp_path, advertise, published
+):
+    with FakeDockerEngine(images=["acme/model:1"]) as engine:
+        client = docker.DockerClient(base_url=engine.url, version=engine.api_version)
+        messages = []
+        agent = Agent(
+            AgentSettings(node_id="n", state_dir=tmp_path, advertise_host=advertise),
+            {"docker": DockerRuntime(client)},
+            messages.append,
+        )
+        deploy(agent)
+        server = serve_container_port(agent)
+        try:
+            ready = wait_for(messages, "deployment_ready")
+            created = engine.container(f"prism-{DEPLOYMENT}").body
+            assert created["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostIp"] == published
+            assert ready.endpoint_url.startswith(f"http://{advertise}:")
+        finally:
+            agent.stop_all()
+            server.shutdown()
