@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from chalicelib import gpu_types
+
 PROTOCOL_VERSION = 1
 MIN_PROTOCOL_VERSION = 1  # the oldest agent protocol the control plane still serves
 # API Gateway WebSocket limits (not raisable): a message is at most 128 KB, sent in frames of
@@ -103,16 +105,10 @@ class GpuInfo(BaseModel):
     memory_total_mb: int | None = None
 
 
-def gpu_matches(gpu_name: str, wanted: str | None) -> bool:
-    """How both sides read a GPU type: 'A100' matches 'NVIDIA A100-SXM4-80GB'; none wanted
-    matches any GPU."""
-    if not wanted:
-        return True
-
-    def squash(text: str) -> str:
-        return text.lower().replace(" ", "").replace("-", "")
-
-    return squash(wanted) in squash(gpu_name)
+def gpu_matches(gpu_name: str, wanted: str | None, memory_mb: int | None = None) -> bool:
+    """How both sides read a GPU type (chalicelib.gpu_types): 'A100' matches
+    'NVIDIA A100-SXM4-80GB', 'A10' does not; none wanted matches any GPU."""
+    return gpu_types.matches(gpu_name, wanted, memory_mb)
 
 
 class RunningDeployment(BaseModel):

@@ -36,7 +36,11 @@ def inventory() -> list[GpuInfo]:
 
 
 def free_indices(gpus: list[GpuInfo], in_use: set[int], wanted_type: str | None) -> list[int]:
-    return [g.index for g in gpus if g.index not in in_use and gpu_matches(g.name, wanted_type)]
+    return [
+        g.index
+        for g in gpus
+        if g.index not in in_use and gpu_matches(g.name, wanted_type, g.memory_total_mb)
+    ]
 
 
 if __name__ == "__main__":  # `python -m node_agent.gpus`: what the agent would report

@@ -43,7 +43,11 @@ def choose_node(
                 fitting.append(node)
             continue
         if item.gpu:
-            matching = sum(1 for gpu in node.gpus or [] if gpu_matches(gpu.name, item.gpu_type))
+            matching = sum(
+                1
+                for gpu in node.gpus or []
+                if gpu_matches(gpu.name, item.gpu_type, gpu.memory_total_mb)
+            )
             if matching <= load.get(node.id, 0):
                 continue
         fitting.append(node)

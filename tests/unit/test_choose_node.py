@@ -52,3 +52,20 @@ def test_on_an_instance_of_its_own_the_model_gets_the_whole_node():
     assert deploy_message(deployment(target="runpod", gpu=True, pinned="node_i")).whole_node
     # Left out for prism_node deployments, so agents that predate the field still parse it.
     assert "whole_node" not in deploy_message(deployment(gpu=True)).to_json()
+
+
+def test_a_gpu_type_goes_to_its_family_only_whatever_the_cards_are_called():
+    sxm = node("node_sxm", gpus=[GpuInfo(index=0, name="NVIDIA A100-SXM4-80GB")])
+    a10 = node("node_a10", gpus=[GpuInfo(index=0, name="NVIDIA A10")])
+    l40s = node("node_l40s", gpus=[GpuInfo(index=0, name="NVIDIA L40S")])
+    nodes = [a10, l40s, sxm]
+
+    def wanting(gpu_type):
+        item = deployment(gpu=True)
+        item.gpu_type = gpu_type
+        return choose_node(item, nodes, {})
+
+    assert wanting("A100-80GB") is sxm  # the README's own example, NVML's name for the card
+    assert wanting("A10") is a10  # not the A100
+    assert wanting("L40") is None  # an L40S is not an L40
+    assert wanting("A100-40GB") is None
