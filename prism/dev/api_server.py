@@ -11,6 +11,7 @@ such stall, so the local stand-in should not either.
 
 import argparse
 import base64
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -48,18 +49,20 @@ class TemplateRoutes:
         try:
             return self.functions.invoke(self.function, event, timeout=INTEGRATION_TIMEOUT_S)
         except requests.Timeout:  # API Gateway gives up on the integration, the function runs on
-            return {
-                "statusCode": 504,
-                "headers": {"Content-Type": "application/json"},
-                "body": '{"message": "Endpoint request timed out"}',
-            }
+            return _gateway_error(504, "Endpoint request timed out")
         except FunctionError as exc:  # API Gateway's answer to a failed Lambda integration
             print(f"{self.function} failed: {exc}", flush=True)
-            return {
-                "statusCode": 502,
-                "headers": {"Content-Type": "application/json"},
-                "body": '{"message": "Internal server error"}',
-            }
+            return _gateway_error(502, "Internal server error")
+
+
+def _gateway_error(status: int, message: str) -> dict:
+    """API Gateway's own answer when the integration fails, in the proxy response shape."""
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": "application/json"},
+        "multiValueHeaders": {},
+        "body": json.dumps({"message": message}),
+    }
 
 
 def main() -> None:

@@ -209,14 +209,20 @@ class FunctionHost:
             ).result()
         process.stdin.write(token.encode() + b"\n")
         process.stdin.close()
+        # The socket listens already: the first answer comes once the container has imported
+        # the app, however long that takes on a busy machine (a cold start).
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                requests.get(f"http://127.0.0.1:{port}/stats", timeout=1)
+                requests.get(
+                    f"http://127.0.0.1:{port}/stats",
+                    headers={"X-Prism-Token": token},
+                    timeout=max(1.0, deadline - time.monotonic()),
+                )
                 container = Container(process, port, token)
                 self.everyone.append(container)
                 return container
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.05)
         process.kill()
         raise RuntimeError(

@@ -115,6 +115,7 @@ def start_platform(
         stderr=subprocess.STDOUT,
         text=True,
     )
+    STARTED.append(process)
     platform = Platform(process, api_port, aws_port, env, ws_port, management_port)
     platform.state_dir = Path(args[args.index("--state-dir") + 1])
     deadline = time.monotonic() + 180
@@ -133,6 +134,24 @@ def start_platform(
         if line.startswith(ready_line):
             return platform
     raise AssertionError("prism dev up did not print its API key in time")
+
+
+STARTED: list[subprocess.Popen] = []  # every `prism dev up` of this session
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_platform_outlives_the_session():
+    """A test that failed half-way may leave its platform up: stop it, so it neither burns the
+    CPU of the tests after it nor keeps its processes past the run."""
+    yield
+    for process in STARTED:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process in STARTED:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def descendants(pid: int) -> set[int]:

@@ -90,7 +90,11 @@ def stack(tmp_path_factory):
     state = root / "node"
     state.mkdir()
     node = Node(platform, state)
-    node.up()
+    try:
+        node.up()
+    except BaseException:
+        stop_platform(platform)
+        raise
     yield platform, node
     if node.process.poll() is None:
         node.kill(signal.SIGTERM)
