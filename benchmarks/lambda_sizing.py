@@ -28,7 +28,6 @@ import math
 import os
 import re
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -215,30 +214,10 @@ def invoke_like_lambda(handler_name: str, events_path: str, result_path: str) ->
 # --- the parent: servers, seeding, one child per measurement ---------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_moto() -> tuple[subprocess.Popen, str]:
-    import requests
+    import seeding  # beside this script
 
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "prism.dev.moto_server", "-p", str(port)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            requests.get(url + "/moto-api/", timeout=1)
-            return process, url
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise SystemExit("moto did not start")
+    return seeding.start_moto()
 
 
 class HealthyEndpoints(BaseHTTPRequestHandler):

@@ -41,7 +41,6 @@ Conditional writes keep it exactly-once under any redelivery or concurrency.
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,8 +52,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-import requests
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -63,29 +60,8 @@ import seeding  # noqa: E402 - benchmarks/seeding.py, beside this script
 from prism.dev.awsenv import local_aws_env  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_moto(call_log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "prism.dev.moto_server", "-p", str(port)],
-        cwd=REPO,
-        env=os.environ | {"PRISM_MOTO_CALL_LOG": str(call_log)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            requests.get(url + "/moto-api/", timeout=1)
-            return process, url
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise SystemExit("moto did not start")
+    return seeding.start_moto(os.environ | {"PRISM_MOTO_CALL_LOG": str(call_log)})
 
 
 def calls(log: Path) -> Counter:

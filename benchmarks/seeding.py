@@ -1,7 +1,43 @@
-"""Data the benchmarks load, one definition each (benchmarks import this, never the tests)."""
+"""What the benchmarks share: a moto server, and the data they load (benchmarks import this,
+never the tests)."""
 
+import socket
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_moto(env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`python -m prism.dev.moto_server` on a free port, once it answers: (process, its URL)."""
+    import requests
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prism.dev.moto_server", "-p", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            requests.get(url + "/moto-api/", timeout=1)
+            return process, url
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise SystemExit("moto did not start")
 
 
 def billing_deployments(billable: int, stopped: int) -> list[str]:

@@ -18,6 +18,42 @@ def dev():
     """Run the platform locally."""
 
 
+def _announce(platform: LocalPlatform, user: dict) -> dict:
+    """Write the CLI config and print what the CLI needs; returns the CLI's environment."""
+    access_key, secret_key = platform.operator_keys()
+    path = CliConfig(
+        ws_url=platform.ws_url,
+        api_url=platform.api_url,
+        api_key=user["api_key"],
+        aws_endpoint_url=platform.aws_url,
+        stage="dev",
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+    ).save()
+    click.echo(f"PRISM_API_URL={platform.api_url}")
+    click.echo(f"PRISM_API_KEY={user['api_key']}")
+    click.echo(f"PRISM_WS_URL={platform.ws_url}")
+    click.echo(f"# AWS (moto) at {platform.aws_url}; CLI config written to {path}")
+    click.echo(
+        f"# state and logs in {platform.state.root} (kept across restarts; --fresh starts "
+        "empty); Ctrl-C stops everything"
+    )
+    if platform.fake_hub:
+        click.echo(f"# fake Hugging Face Hub at {platform.hub_url} (hf://prism/tiny-regressor)")
+    if platform.fake_clouds:
+        host = platform.host
+        click.echo(
+            f"# fake RunPod at http://{host}:{platform.runpod_port}/graphql, fake Lambda Cloud "
+            f"at http://{host}:{platform.lambda_port}/api/v1"
+        )
+    return os.environ | {
+        "PRISM_CONFIG": str(path),
+        "PRISM_API_URL": platform.api_url,
+        "PRISM_API_KEY": user["api_key"],
+        "PRISM_WS_URL": platform.ws_url,
+    }
+
+
 @dev.command("up")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--api-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
@@ -136,37 +172,7 @@ def dev_up(
         platform.stop()
         raise
     try:
-        access_key, secret_key = platform.operator_keys()
-        path = CliConfig(
-            ws_url=platform.ws_url,
-            api_url=platform.api_url,
-            api_key=user["api_key"],
-            aws_endpoint_url=platform.aws_url,
-            stage="dev",
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-        ).save()
-        click.echo(f"PRISM_API_URL={platform.api_url}")
-        click.echo(f"PRISM_API_KEY={user['api_key']}")
-        click.echo(f"PRISM_WS_URL={platform.ws_url}")
-        click.echo(f"# AWS (moto) at {platform.aws_url}; CLI config written to {path}")
-        click.echo(
-            f"# state and logs in {platform.state.root} (kept across restarts; --fresh starts "
-            "empty); Ctrl-C stops everything"
-        )
-        if fake_hub:
-            click.echo(f"# fake Hugging Face Hub at {platform.hub_url} (hf://prism/tiny-regressor)")
-        if fake_clouds:
-            click.echo(
-                f"# fake RunPod at http://{host}:{runpod_port}/graphql, fake Lambda Cloud at "
-                f"http://{host}:{lambda_port}/api/v1"
-            )
-        cli_env = os.environ | {
-            "PRISM_CONFIG": str(path),
-            "PRISM_API_URL": platform.api_url,
-            "PRISM_API_KEY": user["api_key"],
-            "PRISM_WS_URL": platform.ws_url,
-        }
+        cli_env = _announce(platform, user)
         if node:
             try:
                 platform.start_node(user["api_key"], cli_env, say=lambda x: click.echo(f"# {x}"))
