@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from chalicelib.protocol import DeployConfig, DeployModel  # noqa: E402
 from node_agent import gpus  # noqa: E402
-from node_agent.agent import Agent, AgentSettings, free_port  # noqa: E402
+from node_agent.agent import Agent, AgentSettings  # noqa: E402
+from node_agent.ports import free_port  # noqa: E402
 from node_agent.runtime.base import LaunchSpec  # noqa: E402
 from node_agent.runtime.process import ProcessRuntime, tail_lines  # noqa: E402
 

@@ -108,6 +108,8 @@ class Settings:
     node_timeout_seconds: int  # no heartbeat for this long: the node's deployments turn unhealthy
     node_lost_seconds: int  # ... and for this long: they fail with node_lost
     no_node_timeout_seconds: int  # a prism_node deployment waits this long for a node
+    # A node must report on a deployment sent to it within this, or it is sent again.
+    deploy_ack_seconds: int
     node_reply_timeout_seconds: float  # how long a live health/logs request waits for the node
     cloud: CloudSettings
 
@@ -140,6 +142,7 @@ class Settings:
             node_timeout_seconds=int(env.get("PRISM_NODE_TIMEOUT_SECONDS", "60")),
             node_lost_seconds=int(env.get("PRISM_NODE_LOST_SECONDS", "300")),
             no_node_timeout_seconds=int(env.get("PRISM_NO_NODE_TIMEOUT_SECONDS", "600")),
+            deploy_ack_seconds=int(env.get("PRISM_DEPLOY_ACK_SECONDS", "60")),
             node_reply_timeout_seconds=float(env.get("PRISM_NODE_REPLY_TIMEOUT_SECONDS", "3")),
             cloud=CloudSettings.from_env(env, stage, region),
         )

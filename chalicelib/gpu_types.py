@@ -1,12 +1,13 @@
 """One GPU vocabulary for what a user asks for (`A100`, `A100-80GB`, `a100 80gb`, `H100-SXM`,
 `RTX4090`), what NVML names a card ("NVIDIA A100-SXM4-80GB") and what providers call their
-types ("NVIDIA GeForce RTX 4090", "gpu_1x_a100_sxm4"): a family, and the memory and form
-factor where a name says them. A request matches a GPU of the same family, and of the same
-memory and form factor only where the request names them (`A100` is any A100, never an A10;
-`L40` is never an L40S).
+types ("NVIDIA GeForce RTX 4090", "gpu_1x_a100_sxm4", "A100 (40 GB SXM4)"): a family, and the
+memory and form factor where a name says them. A request matches a GPU of the same family, and
+of the same memory and form factor only where the request names them (`A100` is any A100, never
+an A10; `L40` is never an L40S; `RTX A6000` is never an RTX 6000 Ada).
 """
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # Most specific first; matched on the upper-cased name with the vendor's words and every
@@ -26,6 +27,7 @@ FAMILIES: tuple[tuple[str, str], ...] = (
     ("L4", r"L4(?![0-9])"),
     ("RTX6000ADA", r"6000ADA"),
     ("RTXA6000", r"A6000"),
+    ("RTX6000", r"RTX6000"),  # the Quadro RTX 6000 (Lambda's gpu_1x_rtx6000): no A, no Ada
     ("RTXA5000", r"A5000"),
     ("RTXA4000", r"A4000"),
     ("RTX5090", r"5090"),
@@ -34,8 +36,9 @@ FAMILIES: tuple[tuple[str, str], ...] = (
     ("V100", r"V100"),
     ("T4", r"(?<![A-Z0-9])T4(?![0-9])"),
 )
-_VENDOR_WORDS = re.compile(r"\b(NVIDIA|GEFORCE|TESLA|GENERATION|GPU \d+X)\b")
-_MEMORY = re.compile(r"(\d{2,3})\s*GI?B\b")
+# Words that name no GPU: the vendor's, and Lambda's GPU count ("gpu_8x_...", "8x A100 (...)").
+_VENDOR_WORDS = re.compile(r"\b(NVIDIA|GEFORCE|TESLA|GENERATION|GPU|\d+X)\b")
+_MEMORY = re.compile(r"(?<![0-9])(\d{2,3})\s*GI?B\b")
 _FORMS = (("SXM", r"SXM"), ("NVL", r"NVL"), ("PCIE", r"PCIE"))
 
 
@@ -46,29 +49,45 @@ class GpuType:
     form: str | None = None  # SXM, PCIE or NVL
 
 
-def parse(name: str, memory_mb: int | None = None) -> GpuType | None:
-    """The GPU type a name stands for (None: no family we know). `memory_mb`, from NVML,
-    gives the memory where the name does not say it."""
-    upper = name.upper().replace("_", " ")
-    squashed = re.sub(r"[^A-Z0-9]", "", _VENDOR_WORDS.sub("", upper))
-    family = next((f for f, pattern in FAMILIES if re.search(pattern, squashed)), None)
-    if family is None:
+def parse(name: str, memory_mb: int | None = None, aliases: Iterable[str] = ()) -> GpuType | None:
+    """The GPU type a name stands for (None: no family we know). `memory_mb` (NVML's, or a
+    provider's size in MB) gives the memory where no name says it; `aliases`, the other names a
+    provider gives the same type (a display name, a description), what `name` leaves out."""
+    named = [t for t in map(_parse_name, (name, *aliases)) if t is not None]
+    if not named:
         return None
-    found = _MEMORY.search(upper)
-    memory = int(found.group(1)) if found else _standard_gb(memory_mb)
-    form = next((f for f, pattern in _FORMS if re.search(pattern, squashed)), None)
-    if family == "H100" and form is None and "HBM3" in squashed:
-        form = "SXM"  # NVML names the SXM5 card "NVIDIA H100 80GB HBM3"
+    family = named[0].family
+    same = [t for t in named if t.family == family]  # a stray alias does not lend its memory
+    memory = next((t.memory_gb for t in same if t.memory_gb), None) or _standard_gb(memory_mb)
+    form = next((t.form for t in same if t.form), None)
     return GpuType(family, memory, form)
 
 
-def matches(gpu_name: str, wanted: str | None, memory_mb: int | None = None) -> bool:
-    """Whether a GPU called `gpu_name` serves a request for `wanted` (none wanted: any GPU)."""
+def _parse_name(name: str) -> GpuType | None:
+    upper = name.upper().replace("_", " ")
+    found = _MEMORY.search(upper)
+    # The memory goes before squashing: "A10 (24 GB)" would read "A1024" and no family.
+    words = _VENDOR_WORDS.sub("", _MEMORY.sub(" ", upper))
+    squashed = re.sub(r"[^A-Z0-9]", "", words)
+    family = next((f for f, pattern in FAMILIES if re.search(pattern, squashed)), None)
+    if family is None:
+        return None
+    form = next((f for f, pattern in _FORMS if re.search(pattern, squashed)), None)
+    if family == "H100" and form is None and "HBM3" in squashed:
+        form = "SXM"  # NVML names the SXM5 card "NVIDIA H100 80GB HBM3"
+    return GpuType(family, int(found.group(1)) if found else None, form)
+
+
+def matches(
+    gpu_name: str, wanted: str | None, memory_mb: int | None = None, aliases: Iterable[str] = ()
+) -> bool:
+    """Whether a GPU called `gpu_name` (or `aliases`) serves a request for `wanted` (none
+    wanted: any GPU)."""
     if not wanted:
         return True
-    asked, have = parse(wanted), parse(gpu_name, memory_mb)
+    asked, have = parse(wanted), parse(gpu_name, memory_mb, aliases)
     if asked is None or have is None:  # a name we do not know: only the same name matches
-        return _squash(wanted) == _squash(gpu_name)
+        return any(_squash(wanted) == _squash(name) for name in (gpu_name, *aliases))
     return (
         asked.family == have.family
         and _agrees(asked.memory_gb, have.memory_gb)

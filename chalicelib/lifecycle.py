@@ -42,8 +42,9 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     S.PROVISIONING: frozenset({S.PULLING, S.STARTING, S.RUNNING, S.STOPPING, S.STOPPED, S.FAILED}),
     S.PULLING: frozenset({S.STARTING, S.RUNNING, S.STOPPING, S.FAILED}),
     S.STARTING: frozenset({S.RUNNING, S.STOPPING, S.FAILED}),
-    S.RUNNING: frozenset({S.UNHEALTHY, S.STOPPING, S.FAILED}),
-    S.UNHEALTHY: frozenset({S.RUNNING, S.STOPPING, S.FAILED}),
+    # running/unhealthy -> starting: the node agent restarted it under its restart policy.
+    S.RUNNING: frozenset({S.UNHEALTHY, S.STARTING, S.STOPPING, S.FAILED}),
+    S.UNHEALTHY: frozenset({S.RUNNING, S.STARTING, S.STOPPING, S.FAILED}),
     S.STOPPING: frozenset({S.STOPPED, S.FAILED}),
     S.STOPPED: frozenset(),
     S.FAILED: frozenset(),

@@ -118,6 +118,7 @@ def document() -> dict:
         dep + "/{deployment_id}": {
             "get": {
                 "operationId": "getDeployment",
+                "summary": "One deployment: status, endpoint, cost, restarts and last exit",
                 "parameters": dep_id,
                 "responses": _responses({"200": ("the deployment", DeploymentOut)}, (401, 404)),
             },

@@ -12,8 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from chalicelib import gpu_types
 
-PROTOCOL_VERSION = 1
-MIN_PROTOCOL_VERSION = 1  # the oldest agent protocol the control plane still serves
+# 2: deploy_config.port may be absent (the agent picks one), restart policy, reserved
+# gpu_indices, deployment_restarted.
+PROTOCOL_VERSION = 2
+MIN_PROTOCOL_VERSION = 2  # the oldest agent protocol the control plane still serves
 # API Gateway WebSocket limits (not raisable): a message is at most 128 KB, sent in frames of
 # at most 32 KB each; a larger frame closes the connection (1009), a larger message is refused.
 MAX_MESSAGE_BYTES = 128 * 1024
@@ -50,12 +52,25 @@ class Message(BaseModel):
 DeploymentId = Annotated[str, Field(pattern=r"^dep_[0-9a-f]{16}$")]
 
 
+# Where a fixed port is needed and the user named none: inside a container, on a cloud instance.
+DEFAULT_MODEL_PORT = 8000
+RestartPolicy = Literal["never", "on-failure", "always"]
+RESTART_POLICIES: tuple[str, ...] = RestartPolicy.__args__
+DEFAULT_MAX_RESTARTS = 3  # under on-failure; `always` has no limit
+DEFAULT_UNHEALTHY_TIMEOUT_S = 300  # unhealthy this long counts as a failure (0: never)
+
+
 class DeployConfig(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-    port: int = Field(ge=1, le=65535)
+    # None: the agent picks a free port and reports it in the endpoint (a container then
+    # listens on DEFAULT_MODEL_PORT inside).
+    port: int | None = Field(None, ge=1, le=65535)
     health_path: str = Field(pattern=r"^/")
     weights_allow_patterns: list[str] | None = None  # hf:// file globs
     weights_ignore_patterns: list[str] | None = None
+    restart: RestartPolicy = "on-failure"
+    max_restarts: int = Field(DEFAULT_MAX_RESTARTS, ge=0)
+    unhealthy_timeout_s: int = Field(DEFAULT_UNHEALTHY_TIMEOUT_S, ge=0)
 
 
 # --- server -> node -----------------------------------------------------------------------
@@ -74,6 +89,8 @@ class DeployModel(Message):
     gpu_type: str | None = None
     # The node is this deployment's own (a cloud instance): it gets every GPU, claims none.
     whole_node: bool | None = None
+    # The node's GPUs the control plane reserved for it at placement (None: the agent picks).
+    gpu_indices: list[Annotated[int, Field(ge=0)]] | None = None
 
 
 class StopDeployment(Message):
@@ -184,6 +201,26 @@ class DeploymentStopped(Message):
         return fit_report(message) if isinstance(message, str) else message
 
 
+RestartCause = Literal["crash", "unhealthy"]
+
+
+class DeploymentRestarted(Message):
+    """The agent restarted a deployment under its restart policy (it is `starting` again; a
+    `deployment_ready` follows once it answers). `restarts` counts every restart so far."""
+
+    type: Literal["deployment_restarted"] = "deployment_restarted"
+    deployment_id: DeploymentId
+    restarts: int = Field(ge=1)
+    cause: RestartCause
+    exit_code: int | None = None
+    message: str | None = Field(None, max_length=STOP_MESSAGE_MAX)
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def _fits(cls, message):
+        return fit_report(message) if isinstance(message, str) else message
+
+
 class HealthResult(Message):
     type: Literal["health_result"] = "health_result"
     request_id: str
@@ -239,6 +276,7 @@ NodeMessage = Annotated[
     | DeploymentReady
     | DeploymentHealthUpdate
     | DeploymentStopped
+    | DeploymentRestarted
     | HealthResult
     | LogsResult
     | Error,

@@ -23,7 +23,13 @@ from pydantic import (
 from chalicelib.errors import ValidationFailed
 from chalicelib.lifecycle import Status
 from chalicelib.metering import seconds_until_exhausted
-from chalicelib.protocol import DEPLOY_CONTENT_BUDGET_BYTES
+from chalicelib.protocol import (
+    DEFAULT_MAX_RESTARTS,
+    DEFAULT_UNHEALTHY_TIMEOUT_S,
+    DEPLOY_CONTENT_BUDGET_BYTES,
+    RestartCause,
+    RestartPolicy,
+)
 from chalicelib.weights_uri import InvalidWeightsSource, LocalSource, parse_weights_uri
 
 Target = Literal["prism_node", "runpod", "lambda"]
@@ -81,7 +87,16 @@ WeightsPattern = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
 class DeployConfig(StrictModel):
-    port: int = Field(8000, ge=1, le=65535, strict=True)
+    port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        strict=True,
+        description="the port the model listens on (it also gets it as $PORT and {port}); "
+        "unset or null: on a prism_node, a free port the agent picks and reports in "
+        "endpoint_url (an image listens on 8000 inside its container); on a cloud target, "
+        "8000, stored at create",
+    )
     health_path: str = Field("/health", pattern=r"^/[^\s]*$", max_length=512)
     weights_allow_patterns: list[WeightsPattern] | None = Field(
         None, max_length=64, description="hf:// only: download just the files matching a glob"
@@ -89,15 +104,33 @@ class DeployConfig(StrictModel):
     weights_ignore_patterns: list[WeightsPattern] | None = Field(
         None, max_length=64, description="hf:// only: skip the files matching a glob"
     )
+    restart: RestartPolicy = Field(
+        "on-failure",
+        description="never | on-failure (up to max_restarts, with backoff) | always",
+    )
+    max_restarts: int = Field(DEFAULT_MAX_RESTARTS, ge=0, le=100, strict=True)
+    unhealthy_timeout_s: int = Field(
+        DEFAULT_UNHEALTHY_TIMEOUT_S,
+        ge=0,
+        le=86400,
+        strict=True,
+        description="unhealthy this long counts as a failure under the restart policy (0: never)",
+    )
 
     @classmethod
     def of(cls, stored) -> "DeployConfig":
         """From the stored map attribute (DynamoDB numbers come back as floats/Decimals)."""
+        optional = {
+            name: int(value) if isinstance(value, (int, float, Decimal)) else value
+            for name in ("restart", "max_restarts", "unhealthy_timeout_s")
+            if (value := getattr(stored, name, None)) is not None  # older items lack them
+        }
         return cls(
-            port=int(stored.port),
+            port=None if stored.port is None else int(stored.port),
             health_path=stored.health_path,
             weights_allow_patterns=_list_or_none(stored.weights_allow_patterns),
             weights_ignore_patterns=_list_or_none(stored.weights_ignore_patterns),
+            **optional,
         )
 
     def stored(self) -> dict:
@@ -183,6 +216,27 @@ class CreateDeploymentRequest(StrictModel):
         return self
 
 
+class LastExitOut(BaseModel):
+    cause: RestartCause = Field(
+        description="crash: the model exited; unhealthy: it failed its health checks for "
+        "deploy_config.unhealthy_timeout_s"
+    )
+    exit_code: int | None
+    at: datetime = Field(description="when the node agent reported the restart")
+    message: str | None = Field(description="the first line and end of the model's last output")
+
+    @classmethod
+    def of(cls, stored) -> "LastExitOut | None":
+        if stored is None:
+            return None
+        return cls(
+            cause=stored.cause,
+            exit_code=None if stored.exit_code is None else int(stored.exit_code),
+            at=stored.at,
+            message=stored.message,
+        )
+
+
 class DeploymentOut(BaseModel):
     id: str
     name: str
@@ -214,6 +268,10 @@ class DeploymentOut(BaseModel):
     bytes_total: int | None
     failure_reason: str | None
     failure_message: str | None
+    restarts: int = Field(
+        description="how many times the node agent restarted it under deploy_config.restart"
+    )
+    last_exit: LastExitOut | None = Field(description="why it was last restarted (null: never)")
     created_at: datetime
     updated_at: datetime
 
@@ -245,6 +303,8 @@ class DeploymentOut(BaseModel):
             bytes_total=None if item.bytes_total is None else int(item.bytes_total),
             failure_reason=item.failure_reason,
             failure_message=item.failure_message,
+            restarts=int(item.restarts or 0),
+            last_exit=LastExitOut.of(item.last_exit),
             created_at=item.created_at,
             updated_at=item.updated_at,
         )

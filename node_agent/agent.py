@@ -1,14 +1,15 @@
 """The agent's brain: turns server messages into runtime actions and reports what happens.
 
-Every deployment has a worker thread for its start (pull -> start -> wait until healthy), then
-one supervisor loop watches all of them: liveness often (a crash is noticed within a fraction
-of a second), HTTP health every probe interval.
+Every deployment has a worker thread for its start (reserve -> pull -> start -> wait until
+healthy; node_agent.deploying), then one supervisor loop watches all of them (liveness often,
+so a crash is noticed within a fraction of a second; HTTP health every probe interval;
+node_agent.supervision). What the agent runs is kept on disk, so a restarted agent re-adopts
+its models and resumes the pulls it was doing.
 """
 
 import ipaddress
 import logging
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,6 @@ from pathlib import Path
 
 from chalicelib.protocol import (
     DeploymentProgress,
-    DeploymentReady,
     DeploymentStopped,
     DeployModel,
     Error,
@@ -31,21 +31,15 @@ from chalicelib.protocol import (
     StopDeployment,
 )
 from node_agent import __version__, gpus
-from node_agent.frameworks import (
-    CONTAINER_WEIGHTS,
-    FrameworkError,
-    detect_framework,
-    fill_placeholders,
-    resolve_command,
-)
+from node_agent.deploying import Deploying
 from node_agent.health import HealthTracker, probe
-from node_agent.runtime.base import LaunchSpec, RuntimeError_
 from node_agent.runtime.process import tail_lines
 from node_agent.state import Record, StateStore
 from node_agent.supervision import Supervision
-from node_agent.weights import PullError, PullSettings, WeightsCache, fetch
+from node_agent.weights import PullSettings, WeightsCache
 
 log = logging.getLogger("prism.node")
+STOP_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -57,27 +51,12 @@ class AgentSettings:
     startup_timeout_s: float = 600.0
     stop_grace_s: float = 10.0
     liveness_interval_s: float = 0.25
+    restart_backoff_s: float = 1.0  # the first wait before a restart; doubles each time
     weights_cache_max_bytes: int | None = None  # None: 80% of the disk the cache is on
     pull: PullSettings = PullSettings()
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("0.0.0.0", 0))
-        return sock.getsockname()[1]
-
-
-class Agent(Supervision):
+class Agent(Deploying, Supervision):
     def __init__(self, settings: AgentSettings, runtimes: dict, send: Callable[[Message], None]):
         self.settings = settings
         self.runtimes = runtimes  # "process" -> ProcessRuntime, "docker" -> DockerRuntime
@@ -95,22 +74,36 @@ class Agent(Supervision):
     # --- startup and hello -------------------------------------------------------------
 
     def adopt_existing(self) -> None:
-        """Re-adopt what a previous agent run started; report what did not survive."""
-        for deployment_id, record in self.store.load().items():
-            runtime = self.runtimes.get(record.handle.runtime) if record.handle else None
-            if runtime is not None and runtime.adopt(record.handle):
-                self.records[deployment_id] = record
-                self.trackers[deployment_id] = HealthTracker()
-            else:
-                self.send(
-                    DeploymentStopped(
-                        deployment_id=deployment_id,
-                        reason="crash",
-                        message="it exited while the node agent was down; last output:\n"
-                        + "\n".join(tail_lines(Path(record.log_path), 20)),
-                    )
-                )
+        """Take over what a previous agent run left: re-adopt what still runs, resume what was
+        being pulled or started, and restart (under its policy) or report what exited."""
+        for record in self.store.load().values():
+            with self.lock:
+                self.records[record.deployment_id] = record
+            try:
+                self._adopt(record)
+            except Exception as exc:  # one record's trouble never stops the others'
+                log.exception("adopting %s failed", record.deployment_id)
+                self._finish(record, "start_error", f"{type(exc).__name__}: {exc}")
         self._save()
+
+    def _adopt(self, record: Record) -> None:
+        if record.handle is None:  # it was pulling or about to start: start again
+            if record.deploy is None:
+                self._finish(record, "start_error", "the node agent restarted before it started")
+                return
+            message = DeployModel.model_validate(record.deploy)
+            threading.Thread(target=self._start, args=(message, record), daemon=True).start()
+            return
+        runtime = self.runtimes.get(record.handle.runtime)
+        if runtime is not None and runtime.adopt(record.handle):
+            self.trackers[record.deployment_id] = HealthTracker()
+            if record.status == "starting":  # it had not answered yet: wait for it again
+                wait = threading.Thread(target=self._guarded, args=(record, _nothing), daemon=True)
+                wait.start()
+            return
+        lines = tail_lines(Path(record.log_path), 20)
+        message = "it exited while the node agent was down; last output:\n" + "\n".join(lines)
+        self._exited(record, "crash", None, message)
 
     def hello(self) -> NodeHello:
         with self.lock:
@@ -140,6 +133,7 @@ class Agent(Supervision):
                 "port": record.port,
                 "framework": record.framework,
                 "gpu_indices": record.gpu_indices,
+                "restarts": record.restarts,
             }
 
     def describe_all(self) -> list[dict]:
@@ -165,150 +159,6 @@ class Agent(Supervision):
                 )
             )
 
-    def deploy(self, message: DeployModel) -> Record | None:
-        with self.lock:
-            if message.deployment_id in self.records:
-                return None  # a re-sent deploy_model: already on it
-            if message.deployment_id in self.finished:
-                return None  # ended here already (e.g. a stop overtook its deploy_model)
-            record = Record(
-                deployment_id=message.deployment_id,
-                status="pulling",
-                port=0,
-                health_path=message.deploy_config.health_path,
-                log_path=str(self._log_path(message.deployment_id)),
-            )
-            self.records[record.deployment_id] = record
-        threading.Thread(target=self._start, args=(message, record), daemon=True).start()
-        return record
-
-    def _start(self, message: DeployModel, record: Record) -> None:
-        try:
-            self._pull_and_launch(message, record)
-        except (PullError, FrameworkError, RuntimeError_) as exc:
-            reason = "pull_error" if isinstance(exc, PullError) else "start_error"
-            self._finish(record, reason, str(exc))
-            return
-        except Exception as exc:  # never leave a deployment hanging in pulling/starting
-            log.exception("starting %s failed", record.deployment_id)
-            self._finish(record, "start_error", f"{type(exc).__name__}: {exc}")
-            return
-        try:
-            self._await_ready(record)
-        except Exception as exc:  # e.g. the container engine failing: report, never hang
-            log.exception("waiting for %s to start failed", record.deployment_id)
-            self._stop_quietly(record)
-            self._finish(record, "start_error", f"{type(exc).__name__}: {exc}")
-
-    def _stop_quietly(self, record: Record) -> None:
-        """Best effort: stop what may still run of a deployment being failed for another
-        reason (its GPU and port must not stay taken)."""
-        try:
-            self.runtimes[record.handle.runtime].stop(record.handle, 0)
-        except Exception:
-            log.exception("stopping %s failed", record.deployment_id)
-
-    def _pull_and_launch(self, message: DeployModel, record: Record) -> None:
-        weights_dir, revision = None, None
-        if message.weights_source:
-            self.send(DeploymentProgress(deployment_id=record.deployment_id, status="pulling"))
-            pulled = fetch(
-                message.weights_source,
-                self.weights,
-                self._progress_reporter(record.deployment_id),
-                env=message.env_vars,
-                settings=self.settings.pull,
-                allow_patterns=message.deploy_config.weights_allow_patterns,
-                ignore_patterns=message.deploy_config.weights_ignore_patterns,
-            )
-            weights_dir, revision = pulled.path, pulled.revision
-            record.weights_dir = str(weights_dir)
-        framework = message.framework
-        if framework == "auto" and weights_dir is not None:
-            framework = detect_framework(weights_dir).framework
-        record.framework = None if framework == "auto" else framework
-        port = message.deploy_config.port
-        record.port = port if port_is_free(port) else free_port()
-        if message.whole_node:  # a cloud instance of its own: every GPU it has
-            record.gpu_indices = [gpu.index for gpu in self.gpus]
-        elif message.gpu:
-            record.gpu_indices = self._claim_gpu(message.gpu_type)
-        runtime_name = "docker" if message.image else "process"
-        command = list(message.command)
-        if runtime_name == "process":
-            command = resolve_command(framework, command, weights_dir, record.port)
-        else:  # in its container the weights are at /weights, the port the container's own
-            mounted = CONTAINER_WEIGHTS if weights_dir is not None else None
-            command = fill_placeholders(command, mounted, message.deploy_config.port)
-        record.status = "starting"
-        self.send(
-            DeploymentProgress(
-                deployment_id=record.deployment_id, status="starting", weights_revision=revision
-            )
-        )
-        spec = LaunchSpec(
-            deployment_id=record.deployment_id,
-            port=record.port,
-            command=command,
-            image=message.image,
-            weights_dir=weights_dir,
-            env=message.env_vars,
-            gpu_indices=record.gpu_indices,
-            log_path=Path(record.log_path),
-            container_port=message.deploy_config.port,
-            publish_on="127.0.0.1" if _is_loopback(self.settings.advertise_host) else "0.0.0.0",
-        )
-        with self.lock:
-            if record.stop_requested:
-                raise RuntimeError_("stopped before it started")
-            record.handle = self.runtimes[runtime_name].start(spec)
-            self._save()
-
-    def _claim_gpu(self, gpu_type: str | None) -> list[int]:
-        with self.lock:
-            in_use = {i for r in self.records.values() for i in r.gpu_indices}
-        free = gpus.free_indices(self.gpus, in_use, gpu_type)
-        if not free:
-            kind = f"{gpu_type} " if gpu_type else ""
-            raise RuntimeError_(
-                f"this node has no free {kind}GPU ({len(self.gpus)} GPUs, {len(in_use)} in use)"
-            )
-        return free[:1]
-
-    def _await_ready(self, record: Record) -> None:
-        deadline = time.monotonic() + self.settings.startup_timeout_s
-        url = self._health_url(record)
-        runtime = self.runtimes[record.handle.runtime]
-        while time.monotonic() < deadline and not record.stop_requested:
-            if not runtime.is_running(record.handle):
-                message = self._exit_message(record, "while starting")
-                runtime.stop(record.handle, 0)  # its workers go with it, freeing GPU and port
-                self._finish(record, "crash", message)
-                return
-            if probe(url, timeout=1.0).healthy:
-                record.status = "running"
-                record.endpoint_url = f"http://{self.settings.advertise_host}:{record.port}"
-                self.trackers[record.deployment_id] = HealthTracker()
-                self.last_probe[record.deployment_id] = time.monotonic()
-                self._save()
-                self.send(
-                    DeploymentReady(
-                        deployment_id=record.deployment_id,
-                        endpoint_url=record.endpoint_url,
-                        framework=record.framework,
-                    )
-                )
-                return
-            time.sleep(0.1)
-        if not record.stop_requested:
-            runtime.stop(record.handle, self.settings.stop_grace_s)
-            self._finish(
-                record,
-                "start_error",
-                f"{url} did not answer 2xx within "
-                f"{self.settings.startup_timeout_s:.0f}s of starting",
-            )
-
     # --- stopping ----------------------------------------------------------------------
 
     def stop(self, deployment_id: str, reason: str = "stopped") -> None:
@@ -323,12 +173,20 @@ class Agent(Supervision):
                 self.send(DeploymentStopped(deployment_id=deployment_id, reason="stopped"))
                 return
             record.stop_requested = True
-        exit_code = None
-        if record.handle is not None:
-            exit_code = self.runtimes[record.handle.runtime].stop(
-                record.handle, self.settings.stop_grace_s
-            )
-        self._finish(record, reason, None, exit_code)
+        exit_code, trouble = None, None
+        for attempt in range(STOP_ATTEMPTS):
+            try:
+                if record.handle is not None:
+                    exit_code = self.runtimes[record.handle.runtime].stop(
+                        record.handle, self.settings.stop_grace_s
+                    )
+                trouble = None
+                break
+            except Exception as exc:  # e.g. the container engine erring: try again, then say so
+                log.exception("stopping %s failed (attempt %d)", deployment_id, attempt + 1)
+                trouble = f"stopping it failed ({type(exc).__name__}: {exc}); it may still run"
+                time.sleep(0.5 * (attempt + 1))
+        self._finish(record, reason, trouble, exit_code)
 
     def stop_all(self) -> None:
         for deployment_id in list(self.records):
@@ -422,7 +280,16 @@ class Agent(Supervision):
 
     def _save(self) -> None:
         with self.lock:
-            self.store.save({k: v for k, v in self.records.items() if v.handle is not None})
+            self.store.save(self.records)
+
+    def _publish_on(self) -> str:
+        """Containers' ports: on loopback only while the endpoint advertised is a loopback one,
+        else on every interface (the endpoint is reached there)."""
+        return "127.0.0.1" if _is_loopback(self.settings.advertise_host) else "0.0.0.0"
+
+
+def _nothing() -> None:
+    """The launch of a deployment that already runs."""
 
 
 def _is_loopback(host: str) -> bool:

@@ -33,7 +33,7 @@ class DeployRequest(BaseModel):
     framework: str = "auto"
     command: list[str] = Field(default_factory=list)
     env_vars: dict[str, str] = Field(default_factory=dict)
-    port: int = Field(8000, ge=1, le=65535)
+    port: int | None = Field(None, ge=1, le=65535)  # None: the node picks a free one
     health_path: str = Field("/health", pattern=r"^/")
     gpu: bool = False
     gpu_type: str | None = None

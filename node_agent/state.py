@@ -22,6 +22,11 @@ class Record:
     gpu_indices: list[int] = field(default_factory=list)
     stop_requested: bool = False
     weights_dir: str | None = None  # a weights cache entry it runs from: never evicted
+    deploy: dict | None = None  # its deploy_model, to resume a pull or restart it
+    restarts: int = 0  # every restart so far
+    in_a_row: int = 0  # restarts since it was last healthy for restarts.RESET_AFTER_S
+    healthy_since: float | None = None  # wall clock: it survives an agent restart
+    unhealthy_since: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> "Record":
@@ -46,10 +51,13 @@ class StateStore:
             return {}
 
     def save(self, records: dict[str, Record]) -> None:
-        """Atomic: write a temp file, fsync, rename over the old one."""
+        """Atomic: write a temp file, fsync, rename over the old one. Owner-only: a
+        deploy_model carries the deployment's env vars."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as out:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
             json.dump({k: asdict(v) for k, v in records.items()}, out, indent=1)
             out.flush()
             os.fsync(out.fileno())

@@ -36,6 +36,39 @@ class Supervision:
                     log.exception("checking %s failed", record.deployment_id)
                     self._check_failed(record, exc)
 
+    def _unhealthy_too_long(self, record: Record, tracker: HealthTracker, result) -> bool:
+        """Unhealthy for longer than its deploy_config allows counts as a failure: stopped
+        (gracefully, off this loop) and handed to the restart policy."""
+        if tracker.healthy:
+            record.unhealthy_since = None
+            return False
+        now = time.time()
+        if record.unhealthy_since is None:
+            record.unhealthy_since = now
+        config = self._deploy_config(record)
+        if config is None or config.restart == "never" or not config.unhealthy_timeout_s:
+            return False
+        unhealthy_for = now - record.unhealthy_since
+        if unhealthy_for < config.unhealthy_timeout_s:
+            return False
+        with self.lock:
+            if record.stop_requested:
+                return False
+            record.status = "starting"  # out of this loop's watch while it is restarted
+        message = f"unhealthy for {unhealthy_for:.0f} s (last probe: {result.detail})"
+        restart = threading.Thread(target=self._restart_unhealthy, args=(record, message))
+        restart.daemon = True
+        restart.start()
+        return True
+
+    def _restart_unhealthy(self, record: Record, message: str) -> None:
+        try:
+            self.runtimes[record.handle.runtime].stop(record.handle, self.settings.stop_grace_s)
+            self._exited(record, "unhealthy", None, message)
+        except Exception as exc:
+            log.exception("restarting %s failed", record.deployment_id)
+            self._finish(record, "crash", f"{message}; restarting it failed: {exc}")
+
     def _check_failed(self, record: Record, exc: Exception) -> None:
         """The runtime could not say how the deployment is (e.g. the container engine errs):
         that counts as a failed probe, so three in a row make it unhealthy, with the reason."""
@@ -57,9 +90,7 @@ class Supervision:
         if not runtime.is_running(record.handle):
             if not record.stop_requested:
                 code = runtime.exit_code(record.handle)
-                message = self._exit_message(record, "unexpectedly")
-                runtime.stop(record.handle, 0)  # its workers go with it, freeing GPU and port
-                self._finish(record, "crash", message, code)
+                self._exited(record, "crash", code, self._exit_message(record, "unexpectedly"))
             return
         now = time.monotonic()
         if now - self.last_probe.get(record.deployment_id, 0) < self.settings.probe_interval_s:
@@ -69,6 +100,8 @@ class Supervision:
         tracker = self.trackers.setdefault(record.deployment_id, HealthTracker())
         result = probe(self._health_url(record))
         changed = tracker.observe(result)
+        if self._unhealthy_too_long(record, tracker, result):
+            return
         # Also re-state health now and then: the server may have marked the deployment
         # unhealthy while this node was silent, and only a report brings it back.
         stale = now - self.last_report.get(record.deployment_id, 0) >= HEALTH_REFRESH_S

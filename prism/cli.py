@@ -97,8 +97,24 @@ def _gpu(gpu: str | None) -> dict:
 @click.option("--target", type=click.Choice(sorted(TARGETS)), help="local means prism_node")
 @click.option("--gpu", help="GPU type (A100, RTX4090…), 'any' or 'none'")
 @click.option("--budget", type=float, help="stop once this many USD are spent")
-@click.option("--port", type=int, help="port the model serves HTTP on")
+@click.option(
+    "--port",
+    type=int,
+    help="port the model serves HTTP on ($PORT, {port}); default: a free port the node "
+    "picks (shown in the endpoint), 8000 on cloud targets",
+)
 @click.option("--health-path", help="health check path, e.g. /health")
+@click.option(
+    "--restart",
+    type=click.Choice(["never", "on-failure", "always"]),
+    help="restart policy (default on-failure: up to --max-restarts, with backoff)",
+)
+@click.option("--max-restarts", type=int, help="restarts in a row under on-failure (default 3)")
+@click.option(
+    "--unhealthy-timeout",
+    type=int,
+    help="seconds unhealthy before it counts as a failure and is restarted (default 300, 0: never)",
+)
 @click.option("--command", "json_command", help='exec array as JSON: \'["python","serve.py"]\'')
 @click.option("--framework", type=click.Choice(["auto", "vllm", "tgi", "transformers", "custom"]))
 @click.option("--env", "env_pairs", multiple=True, help="NAME=VALUE (repeatable)")
@@ -120,6 +136,9 @@ def deploy_create(
     budget,
     port,
     health_path,
+    restart,
+    max_restarts,
+    unhealthy_timeout,
     json_command,
     framework,
     env_pairs,
@@ -149,6 +168,9 @@ def deploy_create(
         "health_path": health_path,
         "weights_allow_patterns": list(allow_pattern) or None,
         "weights_ignore_patterns": list(ignore_pattern) or None,
+        "restart": restart,
+        "max_restarts": max_restarts,
+        "unhealthy_timeout_s": unhealthy_timeout,
     }
     if any(v is not None for v in config.values()):
         body["deploy_config"] = {k: v for k, v in config.items() if v is not None}

@@ -5,6 +5,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 # Piped output keeps whole IDs instead of squeezing columns into 80 characters.
@@ -56,14 +57,48 @@ def _size(count: float) -> str:
     return f"{count} B"
 
 
+def _port(config: dict) -> str:
+    return str(config["port"]) if config.get("port") else "any free (the node picks)"
+
+
+def _restart_policy(config: dict) -> str:
+    policy = config.get("restart")
+    if policy is None:  # a control plane older than restart policies
+        return "-"
+    limit = f", up to {config['max_restarts']}" if policy == "on-failure" else ""
+    timeout = config.get("unhealthy_timeout_s")
+    unhealthy = f"; unhealthy {timeout} s counts as a failure" if timeout else ""
+    return f"{policy}{limit}{unhealthy}"
+
+
+def _restart_rows(d: dict, output_lines: int = 10) -> list[tuple[str, str]]:
+    """The policy, how often the node agent restarted it, and why it last did."""
+    rows = [
+        ("restart", _restart_policy(d["deploy_config"])),
+        ("restarts", str(d.get("restarts") or 0)),
+    ]
+    last = d.get("last_exit")
+    if last:
+        code = "" if last["exit_code"] is None else f", exit code {last['exit_code']}"
+        rows.append(("last exit", f"{last['cause']}{code} at {last['at'][:19]}"))
+    if last and last.get("message"):  # the end of what the model printed before it
+        rows.append(
+            ("last output", escape("\n".join(last["message"].splitlines()[-output_lines:])))
+        )
+    return rows
+
+
 def deployments_table(items: list[dict]) -> None:
-    table = Table("ID", "NAME", "TARGET", "STATUS", "COST", "BUDGET", "ENDPOINT", "CREATED")
+    table = Table(
+        "ID", "NAME", "TARGET", "STATUS", "RESTARTS", "COST", "BUDGET", "ENDPOINT", "CREATED"
+    )
     for d in items:
         table.add_row(
             d["id"],
             d["name"],
             d["target"],
             _status(d["status"]),
+            str(d.get("restarts") or 0),
             _usd(d["cost_accrued_usd"]),
             _usd(d["budget_max_usd"]),
             d["endpoint_url"] or "-",
@@ -85,11 +120,13 @@ def deployment_detail(d: dict) -> None:
         ("resource", d["resource_slug"] or "-"),
         ("command", " ".join(d["command"]) or "-"),
         ("gpu", (d["gpu_type"] or "any") if d["gpu"] else "none"),
-        ("port / health", f"{d['deploy_config']['port']} {d['deploy_config']['health_path']}"),
+        ("port", _port(d["deploy_config"])),
+        ("health path", d["deploy_config"]["health_path"]),
+        *_restart_rows(d),
         ("env vars", ", ".join(d["env_var_names"]) or "-"),
         ("endpoint", d["endpoint_url"] or "-"),
         ("node", d.get("node_id") or "-"),
-        ("note", d.get("status_message") or "-"),
+        ("note", escape(d.get("status_message") or "-")),
         ("cost", _usd(d["cost_accrued_usd"])),
         ("budget", _usd(d["budget_max_usd"])),
         ("price/hour", _usd(d["price_per_hour_usd"])),
@@ -106,7 +143,9 @@ def deployment_detail(d: dict) -> None:
         ("updated", d["updated_at"]),
     ]
     if d.get("failure_reason"):
-        rows.append(("failure", f"[red]{d['failure_reason']}[/]: {d['failure_message'] or ''}"))
+        rows.append(
+            ("failure", f"[red]{d['failure_reason']}[/]: {escape(d['failure_message'] or '')}")
+        )
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()

@@ -8,7 +8,6 @@ to `get(instance_id, port=...)` to get an `endpoint_url`.
 Wire format: /work/shared/reference/external-apis.md, "Lambda Cloud (Lambda Labs) API v1".
 """
 
-import re
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from time import time
@@ -17,6 +16,7 @@ from urllib.parse import quote
 
 import requests
 
+from chalicelib import gpu_types
 from chalicelib.logs import logger
 from chalicelib.providers.base import (
     NAME_PREFIX,
@@ -84,12 +84,10 @@ class LambdaCloudProvider:
         Single-GPU types win whenever one matches, even if it has no capacity right now:
         silently renting an 8-GPU machine for a 1-GPU model would cost ~10x.
         """
-        wanted = _tokens(gpu_type)
-        types = [
-            entry
-            for entry in self._call("GET", "/instance-types").values()
-            if wanted and wanted <= _type_tokens(entry.get("instance_type", {}))
-        ]
+        if not gpu_type:  # nothing named: renting whichever GPU is cheapest would surprise
+            return []
+        entries = self._call("GET", "/instance-types").values()
+        types = [entry for entry in entries if _serves(entry, gpu_type)]
         single = [e for e in types if _gpus(e) == 1]
         offers = [offer for entry in (single or types) for offer in _region_offers(entry)]
         return sorted(offers, key=lambda o: (o.price_per_hour, o.gpu_type, o.region or ""))
@@ -257,14 +255,9 @@ def _gpus(entry: dict[str, Any]) -> int | None:
     return (entry.get("instance_type", {}).get("specs") or {}).get("gpus")
 
 
-def _tokens(text: str) -> frozenset[str]:
-    """Words of a GPU name, so "A10" never matches "A100": "A100 (80 GB SXM4)" ->
-    {a100, 80gb, sxm4}; "gpu_8x_a100_80gb_sxm4" -> {gpu, 8x, a100, 80gb, sxm4}."""
-    text = re.sub(r"(\d+)\s*gb(?![a-z])", r"\1gb", text.lower())
-    return frozenset(re.findall(r"[a-z0-9]+", text))
-
-
-def _type_tokens(instance_type: dict[str, Any]) -> frozenset[str]:
-    return _tokens(instance_type.get("name", "")) | _tokens(
-        instance_type.get("gpu_description", "")
-    )
+def _serves(entry: dict[str, Any], gpu_type: str) -> bool:
+    """Whether an instance type's GPUs serve the request. The name ("gpu_1x_a100") may leave
+    out the memory or form factor that its GPU description ("A100 (40 GB SXM4)") tells."""
+    instance_type = entry.get("instance_type") or {}
+    descriptions = [instance_type.get(k) or "" for k in ("gpu_description", "description")]
+    return gpu_types.matches(instance_type.get("name", ""), gpu_type, aliases=descriptions)

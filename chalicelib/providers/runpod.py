@@ -13,6 +13,7 @@ from typing import Any
 
 import requests
 
+from chalicelib import gpu_types
 from chalicelib.providers.base import (
     NAME_PREFIX,
     AuthError,
@@ -76,6 +77,12 @@ class _GpuType:
     memory_gb: int | None
     price: Decimal | None
 
+    def serves(self, wanted: str) -> bool:
+        """The id names the card ("NVIDIA A100-SXM4-80GB"); the display name ("H100 SXM") and
+        memoryInGb fill in a form factor or memory the id leaves out."""
+        memory_mb = self.memory_gb * 1024 if self.memory_gb else None
+        return gpu_types.matches(self.id, wanted, memory_mb, aliases=[self.display_name])
+
 
 class RunPodProvider:
     name = "runpod"
@@ -104,9 +111,11 @@ class RunPodProvider:
     # Provider
 
     def offers(self, gpu_type: str) -> list[Offer]:
+        if not gpu_type:  # nothing named: renting whichever GPU is cheapest would surprise
+            return []
         data = self._call(_GPU_TYPES)
         gpus = [self._gpu_type(raw) for raw in data.get("gpuTypes") or []]
-        matching = [g for g in gpus if g.price is not None and _matches(gpu_type, g)]
+        matching = [g for g in gpus if g.price is not None and g.serves(gpu_type)]
         matching.sort(key=lambda g: (g.price, g.id))
         return [Offer(gpu_type=g.id, region=None, price_per_hour=g.price) for g in matching]
 
@@ -237,23 +246,6 @@ class RunPodProvider:
             price_per_hour=Decimal(str(cost)) if cost is not None else None,
             endpoint_url=endpoint,
         )
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def _matches(query: str, gpu: _GpuType) -> bool:
-    """Every word of the query ("A100 80GB", "rtx4090") equals a run of consecutive words of
-    the GPU's id or display name (or its memory, "80gb"): "A10" does not match an A100."""
-    runs = {f"{gpu.memory_gb}gb"} if gpu.memory_gb else set()
-    for name in (gpu.id, gpu.display_name):
-        words = _words(name)
-        for start in range(len(words)):
-            for end in range(start + 1, len(words) + 1):
-                runs.add("".join(words[start:end]))
-    wanted = _words(query)
-    return bool(wanted) and all(word in runs for word in wanted)
 
 
 def _http_port(runtime: dict[str, Any] | None, ports: str | None) -> int | None:

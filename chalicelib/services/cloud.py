@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 import requests
 
 from chalicelib.config import CloudSettings
-from chalicelib.lifecycle import COMING_UP, Status, towards
+from chalicelib.lifecycle import COMING_UP, Status, can_transition, towards
 from chalicelib.logs import Unit, logger, metrics
 from chalicelib.providers import ProviderNotConfigured
 from chalicelib.providers.base import (
@@ -125,7 +125,7 @@ class CloudService:
                 return self._agent_phase(item, instance, state)
             self._deployments.transition_latest(
                 item.id,
-                towards(Status.STARTING),
+                _still_coming_up_to(Status.STARTING),  # a late poll never moves it back
                 first=item,
                 endpoint_url=instance.endpoint_url,
                 status_message="instance up; waiting for the model's health path",
@@ -437,3 +437,13 @@ def _error_message(error: dict) -> str:
     except (TypeError, ValueError):
         return str(cause)
     return parsed.get("errorMessage") or str(parsed) if isinstance(parsed, dict) else str(cause)
+
+
+def _still_coming_up_to(target: Status):
+    """Like lifecycle.towards, for a deployment still on its way up only."""
+
+    def decide(item):
+        status = Status(item.status)
+        return target if status in COMING_UP and can_transition(status, target) else None
+
+    return decide

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from chalicelib.config import CloudSettings
-from chalicelib.lifecycle import Status, towards
+from chalicelib.lifecycle import COMING_UP, Status, towards
 from chalicelib.logs import Unit, logger, metrics
 from chalicelib.providers.base import Instance, InstanceState, Provider, owned_by_stage
 from chalicelib.services.cloud import UNHEALTHY_AFTER, probe, runs_agent
@@ -103,7 +103,8 @@ class CloudUpkeep:
             + self._cloud.health_grace_seconds
             + (self._cloud.agent_start_seconds if runs_agent(item) else 0)
         )
-        coming_up = status in (Status.PROVISIONING, Status.PULLING, Status.STARTING)
+        # A deployment its agent restarted is `starting` again, but its workflow is long done.
+        coming_up = status in COMING_UP and not item.restarts
         lost = self._cloud.workflow_lost_seconds
         lost_workflow = provisioning is not None and item.id not in provisioning
         if coming_up and age > lost and lost_workflow and age <= deadline:

@@ -17,7 +17,7 @@ from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePer
 from chalicelib.errors import Conflict, IdempotencyMismatch, ValidationFailed
 from chalicelib.lifecycle import FailureReason, Status
 from chalicelib.logs import logger
-from chalicelib.protocol import HealthCheck, LogsRequest, StopDeployment
+from chalicelib.protocol import DEFAULT_MODEL_PORT, HealthCheck, LogsRequest, StopDeployment
 from chalicelib.schemas import (
     CLOUD_TARGETS,
     CostEntry,
@@ -137,6 +137,9 @@ class DeploymentService:
                     fields={"node_id": "a cloud instance's node"},
                 )
         config = recipe.pop("deploy_config")
+        if recipe["target"] in CLOUD_TARGETS and config.port is None:
+            # The instance exposes one fixed port, so the model needs one known in advance.
+            config = config.model_copy(update={"port": DEFAULT_MODEL_PORT})
         item = DeploymentItem(
             id=new_deployment_id(),
             owner_id=owner_id,
@@ -197,9 +200,15 @@ class DeploymentService:
             "command": list(resource.command or []),
             "gpu": resource.gpu,
             "gpu_type": resource.gpu_type,
-            "deploy_config": DeployConfig.of(resource.deploy_config),
+            # Field by field: `--health-path /x` keeps the recipe's port.
+            "deploy_config": DeployConfig.of(resource.deploy_config).model_copy(
+                update=request.deploy_config.model_dump(exclude_unset=True)
+                if request.deploy_config
+                else {}
+            ),
         }
-        return {k: v for k, v in defaults.items() if k not in overridden or k == "resource_slug"}
+        kept = {"resource_slug", "deploy_config"}
+        return {k: v for k, v in defaults.items() if k not in overridden or k in kept}
 
     # --- read ---------------------------------------------------------------------------
 

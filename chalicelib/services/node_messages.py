@@ -10,6 +10,7 @@ from chalicelib.protocol import (
     DeploymentHealthUpdate,
     DeploymentProgress,
     DeploymentReady,
+    DeploymentRestarted,
     DeploymentStopped,
     Error,
     HealthResult,
@@ -19,16 +20,20 @@ from chalicelib.protocol import (
     NodeHello,
     ProtocolError,
     StopDeployment,
+    fit_report,
     parse_node_message,
 )
-from chalicelib.schemas import CLOUD_TARGETS
+from chalicelib.schemas import CLOUD_TARGETS, DeployConfig
 from chalicelib.services.ending import Ending
 from chalicelib.services.placement import Placement, deploy_message
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.models import ConnectionItem, DeploymentItem, utcnow
+from chalicelib.store.models import ConnectionItem, DeploymentItem, LastExitAttribute, utcnow
 from chalicelib.store.nodes import NodeRepository, ReplyRepository
 
 UNHEALTHY_AFTER = 3  # consecutive failed probes
+# What a restart report keeps of the model's last output: enough to see why, small enough for
+# an item that is copied into every index it is projected into (400 KB per item in all).
+LAST_EXIT_MESSAGE_MAX = 2048
 FAILURES = {
     "crash": FailureReason.CRASH,
     "pull_error": FailureReason.PULL_ERROR,
@@ -215,6 +220,32 @@ class NodeMessageHandler:
         self._ending.fail(item, reason, (message.message or message.reason) + exit_note)
         return None
 
+    def _on_deployment_restarted(self, conn, message: DeploymentRestarted):
+        item = self._owned(conn, message.deployment_id)
+        if item is None:
+            return [self._not_yours(message)]
+        if late := self._late(item):
+            return late
+        changes = {
+            "restarts": message.restarts,
+            "last_exit": _last_exit(message),
+            "status_message": _restart_note(item, message),
+            "healthy": False,  # not answering until its next deployment_ready
+        }
+
+        def is_news(current) -> bool:  # not a duplicate, nor overtaken by a later restart
+            return message.restarts > int(current.restarts or 0)
+
+        def decide(current):
+            restartable = can_transition(Status(current.status), Status.STARTING)
+            return Status.STARTING if is_news(current) and restartable else None
+
+        latest, changed = self._deployments.transition_latest(
+            item.id, decide, first=item, **changes
+        )
+        if not changed and latest.status == Status.STARTING and is_news(latest):
+            self._deployments.record(latest, **changes)  # restarted before it was ever ready
+
     def _on_health_result(self, conn, message: HealthResult):
         if self._owned(conn, message.deployment_id) is None:
             return [self._not_yours(message)]
@@ -257,6 +288,8 @@ class NodeMessageHandler:
                 replies.append(StopDeployment(deployment_id=deployment_id))
             elif running.status in ("running", "unhealthy") and running.endpoint_url:
                 self._on_deployment_ready(conn, _ready(running))
+            elif item.status == Status.PROVISIONING:  # on its way up there: that is its answer
+                self._on_deployment_progress(conn, _progress(running))
         for item in self._deployments.on_node(conn.node_id):
             if item.id in reported:
                 continue
@@ -272,6 +305,30 @@ class NodeMessageHandler:
                     "the node reconnected without this deployment running",
                 )
         return replies
+
+
+def _last_exit(message: DeploymentRestarted) -> LastExitAttribute:
+    output = None if message.message is None else fit_report(message.message, LAST_EXIT_MESSAGE_MAX)
+    return LastExitAttribute(
+        cause=message.cause, exit_code=message.exit_code, at=utcnow(), message=output
+    )
+
+
+def _restart_note(item: DeploymentItem, message: DeploymentRestarted) -> str:
+    """e.g. "restarted (2 of 3) after a crash, exit code 1"."""
+    config = DeployConfig.of(item.deploy_config)
+    limited = config.restart == "on-failure"  # `always` has no limit
+    count = f"{message.restarts} of {config.max_restarts}" if limited else str(message.restarts)
+    if message.cause == "unhealthy":
+        why = f"being unhealthy for {config.unhealthy_timeout_s} s"
+    else:
+        why = "a crash" + ("" if message.exit_code is None else f", exit code {message.exit_code}")
+    return f"restarted ({count}) after {why}"
+
+
+def _progress(running) -> DeploymentProgress:
+    status = "pulling" if running.status == "pulling" else "starting"
+    return DeploymentProgress(deployment_id=running.deployment_id, status=status)
 
 
 def _ready(running) -> DeploymentReady:

@@ -1,5 +1,5 @@
 """Nodes: registration, the WebSocket connection lifecycle, and the sweep that notices silent
-nodes and deployments that waited too long for one."""
+nodes, deployments that waited too long for one, and deployments a node never answered."""
 
 from datetime import timedelta
 
@@ -9,8 +9,13 @@ from chalicelib.logs import logger
 from chalicelib.services.ending import Ending
 from chalicelib.services.placement import Placement
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.models import NodeItem, utcnow
+from chalicelib.store.models import DeploymentItem, NodeItem, utcnow
 from chalicelib.store.nodes import NodeRepository
+
+# deploy_model messages sent without an answer before the deployment fails: a node that took
+# the message but never answers three times (an agent wedged, too old, or on a dead link)
+# will not answer a fourth.
+MAX_UNANSWERED_DEPLOYS = 3
 
 
 class NodeService:
@@ -51,7 +56,8 @@ class NodeService:
 
 
 class Sweeper:
-    """Runs every minute: nodes silent past the timeouts, and deployments nobody can place."""
+    """Runs every minute: nodes silent past the timeouts, deployments nobody can place, and
+    deployments whose node never acknowledged them."""
 
     def __init__(
         self,
@@ -62,6 +68,7 @@ class Sweeper:
         node_lost_s: int,
         no_node_timeout_s: int,
         ending: Ending,
+        deploy_ack_s: int,
     ):
         self._nodes = nodes
         self._deployments = deployments
@@ -70,6 +77,8 @@ class Sweeper:
         self._node_timeout = timedelta(seconds=node_timeout_s)
         self._node_lost = timedelta(seconds=node_lost_s)
         self._no_node_timeout = timedelta(seconds=no_node_timeout_s)
+        self._deploy_ack = timedelta(seconds=deploy_ack_s)
+        self._ack_text = f"{deploy_ack_s} s"
 
     def sweep(self) -> None:
         now = utcnow()
@@ -84,7 +93,36 @@ class Sweeper:
                 failure_message=f"no suitable node within {self._no_node_timeout}: "
                 + (item.status_message or "none was online"),
             )
+        for item in self._deployments.awaiting_ack(assigned_before=now - self._deploy_ack):
+            self._unanswered(item)
         self._placement.place_waiting()
+
+    def _unanswered(self, sent: DeploymentItem) -> None:
+        """A deployment its node never reported on: placed again (maybe on the same node,
+        whose agent ignores a deploy_model it already has), or failed once that happened
+        MAX_UNANSWERED_DEPLOYS times. Read from an index that may lag, so every write holds
+        only for that very assignment."""
+        node_id = sent.node_id
+        if (sent.unacked_deploys or 0) + 1 < MAX_UNANSWERED_DEPLOYS:
+            note = f"node {node_id} did not acknowledge it within {self._ack_text}; placing again"
+            if self._deployments.unassign(sent, node_id, note, unanswered=True):
+                self._placement.place(sent)
+            return
+        node = self._nodes.get(node_id)
+        named = f"{node.name} ({node_id})" if node is not None else node_id
+
+        def still_unanswered(latest: DeploymentItem) -> bool:
+            same_assignment = latest.node_id == node_id and latest.assigned_at == sent.assigned_at
+            return latest.status == Status.PROVISIONING and same_assignment
+
+        self._ending.fail(
+            sent,
+            FailureReason.NO_NODE,
+            f"node {named} never acknowledged the deployment: {MAX_UNANSWERED_DEPLOYS} "
+            f"deploy_model messages went unanswered for {self._ack_text} each. Check that "
+            "its agent is running and up to date (`prism node up`), or deploy to another node.",
+            only_if=still_unanswered,
+        )
 
     def _silent_node(self, node: NodeItem, silence: timedelta) -> None:
         if node.status == "online":

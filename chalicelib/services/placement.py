@@ -1,16 +1,30 @@
 """Placing deployments on a node and sending them there: prism_node deployments on the owner's
 nodes, weights/command cloud deployments on the agent of their own instance.
 
-Decide (which node) is pure; apply is a conditional claim on the deployment followed by the
-`deploy_model` message. A deployment with no suitable node waits in `provisioning` with a reason.
+Decide (which node, which GPUs) is pure; apply is one transaction that assigns the deployment
+and claims its GPUs on the node (NodeItem.gpu_claims), followed by the `deploy_model` message
+naming those GPUs. A deployment with no suitable node waits in `provisioning` with a reason.
 """
 
+from dataclasses import dataclass
+
+from chalicelib.lifecycle import Status
 from chalicelib.node_channel import NodeChannel
 from chalicelib.protocol import DeployConfig, DeployModel, gpu_matches
 from chalicelib.schemas import DeployConfig as RestDeployConfig
-from chalicelib.store.deployments import DeploymentRepository
+from chalicelib.store.deployments import Assignment, DeploymentRepository
 from chalicelib.store.models import DeploymentItem, NodeItem
 from chalicelib.store.nodes import NodeRepository
+
+# Each round places the deployment or learns something that changes the next choice (a GPU
+# another placement took, a node that turned out to be gone, stale claims freed).
+MAX_PLACEMENT_ROUNDS = 8
+
+
+@dataclass(frozen=True)
+class Choice:
+    node: NodeItem
+    gpu_indices: list[int] | None  # the GPUs to reserve; None: no GPU, or the whole node
 
 
 def deploy_message(item: DeploymentItem) -> DeployModel:
@@ -26,32 +40,54 @@ def deploy_message(item: DeploymentItem) -> DeployModel:
         gpu=bool(item.gpu),
         gpu_type=item.gpu_type,
         whole_node=True if dedicated else None,  # left out otherwise: older agents
+        gpu_indices=[int(i) for i in item.gpu_indices] if item.gpu_indices else None,
     )
 
 
-def choose_node(
-    item: DeploymentItem, nodes: list[NodeItem], load: dict[str, int]
-) -> NodeItem | None:
-    """The least loaded online node that fits: any node when no GPU is needed, else one with
-    more matching GPUs than GPU deployments already placed on it."""
-    fitting = []
+def matching_gpus(item: DeploymentItem, node: NodeItem) -> list[int]:
+    """The node's GPU indices of the requested type, lowest first."""
+    return sorted(
+        gpu.index
+        for gpu in node.gpus or []
+        if gpu_matches(gpu.name, item.gpu_type, gpu.memory_total_mb)
+    )
+
+
+def free_gpus(item: DeploymentItem, node: NodeItem) -> list[int]:
+    claimed = node.gpu_claim_holders()
+    return [index for index in matching_gpus(item, node) if index not in claimed]
+
+
+def choose_node(item: DeploymentItem, nodes: list[NodeItem]) -> Choice | None:
+    """Where the deployment goes. A cloud instance's node runs its own deployment only (every
+    GPU, no claim). Without a GPU: the first online node listed. With one: the node with the
+    most free matching GPUs (spreading load; the first listed on a tie), on its lowest free
+    matching GPU."""
+    best: tuple[int, Choice] | None = None
     for node in nodes:
         if item.pinned_node_id and node.id != item.pinned_node_id:
             continue
-        if node.dedicated_to:  # a cloud instance's agent runs its own deployment only
+        if node.dedicated_to:
             if node.dedicated_to == item.id:
-                fitting.append(node)
+                return Choice(node, None)
             continue
-        if item.gpu:
-            matching = sum(
-                1
-                for gpu in node.gpus or []
-                if gpu_matches(gpu.name, item.gpu_type, gpu.memory_total_mb)
-            )
-            if matching <= load.get(node.id, 0):
-                continue
-        fitting.append(node)
-    return min(fitting, key=lambda n: load.get(n.id, 0), default=None)
+        if not item.gpu:
+            return Choice(node, None)
+        free = free_gpus(item, node)
+        if free and (best is None or len(free) > best[0]):
+            best = (len(free), Choice(node, free[:1]))
+    return best[1] if best else None
+
+
+def claim_is_stale(node_id: str, index: int, holder: DeploymentItem | None) -> bool:
+    """A claim frees itself when its holder is gone, over, or no longer on that GPU (it was
+    unassigned, or moved): the release after those writes never happened."""
+    return (
+        holder is None
+        or Status(holder.status).is_terminal()
+        or holder.node_id != node_id
+        or index not in [int(i) for i in holder.gpu_indices or []]
+    )
 
 
 def waiting_reason(item: DeploymentItem) -> str:
@@ -78,37 +114,76 @@ class Placement:
             return item
         if item.target != "prism_node" and not item.pinned_node_id:
             return item  # a cloud deployment whose instance does not run our agent
-        online = self._online_for(item)
-        tried: set[str] = set()
-        while True:
-            candidates = [n for n in online if n.id not in tried]
-            node = choose_node(item, candidates, self._gpu_load(candidates) if item.gpu else {})
-            if node is None:
-                break
-            tried.add(node.id)
-            if not self._deployments.assign_node(item, node.id, f"sent to node {node.name}"):
+        candidates = self._online_for(item)
+        reclaimed = False
+        for _ in range(MAX_PLACEMENT_ROUNDS):
+            choice = choose_node(item, candidates)
+            if choice is None:
+                if reclaimed or not item.gpu or not self._reclaim_stale(item, candidates):
+                    break
+                reclaimed = True  # once: what is still claimed then is really in use
+                candidates = self._fresh(candidates)
+                continue
+            outcome = self._assign(item, choice)
+            if outcome is Assignment.MOVED:
                 return self._deployments.get(item.id) or item  # placed or ended meanwhile
-            if self._channel.send(node.connection_id, deploy_message(item)):
+            if outcome is Assignment.GPU_TAKEN:
+                candidates = self._fresh(candidates)
+                continue
+            if self._channel.send(choice.node.connection_id, deploy_message(item)):
                 return self._deployments.get(item.id) or item
-            self._nodes.mark_offline(node, node.connection_id)
-            self._deployments.unassign(item, node.id, waiting_reason(item))
+            self._nodes.mark_offline(choice.node, choice.node.connection_id)
+            self._deployments.unassign(item, choice.node.id, waiting_reason(item))
+            candidates = [n for n in candidates if n.id != choice.node.id]
         if item.status_message != waiting_reason(item):
             self._deployments.record(item, status_message=waiting_reason(item))
         return item
 
+    def _assign(self, item: DeploymentItem, choice: Choice) -> Assignment:
+        if choice.gpu_indices:
+            self._nodes.ensure_gpu_claims(choice.node)
+        message = f"sent to node {choice.node.name}"
+        return self._deployments.assign_node(item, choice.node.id, message, choice.gpu_indices)
+
     def _online_for(self, item: DeploymentItem) -> list[NodeItem]:
         """A pinned deployment's node read consistently (it may have connected a moment ago;
-        the owner index lags), else the owner's online nodes."""
+        the owner index lags), else the owner's online nodes: read again consistently when
+        the deployment needs a GPU, whose claims the index may not show yet."""
         if not item.pinned_node_id:
-            return self._nodes.online_owned(item.owner_id)
+            online = self._nodes.online_owned(item.owner_id)
+            return self._fresh(online) if item.gpu else online
         node = self._nodes.get(item.pinned_node_id)
-        online = node is not None and node.status == "online" and node.connection_id
-        return [node] if online else []
+        return [node] if node is not None and _is_online(node) else []
+
+    def _fresh(self, nodes: list[NodeItem]) -> list[NodeItem]:
+        if not nodes:
+            return []
+        return [n for n in self._nodes.get_many([n.id for n in nodes]) if _is_online(n)]
+
+    def _reclaim_stale(self, item: DeploymentItem, nodes: list[NodeItem]) -> bool:
+        """Free the claims on the matching GPUs of these nodes whose holders no longer hold
+        them (one consistent BatchGet of the holders). True when any GPU was freed."""
+        claims = [
+            (node.id, index, holder)
+            for node in nodes
+            if not node.dedicated_to
+            for index, holder in node.gpu_claim_holders().items()
+            if index in matching_gpus(item, node)
+        ]
+        if not claims:
+            return False
+        holders = self._deployments.get_many({holder for _, _, holder in claims})
+        freed = False
+        for node_id, index, holder in claims:
+            if claim_is_stale(node_id, index, holders.get(holder)):
+                freed |= self._nodes.release_stale_claim(node_id, index, holder)
+        return freed
 
     def place_waiting(self, owner_id: str | None = None) -> None:
         for item in self._deployments.unplaced():
             if owner_id is None or item.owner_id == owner_id:
                 self.place(item)
 
-    def _gpu_load(self, nodes: list[NodeItem]) -> dict[str, int]:
-        return {n.id: sum(1 for d in self._deployments.on_node(n.id) if d.gpu) for n in nodes}
+
+def _is_online(node: NodeItem) -> bool:
+    return node.status == "online" and bool(node.connection_id)

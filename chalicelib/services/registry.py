@@ -113,7 +113,7 @@ def node_message_handler() -> NodeMessageHandler:
 
 @cache
 def ending() -> Ending:
-    return Ending(DeploymentRepository(), workflows())
+    return Ending(DeploymentRepository(), workflows(), placement().place_waiting)
 
 
 @cache
@@ -131,6 +131,7 @@ def sweeper() -> Sweeper:
         settings.node_lost_seconds,
         settings.no_node_timeout_seconds,
         ending(),
+        settings.deploy_ack_seconds,
     )
 
 

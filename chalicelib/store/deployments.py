@@ -6,17 +6,23 @@ import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import Enum
 from itertools import islice
 
-from pynamodb.exceptions import PutError, UpdateError
+from pynamodb.connection import Connection
+from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
+from pynamodb.transactions import TransactWrite
 
+from chalicelib.config import settings
 from chalicelib.errors import Conflict, NotFound
 from chalicelib.lifecycle import ACTIVE, COMING_UP, Status, check_transition
 from chalicelib.store.models import DeploymentItem, utcnow
+from chalicelib.store.nodes import gpu_claim, release_gpus
 
 MAX_RETRIES = 5
 UNPLACED = "1"
 CLOUD = "1"
+AWAITING_ACK = "1"
 # The billable index's keys. Every charge rewrites a deployment's index entry, so under one
 # shared key they would all land on one index partition (1,000 writes a second at most). Each
 # key costs the tick one Query (a page at least): 8 keep ~200k deployments under that limit.
@@ -26,6 +32,12 @@ DEPLOYMENT_ID = re.compile(r"^dep_[0-9a-f]{16}$")  # what new_deployment_id() ma
 
 class StaleWrite(Conflict):
     """Someone else changed the deployment between our read and our write."""
+
+
+class Assignment(Enum):
+    ASSIGNED = "assigned"
+    GPU_TAKEN = "gpu_taken"  # another deployment claimed the GPU first: choose again
+    MOVED = "moved"  # the deployment was placed elsewhere, stopped or ended meanwhile
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,8 @@ class DeploymentRepository:
             actions.append(DeploymentItem.billable.remove())
         if item.cloud and target.is_terminal():
             actions.append(DeploymentItem.cloud.remove())
+        if item.awaiting_ack:  # any status change is the node's answer (or makes it moot)
+            actions.append(DeploymentItem.awaiting_ack.remove())
         actions += _set_actions(changes)
         try:
             item.update(actions=actions, condition=DeploymentItem.status == item.status)
@@ -117,6 +131,10 @@ class DeploymentRepository:
             if is_condition_failure(exc):
                 raise StaleWrite(f"deployment {item.id} changed concurrently") from None
             raise
+        if target.is_terminal() and item.node_id and item.gpu_indices:
+            # Every end passes here, so no path can keep a GPU. A crash before this leaves a
+            # stale claim, which placement reclaims when it finds the node full.
+            release_gpus(item.node_id, item.id, list(item.gpu_indices))
         return item
 
     def transition_latest(
@@ -145,33 +163,81 @@ class DeploymentRepository:
         update_if(item, _set_actions(changes), DeploymentItem.status.is_in(*active))
         return item
 
-    def assign_node(self, item: DeploymentItem, node_id: str, message: str) -> bool:
-        """Claim a waiting deployment for a node; False when someone else placed or ended it."""
-        return update_if(
-            item,
-            [
-                DeploymentItem.node_id.set(node_id),
-                DeploymentItem.unplaced.remove(),
-                DeploymentItem.status_message.set(message),
-                DeploymentItem.updated_at.set(utcnow()),
-            ],
-            (DeploymentItem.status == Status.PROVISIONING.value)
-            & DeploymentItem.node_id.does_not_exist(),
+    def assign_node(
+        self, item: DeploymentItem, node_id: str, message: str, gpu_indices: list[int] | None
+    ) -> Assignment:
+        """Place a waiting deployment on a node and claim its GPUs there, in one transaction:
+        both happen or neither (a DynamoDB transaction is all-or-nothing), so no crash or race
+        can leave a deployment on a GPU it does not hold, or a claim nobody was assigned."""
+        now = utcnow()
+        actions = [
+            DeploymentItem.node_id.set(node_id),
+            DeploymentItem.unplaced.remove(),
+            DeploymentItem.status_message.set(message),
+            DeploymentItem.updated_at.set(now),
+            DeploymentItem.assigned_at.set(now),
+            DeploymentItem.awaiting_ack.set(AWAITING_ACK),
+        ]
+        waiting = (DeploymentItem.status == Status.PROVISIONING.value) & (
+            DeploymentItem.node_id.does_not_exist()
         )
+        if not gpu_indices:
+            return Assignment.ASSIGNED if update_if(item, actions, waiting) else Assignment.MOVED
+        actions.append(DeploymentItem.gpu_indices.set(gpu_indices))
+        node, claim_actions, claim_free = gpu_claim(node_id, item.id, gpu_indices)
+        try:
+            with TransactWrite(connection=_connection()) as transaction:
+                transaction.update(item, actions, waiting, add_version_condition=False)
+                transaction.update(node, claim_actions, claim_free)
+        except TransactWriteError as exc:
+            reasons = exc.cancellation_reasons  # one per item: the deployment, then the node
+            if exc.cause_response_code != "TransactionCanceledException" or not reasons:
+                raise
+            moved = reasons[0] is not None and reasons[0].code == "ConditionalCheckFailed"
+            # Otherwise the claim was refused, or a concurrent transaction on the same node
+            # (TransactionConflict) won: either way another placement got there first.
+            return Assignment.MOVED if moved else Assignment.GPU_TAKEN
+        item.node_id, item.gpu_indices, item.status_message = node_id, gpu_indices, message
+        item.unplaced, item.assigned_at, item.awaiting_ack = None, now, AWAITING_ACK
+        return Assignment.ASSIGNED
 
-    def unassign(self, item: DeploymentItem, node_id: str, message: str) -> None:
-        """Give a deployment back to the waiting pool (its node turned out to be gone)."""
+    def unassign(
+        self, item: DeploymentItem, node_id: str, message: str, unanswered: bool = False
+    ) -> bool:
+        """Give a deployment back to the waiting pool and free its GPUs there (its node turned
+        out to be gone, or never answered: `unanswered` counts that). False when it is no
+        longer waiting on that node, from that assignment."""
+        held = list(item.gpu_indices or [])
         waiting = [DeploymentItem.unplaced.set(UNPLACED)] if item.target == "prism_node" else []
-        update_if(
-            item,
-            [
-                DeploymentItem.node_id.remove(),
-                DeploymentItem.status_message.set(message),
-                *waiting,
-            ],
-            (DeploymentItem.status == Status.PROVISIONING.value)
-            & (DeploymentItem.node_id == node_id),
+        counted = [DeploymentItem.unacked_deploys.add(1)] if unanswered else []
+        condition = (DeploymentItem.status == Status.PROVISIONING.value) & (
+            DeploymentItem.node_id == node_id
         )
+        if item.assigned_at is not None:  # this assignment, not a later one to the same node
+            condition &= DeploymentItem.assigned_at == item.assigned_at
+        actions = [
+            DeploymentItem.node_id.remove(),
+            DeploymentItem.gpu_indices.remove(),
+            DeploymentItem.assigned_at.remove(),
+            DeploymentItem.awaiting_ack.remove(),
+            DeploymentItem.status_message.set(message),
+            *waiting,
+            *counted,
+        ]
+        if not update_if(item, actions, condition):
+            return False
+        release_gpus(node_id, item.id, held)
+        return True
+
+    def awaiting_ack(self, assigned_before) -> list[DeploymentItem]:
+        """Deployments sent to a node before then that the node has not reported on."""
+        condition = DeploymentItem.assigned_at < assigned_before
+        return list(DeploymentItem.awaiting_ack_index.query(AWAITING_ACK, condition))
+
+    def get_many(self, deployment_ids) -> dict[str, DeploymentItem]:
+        """Consistent reads of several deployments, by id (missing ones left out)."""
+        found = DeploymentItem.batch_get(set(deployment_ids), consistent_read=True)
+        return {item.id: item for item in found}
 
     def on_node(self, node_id: str) -> list[DeploymentItem]:
         """Deployments placed on a node that are not over yet."""
@@ -295,6 +361,11 @@ class DeploymentRepository:
             )
         items = [item for _, _, item in page]
         return Page(items=items, cursor=PageCursor(next_positions) if next_positions else None)
+
+
+def _connection() -> Connection:
+    """For transactions, which span tables (the models each keep their own connection)."""
+    return Connection(region=settings.region, host=settings.aws_endpoint_url)
 
 
 def _set_actions(changes: dict) -> list:

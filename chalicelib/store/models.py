@@ -61,10 +61,13 @@ class ByOwnerStatusIndex(GlobalSecondaryIndex):
 
 
 class DeployConfigAttribute(MapAttribute):
-    port = NumberAttribute()
+    port = NumberAttribute(null=True)  # None: the node agent picks one
     health_path = UnicodeAttribute()
     weights_allow_patterns = ListAttribute(of=UnicodeAttribute, null=True)
     weights_ignore_patterns = ListAttribute(of=UnicodeAttribute, null=True)
+    restart = UnicodeAttribute(null=True)  # null on items older than the restart policy
+    max_restarts = NumberAttribute(null=True)
+    unhealthy_timeout_s = NumberAttribute(null=True)
 
 
 class ByNodeIndex(GlobalSecondaryIndex):
@@ -87,6 +90,19 @@ class UnplacedIndex(GlobalSecondaryIndex):
 
     unplaced = UnicodeAttribute(hash_key=True)
     created_at = UTCDateTimeAttribute(range_key=True)
+
+
+class AwaitingAckIndex(GlobalSecondaryIndex):
+    """Deployments sent to a node that has not reported on them yet (sparse: `awaiting_ack` is
+    set at assignment and removed by any status change): the sweep finds the unanswered ones
+    with one Query."""
+
+    class Meta:
+        index_name = "awaiting-ack"
+        projection = AllProjection()
+
+    awaiting_ack = UnicodeAttribute(hash_key=True)
+    assigned_at = UTCDateTimeAttribute(range_key=True)
 
 
 class CloudIndex(GlobalSecondaryIndex):
@@ -167,6 +183,16 @@ class LedgerEntryAttribute(Attribute[LedgerEntry]):
         )
 
 
+class LastExitAttribute(MapAttribute):
+    """Why the node agent last restarted a deployment. Kept small (the item is projected into
+    indexes): the model's output is cut before it is stored."""
+
+    cause = UnicodeAttribute()  # crash | unhealthy
+    exit_code = NumberAttribute(null=True)
+    at = UTCDateTimeAttribute()
+    message = UnicodeAttribute(null=True)  # the first line and end of its last output
+
+
 class DeploymentItem(Model):
     class Meta(_Meta):
         table_name = settings.deployments_table
@@ -196,6 +222,11 @@ class DeploymentItem(Model):
     endpoint_url = UnicodeAttribute(null=True)
     node_id = UnicodeAttribute(null=True)
     pinned_node_id = UnicodeAttribute(null=True)  # the node the user asked for, if any
+    # The GPUs of node_id reserved for it (NodeItem.gpu_claims holds the other side).
+    gpu_indices = ListAttribute(of=NumberAttribute, null=True)
+    assigned_at = UTCDateTimeAttribute(null=True)  # when placement sent it to node_id
+    awaiting_ack = UnicodeAttribute(null=True)  # "1" from assignment until the node reports
+    unacked_deploys = NumberAttribute(null=True)  # deploy_models no node ever answered
     provider_instance_id = UnicodeAttribute(null=True)
     failure_reason = UnicodeAttribute(null=True)
     failure_message = UnicodeAttribute(null=True)
@@ -215,6 +246,8 @@ class DeploymentItem(Model):
     health_consecutive_failures = NumberAttribute(default=0)
     health_latency_ms = NumberAttribute(null=True)
     health_checked_at = UTCDateTimeAttribute(null=True)
+    restarts = NumberAttribute(null=True)  # times the node agent restarted it (null: never)
+    last_exit = LastExitAttribute(null=True)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)
     updated_at = UTCDateTimeAttribute(default_for_new=utcnow)
     version = VersionAttribute()
@@ -225,6 +258,7 @@ class DeploymentItem(Model):
     unplaced_index = UnplacedIndex()
     billable_index = BillableIndex()
     cloud_index = CloudIndex()
+    awaiting_ack_index = AwaitingAckIndex()
 
     def env_dict(self) -> dict[str, str]:
         env = self.env_vars
@@ -314,11 +348,20 @@ class NodeItem(Model):
     gpus = ListAttribute(of=GpuAttribute, default=list)
     fleet = UnicodeAttribute(default="all")
     dedicated_to = UnicodeAttribute(null=True)  # the cloud deployment whose instance this is
+    # GPU index (as a string) -> the deployment holding it, claimed in the same transaction
+    # that assigns the deployment (null on nodes that never said hello since this existed).
+    gpu_claims = MapAttribute(null=True)
     last_seen_at = UTCDateTimeAttribute(default_for_new=utcnow)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)
 
     by_owner = NodesByOwnerIndex()
     by_last_seen = NodesByLastSeenIndex()
+
+    def gpu_claim_holders(self) -> dict[int, str]:
+        """GPU index -> the deployment that claimed it."""
+        claims = self.gpu_claims
+        raw = claims.as_dict() if isinstance(claims, MapAttribute) else dict(claims or {})
+        return {int(index): holder for index, holder in raw.items()}
 
 
 class ConnectionItem(Model):

@@ -31,6 +31,33 @@ def _new_token(node_id: str) -> str:
     return f"{NODE_TOKEN_PREFIX}{node_id}.{secrets.token_urlsafe(32)}"
 
 
+def gpu_claim(node_id: str, deployment_id: str, indices: list[int]):
+    """The node side of a placement: (item, actions, condition) claiming `indices` for the
+    deployment, each only if free or already its own (a repeated claim is harmless). The
+    caller writes it in one transaction with the deployment's assignment, so a claim exists
+    exactly when its deployment was assigned that GPU."""
+    slots = [NodeItem.gpu_claims[str(index)] for index in indices]
+    condition = None
+    for slot in slots:
+        condition &= slot.does_not_exist() | (slot == deployment_id)
+    return NodeItem(id=node_id), [slot.set(deployment_id) for slot in slots], condition
+
+
+def release_gpus(node_id: str, deployment_id: str, indices: list[int]) -> int:
+    """Free the deployment's GPUs on a node, each only while the claim is still its own (a
+    stale claim may have been reclaimed and given to another). Returns how many it freed."""
+    freed = 0
+    for index in indices:
+        slot = NodeItem.gpu_claims[str(index)]
+        try:
+            NodeItem(id=node_id).update(actions=[slot.remove()], condition=slot == deployment_id)
+            freed += 1
+        except UpdateError as exc:
+            if getattr(exc, "cause_response_code", None) != "ConditionalCheckFailedException":
+                raise
+    return freed
+
+
 class NodeRepository:
     def register(
         self, owner_id: str, name: str, dedicated_to: str | None = None
@@ -64,6 +91,12 @@ class NodeRepository:
             return NodeItem.get(node_id, consistent_read=True)
         except NodeItem.DoesNotExist:
             return None
+
+    def get_many(self, node_ids: list[str]) -> list[NodeItem]:
+        """Consistent reads (GPU claims must be current), in the order asked; gone ones left
+        out."""
+        found = {n.id: n for n in NodeItem.batch_get(set(node_ids), consistent_read=True)}
+        return [found[node_id] for node_id in node_ids if node_id in found]
 
     def authenticate(self, token: str) -> NodeItem | None:
         node_id = node_id_of_token(token)
@@ -101,10 +134,25 @@ class NodeRepository:
         node.update(
             actions=[
                 NodeItem.gpus.set([GpuAttribute(**gpu) for gpu in gpus]),
+                # claims are single map entries, so the map must exist before the first
+                NodeItem.gpu_claims.set(NodeItem.gpu_claims | {}),
                 NodeItem.agent_version.set(agent_version),
                 NodeItem.last_seen_at.set(utcnow()),
             ]
         )
+
+    def ensure_gpu_claims(self, node: NodeItem) -> None:
+        """The claims map on a node that has not said hello since it existed."""
+        if node.gpu_claims is None:
+            with contextlib.suppress(UpdateError):  # someone else made it first
+                node.update(
+                    actions=[NodeItem.gpu_claims.set({})],
+                    condition=NodeItem.gpu_claims.does_not_exist(),
+                )
+
+    def release_stale_claim(self, node_id: str, index: int, holder: str) -> bool:
+        """A claim whose holder no longer holds the GPU (ended, gone, moved): freed."""
+        return release_gpus(node_id, holder, [index]) == 1
 
     def touch(self, node_id: str, connection_id: str) -> None:
         """A heartbeat: seen now, and online on this connection unless the node has moved to

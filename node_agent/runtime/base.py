@@ -50,5 +50,9 @@ class Runtime(Protocol):
 
     def logs(self, handle: Handle, tail: int) -> list[str]: ...
 
+    def serves(self, handle: Handle, port: int) -> bool:
+        """Whether what answers on the host `port` is this workload (not some other server
+        that took the port)."""
+
     def adopt(self, handle: Handle) -> bool:
         """True when the workload behind `handle` is still the one we started."""

@@ -82,6 +82,11 @@ class DockerRuntime:
                 return None
         return code
 
+    def serves(self, handle: Handle, port: int) -> bool:
+        """The engine publishes the host port to this container only (it refuses to start a
+        container whose host port is taken)."""
+        return True
+
     def logs(self, handle: Handle, tail: int) -> list[str]:
         container = self._find(handle.ref)
         if container is None:

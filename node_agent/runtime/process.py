@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from node_agent.ports import group_members, listener_pids
 from node_agent.runtime.base import Handle, LaunchSpec, RuntimeError_
 
 LOG_CAP_BYTES = 10 * 1024 * 1024
@@ -105,6 +106,12 @@ class ProcessRuntime:
         while self.adopt(handle):
             time.sleep(0.05)
         return None
+
+    def serves(self, handle: Handle, port: int) -> bool:
+        """A process of its group holds the listening socket (True where /proc cannot tell)."""
+        pid, _ = _parse_ref(handle.ref)
+        holders = listener_pids(port, group_members(pid))
+        return holders is None or bool(holders)
 
     def logs(self, handle: Handle, tail: int, log_path: Path | None = None) -> list[str]:
         return tail_lines(log_path, tail) if log_path else []

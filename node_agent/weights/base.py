@@ -12,6 +12,7 @@ from typing import Protocol
 Progress = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
 
 MiB = 1024 * 1024
+PARTS = ".parts"  # under a download directory: the files still arriving (see part_file)
 
 
 class PullError(Exception):
@@ -55,6 +56,14 @@ class ByteCounter:
         with self._lock:
             self.done += count
             self._progress(self.done, self._total)
+
+
+def part_file(into: Path, relative: str) -> Path:
+    """Where the file `relative` of a download gathers its bytes until it is complete: a name that
+    outlives the agent, so a pull a killed agent started continues from them."""
+    path = into / PARTS / f"{relative}.part"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def env_value(env: dict[str, str], *names: str) -> str | None:

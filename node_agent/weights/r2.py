@@ -1,21 +1,28 @@
 """r2:// and s3:// weights through boto3's S3 client: one object, or every object under a prefix,
-large objects in parallel ranged parts. R2 is S3 with an account endpoint and region "auto"."""
+in parallel ranged parts. R2 is S3 with an account endpoint and region "auto".
+
+The parts are written in order to a part file of a stable name, so it always holds a prefix of
+the object: a pull the agent was killed in continues from it (boto3's download_file would write
+parts at their offsets into a temporary name, leaving nothing a new process can resume)."""
 
 import functools
 import posixpath
+import shutil
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from hashlib import sha256
+from itertools import islice
 from pathlib import Path
 
 import boto3
-from boto3.exceptions import Boto3Error
-from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 
 from chalicelib.weights_uri import BucketSource
 from node_agent.weights.base import (
+    PARTS,
     ByteCounter,
     MiB,
     Progress,
@@ -23,14 +30,15 @@ from node_agent.weights.base import (
     PullSettings,
     Resolved,
     env_value,
+    part_file,
 )
 
 PARALLEL_FILES = 4
-TRANSFER = TransferConfig(
-    multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB, max_concurrency=8
-)
+PART = 16 * MiB  # one ranged GET
+PARTS_IN_FLIGHT = 6  # per object; each may wait in memory for an earlier, slower one
 NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
+CHANGED = {"412", "PreconditionFailed"}  # If-Match: the object was replaced since the listing
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,8 @@ class BucketWeights:
         return Resolved(key=key, size=sum(o.size for o in self._objects))
 
     def download(self, into: Path, progress: Progress) -> None:
-        _remove_strays(into, {o.relative for o in self._objects})
+        names = {o.relative for o in self._objects}
+        _remove_strays(into, names | {f"{PARTS}/{name}.part" for name in names})
         counter = ByteCounter(progress, sum(o.size for o in self._objects))
         pool = ThreadPoolExecutor(PARALLEL_FILES)
         try:
@@ -74,27 +83,60 @@ class BucketWeights:
                 future.result()
         finally:  # the first failure stops the rest instead of waiting for every object
             pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(into / PARTS, ignore_errors=True)  # the emptied part folders
 
     def _fetch(self, obj: _Object, into: Path, counter: ByteCounter) -> None:
         target = into / obj.relative
         if target.is_file() and target.stat().st_size == obj.size:
             counter.add(obj.size)  # finished by an earlier, interrupted pull
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
+        part = part_file(into, obj.relative)
         try:
-            self.client.download_file(
-                self.source.bucket, obj.key, str(target), Config=TRANSFER, Callback=counter.add
-            )
+            with open(part, "ab") as out:
+                counter.add(out.tell())  # the bytes an earlier, killed agent wrote
+                self._append(obj, out, counter)
         except ClientError as exc:
             raise self._error(exc, obj.key) from None
-        except (BotoCoreError, Boto3Error) as exc:
+        except (BotoCoreError, *S3_RETRYABLE_DOWNLOAD_ERRORS) as exc:
             raise PullError(
                 f"download of {self._uri(obj.key)} failed after retries (stalled or dropped "
                 f"connections): {type(exc).__name__}"
             ) from None
-        if target.stat().st_size != obj.size:
-            target.unlink()
-            raise PullError(f"{self._uri(obj.key)}: size changed during the download; retry")
+        if (size := part.stat().st_size) != obj.size:
+            part.unlink()
+            raise PullError(
+                f"{self._uri(obj.key)}: got {size} bytes where the listing said {obj.size}; retry"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part.replace(target)
+
+    def _append(self, obj: _Object, out, counter: ByteCounter) -> None:
+        """The rest of the object after what `out` holds: parts fetched in parallel, written in
+        order."""
+        starts = iter(range(out.tell(), obj.size, PART))
+        with ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
+            window = deque(pool.submit(self._part, obj, s) for s in islice(starts, PARTS_IN_FLIGHT))
+            while window:
+                data = window.popleft().result()
+                out.write(data)
+                counter.add(len(data))
+                window.extend(pool.submit(self._part, obj, s) for s in islice(starts, 1))
+
+    def _part(self, obj: _Object, start: int) -> bytes:
+        """botocore retries a request that fails, not a body that stalls or drops: read again."""
+        end = min(start + PART, obj.size) - 1
+        for attempt in range(1, self.settings.attempts + 1):
+            try:
+                answer = self.client.get_object(
+                    Bucket=self.source.bucket,
+                    Key=obj.key,
+                    Range=f"bytes={start}-{end}",
+                    IfMatch=obj.etag,  # the bytes already on disk are of this version
+                )
+                return answer["Body"].read()
+            except S3_RETRYABLE_DOWNLOAD_ERRORS:
+                if attempt == self.settings.attempts:
+                    raise
 
     # -- listing --------------------------------------------------------------------------------
 
@@ -139,6 +181,8 @@ class BucketWeights:
             code = _code(exc)
             if code in NOT_FOUND:
                 return PullError(f"{where} was not found ({code})")
+            if code in CHANGED:
+                return PullError(f"{where} changed during the download; retry")
             if code in DENIED:
                 return PullError(
                     f"{where}: access denied ({code}); {_credential_hint(self.source.scheme)}"
@@ -181,7 +225,7 @@ def _s3_client(endpoint, region, credentials: tuple, settings: PullSettings):
         connect_timeout=settings.connect_timeout_s,
         read_timeout=settings.stall_timeout_s,
         retries={"max_attempts": settings.attempts, "mode": "standard"},
-        max_pool_connections=PARALLEL_FILES * TRANSFER.max_concurrency,
+        max_pool_connections=PARALLEL_FILES * PARTS_IN_FLIGHT,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
@@ -203,8 +247,8 @@ def _credential_hint(scheme: str) -> str:
 
 
 def _remove_strays(into: Path, wanted: set[str]) -> None:
-    """Files an interrupted earlier pull left (s3transfer's temporary names) must not end up
-    in the published weights."""
+    """Files an earlier pull left under other names (an older agent's s3transfer temporary
+    files) must not end up in the published weights."""
     for path in [p for p in into.rglob("*") if p.is_file()]:
         if path.relative_to(into).as_posix() not in wanted:
             path.unlink()

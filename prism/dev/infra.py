@@ -45,12 +45,14 @@ def table_name_for(spec: TableSpec, settings) -> str:
 
 
 def create_tables(dynamodb, settings, template: Path = TEMPLATE) -> list[str]:
-    """Create every missing table (idempotent). Returns the names created."""
+    """Create every missing table, and every missing index of a kept one (idempotent).
+    Returns the names created."""
     existing = set(dynamodb.list_tables()["TableNames"])
     created = []
     for spec in table_specs(template):
         name = table_name_for(spec, settings)
         if name in existing:
+            _add_missing_indexes(dynamodb, name, spec)
             continue
         dynamodb.create_table(**spec.create_table_kwargs(name))
         ttl = spec.properties.get("TimeToLiveSpecification")
@@ -58,6 +60,20 @@ def create_tables(dynamodb, settings, template: Path = TEMPLATE) -> list[str]:
             dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
         created.append(name)
     return created
+
+
+def _add_missing_indexes(dynamodb, name: str, spec: TableSpec) -> None:
+    """A table kept from an earlier run gets the indexes added to the template since, as a
+    CloudFormation stack update would add them."""
+    described = dynamodb.describe_table(TableName=name)["Table"]
+    present = {i["IndexName"] for i in described.get("GlobalSecondaryIndexes", [])}
+    for index in spec.properties.get("GlobalSecondaryIndexes", []):
+        if index["IndexName"] not in present:
+            dynamodb.update_table(
+                TableName=name,
+                AttributeDefinitions=spec.properties["AttributeDefinitions"],
+                GlobalSecondaryIndexUpdates=[{"Create": index}],
+            )
 
 
 def _sub_stage(value, stage: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from chalicelib.protocol import DeployConfig, DeployModel, LogsRequest, StopDeployment
 from node_agent.agent import Agent, AgentSettings
+from node_agent.ports import free_port
 from node_agent.runtime.docker import DockerRuntime
 from tests.fakes.docker_engine import FakeDockerEngine
 
@@ -66,26 +67,29 @@ def serve_container_port(agent) -> ThreadingHTTPServer:
     return server
 
 
-def deploy(agent):
+def deploy(agent, **config):
     agent.deploy(
         DeployModel(
             deployment_id=DEPLOYMENT,
             image="acme/model:1",
             env_vars={"MODE": "fast"},
-            deploy_config=DeployConfig(port=8080, health_path="/health"),
+            deploy_config=DeployConfig(health_path="/health", **config),
         )
     )
 
 
 def test_an_image_deployment_becomes_ready_and_a_container_exit_is_a_crash(setup):
     engine, agent, messages = setup
-    deploy(agent)
+    deploy(agent, restart="never")
     server = serve_container_port(agent)
     try:
         ready = wait_for(messages, "deployment_ready")
         created = engine.container(f"prism-{DEPLOYMENT}").body
-        assert "MODE=fast" in created["Env"] and "PORT=8080" in created["Env"]
-        assert created["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostIp"] == "127.0.0.1"
+        # No port asked for: the image's conventional 8000 inside, a free host port outside.
+        assert "MODE=fast" in created["Env"] and "PORT=8000" in created["Env"]
+        binding = created["HostConfig"]["PortBindings"]["8000/tcp"][0]
+        assert binding["HostIp"] == "127.0.0.1"
+        assert int(binding["HostPort"]) == agent.records[DEPLOYMENT].port
         assert ready.endpoint_url.endswith(f":{agent.records[DEPLOYMENT].port}")
         engine.set_logs(f"prism-{DEPLOYMENT}", ["loading", "out of memory"])
         agent.on_message(LogsRequest(deployment_id=DEPLOYMENT, request_id="r", tail=1))
@@ -93,6 +97,40 @@ def test_an_image_deployment_becomes_ready_and_a_container_exit_is_a_crash(setup
         engine.exit(f"prism-{DEPLOYMENT}", 137)
         stopped = wait_for(messages, "deployment_stopped")
         assert (stopped.reason, stopped.exit_code) == ("crash", 137)
+    finally:
+        server.shutdown()
+
+
+def test_a_container_exit_is_restarted_on_the_same_port_under_the_default_policy(setup):
+    engine, agent, messages = setup
+    deploy(agent)
+    server = serve_container_port(agent)
+    try:
+        wait_for(messages, "deployment_ready")
+        first = engine.container(f"prism-{DEPLOYMENT}").id
+        engine.exit(f"prism-{DEPLOYMENT}", 137)
+        restarted = wait_for(messages, "deployment_restarted")
+        assert (restarted.restarts, restarted.cause, restarted.exit_code) == (1, "crash", 137)
+        deadline = time.monotonic() + 10
+        while sum(m.type == "deployment_ready" for m in messages) < 2:
+            assert time.monotonic() < deadline, [m.type for m in messages]
+            time.sleep(0.02)
+        # A new container, published on the port it had.
+        assert engine.container(f"prism-{DEPLOYMENT}").id != first
+        assert agent.describe(DEPLOYMENT)["restarts"] == 1
+    finally:
+        server.shutdown()
+
+
+def test_an_explicit_port_is_the_host_port_and_the_containers(setup):
+    engine, agent, messages = setup
+    port = free_port()
+    deploy(agent, port=port)
+    server = serve_container_port(agent)
+    try:
+        wait_for(messages, "deployment_ready")
+        created = engine.container(f"prism-{DEPLOYMENT}").body
+        assert created["HostConfig"]["PortBindings"][f"{port}/tcp"][0]["HostPort"] == str(port)
     finally:
         server.shutdown()
 
@@ -117,7 +155,7 @@ def test_an_unpullable_image_is_a_start_error_with_the_engines_reason(setup):
         DeployModel(
             deployment_id=DEPLOYMENT,
             image="private/model:1",
-            deploy_config=DeployConfig(port=8080, health_path="/health"),
+            deploy_config=DeployConfig(health_path="/health"),
         )
     )
     stopped = wait_for(messages, "deployment_stopped")
@@ -140,7 +178,7 @@ def test_placeholders_in_an_image_command_are_the_container_port_and_weights_pat
             deployment_id=DEPLOYMENT,
             image="acme/model:1",
             command=["serve", "--port", "{port}", "--listen=0.0.0.0:{port}"],
-            deploy_config=DeployConfig(port=8080, health_path="/health"),
+            deploy_config=DeployConfig(health_path="/health"),
         )
     )
     server = serve_container_port(agent)
@@ -148,7 +186,7 @@ def test_placeholders_in_an_image_command_are_the_container_port_and_weights_pat
         wait_for(messages, "deployment_ready")
         created = engine.container(f"prism-{DEPLOYMENT}").body
         # The container's own port, whatever host port the agent mapped it to.
-        assert created["Cmd"] == ["serve", "--port", "8080", "--listen=0.0.0.0:8080"]
+        assert created["Cmd"] == ["serve", "--port", "8000", "--listen=0.0.0.0:8000"]
     finally:
         server.shutdown()
 
@@ -173,7 +211,7 @@ def test_a_container_is_published_where_its_advertised_endpoint_is_reached(
         try:
             ready = wait_for(messages, "deployment_ready")
             created = engine.container(f"prism-{DEPLOYMENT}").body
-            assert created["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostIp"] == published
+            assert created["HostConfig"]["PortBindings"]["8000/tcp"][0]["HostIp"] == published
             assert ready.endpoint_url.startswith(f"http://{advertise}:")
         finally:
             agent.stop_all()

@@ -11,8 +11,9 @@ import time
 import pytest
 
 from chalicelib.protocol import STOP_MESSAGE_MAX, DeployConfig, DeployModel, parse_node_message
-from node_agent.agent import Agent, AgentSettings, free_port
+from node_agent.agent import Agent, AgentSettings
 from node_agent.health import UNHEALTHY_AFTER
+from node_agent.ports import free_port
 from node_agent.runtime.process import ProcessRuntime
 
 SERVE = """
@@ -74,12 +75,12 @@ def node(tmp_path):
     stop.set()
 
 
-def deploy(agent, deployment_id: str, script: str) -> None:
+def deploy(agent, deployment_id: str, script: str, restart: str = "never") -> None:
     agent.deploy(
         DeployModel(
             deployment_id=deployment_id,
             command=[sys.executable, "-c", script],
-            deploy_config=DeployConfig(port=free_port(), health_path="/"),
+            deploy_config=DeployConfig(port=free_port(), health_path="/", restart=restart),
         )
     )
 
@@ -154,3 +155,83 @@ def test_a_runtime_error_while_starting_fails_the_deployment_with_the_reason(nod
     assert stopped.reason == "start_error"
     assert "ConnectionError: the engine is not answering" in stopped.message
     assert agent.records == {}
+
+
+class RaisingRuntime(ProcessRuntime):
+    """The process runtime, except that the `nth` call of `method` raises, as an engine that
+    errs once does."""
+
+    def __init__(self, method: str, nth: int):
+        super().__init__()
+        self.method, self.nth, self.calls = method, nth, 0
+
+    def __getattribute__(self, name):
+        attribute = super().__getattribute__(name)
+        if name != super().__getattribute__("method"):
+            return attribute
+
+        def maybe_raise(*args, **kwargs):
+            self.calls += 1
+            if self.calls == self.nth:
+                raise ConnectionError(f"the engine failed {name} (call {self.nth})")
+            return attribute(*args, **kwargs)
+
+        return maybe_raise
+
+
+@pytest.mark.parametrize("nth", [1, 2])
+@pytest.mark.parametrize("method", ["start", "is_running", "exit_code", "stop", "serves"])
+def test_a_runtime_that_raises_at_each_call_in_turn_never_loses_a_deployment(tmp_path, method, nth):
+    """Deploy, crash the model, and whatever call raised: the deployment ends with a reason
+    (or runs), the agent's view matches what it reported, and nothing of it is left running."""
+    sent = []
+    runtime = RaisingRuntime(method, nth)
+    agent = Agent(
+        AgentSettings(
+            node_id="n", state_dir=tmp_path, probe_interval_s=0.2, liveness_interval_s=0.05
+        ),
+        {"process": runtime},
+        sent.append,
+    )
+    stop = threading.Event()
+    threading.Thread(target=agent.supervise, args=(stop,), daemon=True).start()
+    deployment_id = "dep_00000000000000f1"
+    try:
+        deploy(agent, deployment_id, SERVE)
+        first = wait_for(sent, lambda m: m.type in ("deployment_ready", "deployment_stopped"))
+        if first.type == "deployment_ready":
+            pid = int(agent.records[deployment_id].handle.ref.split(":")[0])
+            os.killpg(pid, signal.SIGKILL)
+            started = time.monotonic()
+            ended = wait_for(sent, lambda m: m.type == "deployment_stopped", timeout=10)
+            # Within one probe interval (plus the liveness tick and a failed check, on CI).
+            assert time.monotonic() - started < 0.2 + 1.0
+        else:
+            ended = first
+        assert ended.reason in ("crash", "start_error") and ended.message
+        assert deployment_id not in agent.records  # the agent's view is what it reported
+        assert len([m for m in sent if m.type == "deployment_stopped"]) == 1
+        assert agent.store.load() == {}
+        if first.type == "deployment_ready":  # its whole process group is gone
+            with pytest.raises(ProcessLookupError):
+                os.killpg(pid, 0)
+    finally:
+        agent.stop_all()
+        stop.set()
+
+
+def test_a_stop_the_engine_fails_once_is_tried_again_and_confirmed(tmp_path):
+    sent = []
+    agent = Agent(
+        AgentSettings(node_id="n", state_dir=tmp_path, probe_interval_s=0.2),
+        {"process": RaisingRuntime("stop", 1)},
+        sent.append,
+    )
+    deploy(agent, "dep_00000000000000f2", SERVE)
+    wait_for(sent, lambda m: m.type == "deployment_ready")
+    pid = int(agent.records["dep_00000000000000f2"].handle.ref.split(":")[0])
+    agent.stop("dep_00000000000000f2")
+    stopped = wait_for(sent, lambda m: m.type == "deployment_stopped")
+    assert stopped.reason == "stopped" and stopped.message is None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)

@@ -8,7 +8,8 @@ import time
 import requests
 
 from chalicelib.protocol import DeployConfig, DeployModel
-from node_agent.agent import Agent, AgentSettings, free_port
+from node_agent.agent import Agent, AgentSettings
+from node_agent.ports import free_port
 from node_agent.runtime.process import ProcessRuntime
 
 SERVER = """

@@ -1,15 +1,25 @@
 """hf:// weights through the real huggingface_hub against a fake Hub (HF_ENDPOINT)."""
 
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
+from huggingface_hub.constants import DOWNLOAD_CHUNK_SIZE
 
 from node_agent.weights import PullError, WeightsCache, fetch
-from prism.dev.fakes.hf_hub import LFS_THRESHOLD, FakeHfHub
+from node_agent.weights.base import PARTS
+from prism.dev.fakes.hf_hub import CHUNK, LFS_THRESHOLD, FakeHfHub
+from tests.e2e.conftest import REPO
 
 FILES = {
     "config.json": b'{"hidden_size": 8}',
     "tokenizer/vocab.txt": b"a\nb\n",
     "model.safetensors": b"w" * (LFS_THRESHOLD + 10),
 }
+# An LFS file that goes on past the point kill_mid_file stalls it at.
+BIG = {"config.json": b"{}", "model.safetensors": bytes(range(256)) * (12 * 1024 * 1024 // 256)}
 
 
 @pytest.fixture
@@ -137,3 +147,57 @@ def test_a_mirror_never_fills_the_cache_for_the_real_hub(hub, cache):
     from_hub = pull(hub, cache, "hf://org/model")
     assert from_hub.revision == from_mirror.revision
     assert from_hub.path != from_mirror.path and not from_hub.cache_hit
+
+
+# The agent, run as a process of its own: what `kill -9` stops in the middle of a file.
+AGENT_PULL = """
+import sys
+from pathlib import Path
+from node_agent.weights import WeightsCache, fetch
+root, uri, endpoint = sys.argv[1:]
+fetch(uri, WeightsCache(Path(root), 1 << 30), lambda *_: None, env={"HF_ENDPOINT": endpoint})
+"""
+
+
+def kill_mid_file(hub, cache, name):
+    """Start the pull in another process, SIGKILL it once `name` is partly on disk, and return
+    that file's part file; the Hub then serves without stalling."""
+    # http_get writes what it received every DOWNLOAD_CHUNK_SIZE: stall once one chunk went out.
+    hub.stall_seconds, hub.stall_after_bytes = 60, DOWNLOAD_CHUNK_SIZE + CHUNK
+    agent = subprocess.Popen(
+        [sys.executable, "-c", AGENT_PULL, str(cache.root), "hf://org/model", hub.url], cwd=REPO
+    )
+    deadline = time.monotonic() + 30
+    try:
+        while not (
+            (part := next(cache.partial.glob(f"*/{PARTS}/{name}.part"), None))
+            and part.stat().st_size
+        ):
+            assert agent.poll() is None and time.monotonic() < deadline, "no partial download"
+            time.sleep(0.05)
+    finally:
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+    hub.stall_seconds = 0
+    return part
+
+
+def test_a_pull_continues_from_the_bytes_a_killed_agent_left(hub, cache):
+    hub.add_commit("org/model", BIG)
+    part = kill_mid_file(hub, cache, "model.safetensors")
+    kept = part.stat().st_size
+    assert 0 < kept < len(BIG["model.safetensors"])
+    pulled = pull(hub, cache, "hf://org/model")
+    assert files_in(pulled.path) == BIG
+    ranges = [r for path, r in hub.range_requests if path.endswith("model.safetensors")]
+    assert ranges == [f"bytes={kept}-"]  # from where the killed agent stopped, not from zero
+
+
+def test_kept_bytes_that_do_not_hash_to_the_file_are_discarded(hub, cache):
+    hub.add_commit("org/model", BIG)
+    part = kill_mid_file(hub, cache, "model.safetensors")
+    part.write_bytes(b"x" * part.stat().st_size)  # e.g. a disk that lost what it was given
+    with pytest.raises(PullError, match="does not match the size and hash the Hub lists"):
+        pull(hub, cache, "hf://org/model")
+    assert not part.exists()
+    assert files_in(pull(hub, cache, "hf://org/model").path) == BIG

@@ -1,13 +1,20 @@
 """r2:// and s3:// weights through boto3 against moto's S3 server (real HTTP, real SigV4)."""
 
+import json
+import signal
+import subprocess
+import sys
+import time
 import uuid
 
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from node_agent.weights import PullError, WeightsCache, fetch
-from tests.e2e.conftest import free_port
+from node_agent.weights import PullError, PullSettings, WeightsCache, fetch
+from node_agent.weights.base import PARTS
+from node_agent.weights.r2 import PART, _client
+from tests.e2e.conftest import REPO, free_port
 
 MiB = 1024 * 1024
 CREDENTIALS = {"R2_ACCESS_KEY_ID": "testing", "R2_SECRET_ACCESS_KEY": "testing"}
@@ -111,9 +118,6 @@ def test_r2_without_an_account_or_endpoint_says_what_to_set(cache, monkeypatch):
 
 
 def test_the_account_id_makes_the_cloudflare_endpoint():
-    from node_agent.weights.base import PullSettings
-    from node_agent.weights.r2 import _client
-
     client = _client("r2", {"R2_ACCOUNT_ID": "abc123"} | CREDENTIALS, PullSettings())
     assert client.meta.endpoint_url == "https://abc123.r2.cloudflarestorage.com"
     assert client.meta.region_name == "auto"
@@ -124,3 +128,62 @@ def test_an_object_key_that_would_escape_the_weights_directory_is_refused(s3_url
     s3.put_object(Bucket=name, Key="m/../../etc/cron.d/x", Body=b"evil")
     with pytest.raises(PullError, match="cannot be stored safely"):
         pull(f"r2://{name}/m", cache, r2_env(s3_url))
+
+
+# The agent, run as a process of its own, on a connection that hangs after the first part: what
+# `kill -9` stops in the middle of an object.
+AGENT_PULL = """
+import json, sys, threading
+from pathlib import Path
+from node_agent.weights import PullSettings, WeightsCache, fetch
+from node_agent.weights.r2 import _client
+root, uri, env = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+
+def hang(params, **_):
+    if not params["Range"].startswith("bytes=0-"):
+        threading.Event().wait()
+
+_client("r2", env, PullSettings()).meta.events.register("provide-client-params.s3.GetObject", hang)
+fetch(uri, WeightsCache(Path(root), 1 << 30), lambda *_: None, env=env)
+"""
+
+
+@pytest.fixture
+def ranges(s3_url):
+    """The Range of every GetObject this process sends."""
+    seen = []
+
+    def record(params, **_):
+        seen.append(params["Range"])
+
+    events = _client("r2", r2_env(s3_url), PullSettings()).meta.events
+    events.register("provide-client-params.s3.GetObject", record)
+    yield seen
+    events.unregister("provide-client-params.s3.GetObject", record)
+
+
+def test_a_pull_continues_from_the_parts_a_killed_agent_left(s3_url, bucket, cache, ranges):
+    s3, name = bucket
+    body = bytes(range(256)) * (3 * PART // 256)
+    s3.put_object(Bucket=name, Key="m/model.bin", Body=body)
+    uri = f"r2://{name}/m"
+    agent = subprocess.Popen(
+        [sys.executable, "-c", AGENT_PULL, str(cache.root), uri, json.dumps(r2_env(s3_url))],
+        cwd=REPO,
+    )
+    deadline = time.monotonic() + 30
+    try:
+        while not (
+            (part := next(cache.partial.glob(f"*/{PARTS}/model.bin.part"), None))
+            and part.stat().st_size == PART
+        ):
+            assert agent.poll() is None and time.monotonic() < deadline, "no partial download"
+            time.sleep(0.05)
+    finally:
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+    pulled = pull(uri, cache, r2_env(s3_url))
+    assert (pulled.path / "model.bin").read_bytes() == body
+    # From where the killed agent stopped, not from zero.
+    rest = [f"bytes={PART}-{2 * PART - 1}", f"bytes={2 * PART}-{3 * PART - 1}"]
+    assert sorted(ranges) == sorted(rest)

@@ -7,7 +7,8 @@ import threading
 import time
 
 from chalicelib.protocol import DeployConfig, DeployModel, GpuInfo
-from node_agent.agent import Agent, AgentSettings, free_port
+from node_agent.agent import Agent, AgentSettings
+from node_agent.ports import free_port
 from node_agent.runtime.process import ProcessRuntime
 
 SERVER = """

@@ -113,10 +113,13 @@ def test_a_weights_deployment_runs_on_our_agent_on_the_instance(platform, target
 
 
 def test_a_model_that_crashes_on_the_instance_fails_and_the_instance_is_terminated(platform):
+    # Restarted under the default policy (on-failure: 3 times, 1 + 2 + 4 s apart), then failed.
     created = deploy(platform, "runpod", "agent-crash", "python3", "-c", "raise SystemExit(3)")
     failed = until(platform, created["id"], {"stopped", "failed"})
     assert (failed["status"], failed["failure_reason"]) == ("failed", "crash"), failed
     assert "code 3" in failed["failure_message"]
+    assert "not restarted: it failed again after 3 restarts in a row" in failed["failure_message"]
+    assert failed["restarts"] == 3
     assert failed["status_message"] == "instance terminated"  # through teardown, charged
     assert failed["cost_accrued_usd"] > 0
     assert f"prism-dev-{created['id']}" not in live_instances(platform, "runpod")

@@ -119,8 +119,6 @@ def deploy(platform, weights, name="m", extra=()):
             str(weights),
             "--gpu",
             "none",
-            "--port",
-            "9100",
             "--json",
             "--",
             *MODEL,
@@ -177,9 +175,32 @@ def test_failing_probes_make_it_unhealthy_then_it_recovers(stack, weights):
     platform.cli("deploy", "stop", deployment_id, check=True)
 
 
+def test_a_crash_is_restarted_and_the_restart_shows_on_the_deployment(stack, weights):
+    platform, _ = stack
+    deployment_id = deploy(platform, weights, "phoenix")
+    running = reaches(platform, deployment_id, "running")
+    pid = requests.get(running["endpoint_url"], timeout=5).json()["pid"]
+    with pytest.raises(requests.RequestException):
+        requests.post(running["endpoint_url"] + "/crash", timeout=5)
+
+    def restarted_and_running():
+        detail = status(platform, deployment_id)
+        return detail["status"] == "running" and detail["restarts"] == 1 and detail
+
+    again = wait_for(restarted_and_running, timeout=30, every=0.2)
+    assert (again["last_exit"]["cause"], again["last_exit"]["exit_code"]) == ("crash", 3)
+    assert "crashing on request" in again["last_exit"]["message"]
+    assert again["endpoint_url"] == running["endpoint_url"]  # the port it had
+    assert requests.get(again["endpoint_url"], timeout=5).json()["pid"] != pid
+    shown = platform.cli("deploy", "status", deployment_id, check=True).stdout
+    assert "restarts" in shown and "exit code 3" in shown
+    platform.cli("deploy", "stop", deployment_id, check=True)
+    reaches(platform, deployment_id, "stopped")
+
+
 def test_a_crash_fails_the_deployment_with_its_exit_code_and_output(stack, weights):
     platform, _ = stack
-    deployment_id = deploy(platform, weights, "crashy")
+    deployment_id = deploy(platform, weights, "crashy", ("--restart", "never"))
     running = reaches(platform, deployment_id, "running")
     with pytest.raises(requests.RequestException):
         requests.post(running["endpoint_url"] + "/crash", timeout=5)
@@ -206,7 +227,7 @@ def test_an_hf_deployment_pulls_through_the_node_cache_and_records_the_commit(st
         running = json.loads(
             platform.cli(
                 "deploy", "create", "--name", "hf-one", "--weights", "hf://org/tiny@main",
-                "--gpu", "none", "--port", "9100", "--wait", "--json", *hf, "--", *MODEL,
+                "--gpu", "none", "--wait", "--json", *hf, "--", *MODEL,
                 check=True,
             ).stdout
         )  # fmt: skip

@@ -1,10 +1,24 @@
 """The deployments REST API through chalice.test.Client on moto; every response is also checked
 against the OpenAPI document (see conftest.Api)."""
 
+import json
+
 import pytest
 
+from chalicelib.protocol import DEFAULT_MODEL_PORT
+from chalicelib.services import registry
+from chalicelib.store.deployments import DeploymentRepository
+from tests.functional.node_sim import NodeSim
+
 BASE = "/api/v1/compute/deployments"
-NO_PATTERNS = {"weights_allow_patterns": None, "weights_ignore_patterns": None}
+# What a deploy_config holds when only port and health_path are given.
+CONFIG_DEFAULTS = {
+    "weights_allow_patterns": None,
+    "weights_ignore_patterns": None,
+    "restart": "on-failure",
+    "max_restarts": 3,
+    "unhealthy_timeout_s": 300,
+}
 IMAGE_FORM = {
     "name": "web",
     "image": "ghcr.io/acme/model-server:1.2",
@@ -41,7 +55,7 @@ def test_image_form_creates_a_provisioning_deployment(api):
     assert d["id"].startswith("dep_")
     assert d["status"] == "provisioning"
     assert (d["image"], d["target"], d["gpu_type"]) == (IMAGE_FORM["image"], "runpod", "A100")
-    assert d["deploy_config"] == {"port": 8080, "health_path": "/healthz"} | NO_PATTERNS
+    assert d["deploy_config"] == {"port": 8080, "health_path": "/healthz"} | CONFIG_DEFAULTS
     assert d["budget_max_usd"] == 12.5 and d["cost_accrued_usd"] == 0
     assert d["failure_reason"] is None and d["endpoint_url"] is None
 
@@ -67,7 +81,7 @@ def test_marketplace_form_fills_the_recipe_and_keeps_overrides(api):
     assert d["resource_slug"] == "mace-mp-0"
     assert d["weights_source"].startswith("https://github.com/ACEsuit/mace-mp/")
     assert d["framework"] == "custom" and d["command"] == ["python", "-m", "mace_serve"]
-    assert d["deploy_config"] == {"port": 9001, "health_path": "/ready"} | NO_PATTERNS
+    assert d["deploy_config"] == {"port": 9001, "health_path": "/ready"} | CONFIG_DEFAULTS
 
 
 def test_marketplace_form_with_unknown_slug_names_the_field(api):
@@ -81,6 +95,77 @@ def test_env_var_values_are_never_returned(api):
     assert d["env_var_names"] == ["HF_TOKEN", "MODE"]
     for response in (api.get(f"{BASE}/{d['id']}"), api.get(BASE)):
         assert "hf_supersecret" not in response.body.decode()
+
+
+def test_the_marketplace_recipe_keeps_its_port(api):
+    d = create(api, name="tiny", resource_slug="tiny-regressor", image=None)
+    assert d["deploy_config"]["port"] == 9000
+
+
+def test_a_partial_deploy_config_overrides_the_recipe_field_by_field(api):
+    d = create(
+        api,
+        name="tiny",
+        resource_slug="tiny-regressor",
+        image=None,
+        deploy_config={"health_path": "/ready", "restart": "never"},
+    )
+    config = d["deploy_config"]
+    assert (config["port"], config["health_path"], config["restart"]) == (9000, "/ready", "never")
+
+
+# --- the port: picked by the node unless given; fixed on cloud targets -------------------
+
+
+class RecordingManagementApi:
+    """The WebSocket management API, keeping what was posted to each connection."""
+
+    def __init__(self):
+        self.posted: list[dict] = []
+
+    def post_to_connection(self, ConnectionId, Data):  # noqa: N803 - boto3's names
+        self.posted.append(json.loads(Data))
+
+
+@pytest.fixture
+def sent(api, monkeypatch):
+    """What the control plane sends the user's one connected node."""
+    from app import app
+
+    management = RecordingManagementApi()
+    monkeypatch.setattr(registry.placement()._channel, "_client_factory", lambda: management)
+    node = api.post("/api/v1/compute/nodes", {"name": "box"}).data
+    sim = NodeSim(app, node["token"], node["id"])
+    assert sim.connect()["statusCode"] == 200
+    sim.hello()
+    return management.posted
+
+
+@pytest.mark.parametrize("config", [None, {"health_path": "/up"}, {"port": None}])
+def test_without_a_port_a_node_deployment_stores_none_and_the_node_picks(api, sent, config):
+    body = {"weights_source": "/srv/m", "gpu": False, "command": ["serve"]}
+    d = create(api, image=None, **body, **({"deploy_config": config} if config else {}))
+    assert d["deploy_config"]["port"] is None
+    assert DeploymentRepository().get(d["id"]).deploy_config.port is None
+    [deploy] = [m for m in sent if m["type"] == "deploy_model"]
+    assert deploy["deployment_id"] == d["id"]
+    assert "port" not in deploy["deploy_config"]  # absent: the agent picks a free one
+    assert deploy["deploy_config"]["restart"] == "on-failure"
+
+
+def test_a_given_port_and_restart_policy_reach_the_node(api, sent):
+    config = {"port": 9100, "restart": "never", "max_restarts": 0, "unhealthy_timeout_s": 0}
+    d = create(api, weights_source="/srv/m", image=None, gpu=False, deploy_config=config)
+    assert d["deploy_config"] == CONFIG_DEFAULTS | {"health_path": "/health"} | config
+    [deploy] = [m for m in sent if m["type"] == "deploy_model"]
+    assert {k: deploy["deploy_config"][k] for k in config} == config
+
+
+@pytest.mark.parametrize("target", ["runpod", "lambda"])
+def test_a_cloud_deployment_without_a_port_gets_the_default(api, target):
+    d = create(api, target=target, gpu_type="A100", budget_max_usd=5, deploy_config={"port": None})
+    assert d["deploy_config"]["port"] == DEFAULT_MODEL_PORT == 8000
+    assert DeploymentRepository().get(d["id"]).deploy_config.port == DEFAULT_MODEL_PORT
 
 
 # --- validation: a clear 400 naming the field, never a 500 -------------------------------
@@ -98,6 +183,18 @@ def test_env_var_values_are_never_returned(api):
         (
             {"name": "m", "image": "nginx", "deploy_config": {"health_path": "health"}},
             "deploy_config.health_path",
+        ),
+        (
+            {"name": "m", "image": "nginx", "deploy_config": {"restart": "sometimes"}},
+            "deploy_config.restart",
+        ),
+        (
+            {"name": "m", "image": "nginx", "deploy_config": {"max_restarts": -1}},
+            "deploy_config.max_restarts",
+        ),
+        (
+            {"name": "m", "image": "nginx", "deploy_config": {"unhealthy_timeout_s": "60"}},
+            "deploy_config.unhealthy_timeout_s",
         ),
         ({"name": "m", "image": "nginx", "budget_max_usd": 0}, "budget_max_usd"),
         ({"name": "m", "image": "nginx", "budget_max_usd": -5}, "budget_max_usd"),

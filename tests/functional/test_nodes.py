@@ -174,6 +174,15 @@ def test_hello_reconciles_both_ways(api, node):
     assert get(api, stopped)["status"] == "stopping"  # the node was told to stop it
 
 
+def test_a_hello_reporting_a_deployment_on_its_way_up_counts_as_the_nodes_answer(api, node):
+    """Its progress reports were lost (say, the agent was killed before they went out): the
+    hello that reports it pulling is its answer, so it is not sent again or given up on."""
+    pulling = create(api, name="resumed")["id"]
+    assert get(api, pulling)["status"] == "provisioning"
+    node.hello(running=[{"deployment_id": pulling, "status": "pulling"}])
+    assert get(api, pulling)["status"] == "pulling"
+
+
 def _age_node(node_id, seconds):
     item = NodeItem.get(node_id)
     item.update(actions=[NodeItem.last_seen_at.set(utcnow() - timedelta(seconds=seconds))])

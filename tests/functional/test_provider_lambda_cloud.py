@@ -18,7 +18,7 @@ from chalicelib.providers.base import (
     RateLimited,
     TransientError,
 )
-from chalicelib.providers.lambda_cloud import LambdaCloudProvider, _retry_after
+from chalicelib.providers.lambda_cloud import LambdaCloudProvider, _retry_after, _serves
 from prism.dev.fakes.lambda_cloud import FakeLambdaCloud, instance_type_entry
 
 KEY = "lambda_secret_k3y_0123456789"
@@ -104,6 +104,68 @@ def test_offers_cheapest_first():
         ("gpu_1x_h100_pcie", "us-west-3", Decimal("2.49")),
         ("gpu_1x_h100_sxm5", "us-west-3", Decimal("3.29")),
     ]
+
+
+# Lambda's own instance types: (name, gpu_description, cents per hour, gpus).
+REAL_TYPES = {
+    name: instance_type_entry(name, gpu, cents, ["us-east-1"], gpus=gpus)
+    for name, gpu, cents, gpus in [
+        ("gpu_1x_rtx6000", "RTX 6000 (24 GB)", 50, 1),
+        ("gpu_1x_a10", "A10 (24 GB PCIe)", 75, 1),
+        ("gpu_1x_a6000", "RTX A6000 (48 GB)", 80, 1),
+        ("gpu_1x_a100", "A100 (40 GB PCIe)", 129, 1),
+        ("gpu_1x_a100_sxm4", "A100 (40 GB SXM4)", 139, 1),
+        ("gpu_1x_gh200", "GH200 (96 GB)", 149, 1),
+        ("gpu_1x_h100_pcie", "H100 (80 GB PCIe)", 249, 1),
+        ("gpu_1x_h100_sxm5", "H100 (80 GB SXM5)", 329, 1),
+        ("gpu_8x_a100", "A100 (40 GB SXM4)", 1032, 8),
+        ("gpu_8x_a100_80gb_sxm4", "A100 (80 GB SXM4)", 1432, 8),
+        ("gpu_8x_h100_sxm5", "H100 (80 GB SXM5)", 2392, 8),
+    ]
+}
+A100_TYPES = {"gpu_1x_a100", "gpu_1x_a100_sxm4", "gpu_8x_a100", "gpu_8x_a100_80gb_sxm4"}
+
+
+@pytest.mark.parametrize(
+    ("asked", "expected"),
+    [
+        ("A100", A100_TYPES),  # 40 and 80 GB, never the A10
+        ("a100", A100_TYPES),
+        ("A100-80GB", {"gpu_8x_a100_80gb_sxm4"}),  # "8x" counts GPUs: gpu_8x_a100 has 40 GB
+        ("a100 80gb", {"gpu_8x_a100_80gb_sxm4"}),
+        ("A100-40GB", {"gpu_1x_a100", "gpu_1x_a100_sxm4", "gpu_8x_a100"}),
+        ("A100-SXM", {"gpu_1x_a100_sxm4", "gpu_8x_a100", "gpu_8x_a100_80gb_sxm4"}),
+        ("A100 PCIe", {"gpu_1x_a100"}),
+        ("A10", {"gpu_1x_a10"}),
+        ("H100", {"gpu_1x_h100_pcie", "gpu_1x_h100_sxm5", "gpu_8x_h100_sxm5"}),  # no GH200
+        ("H100-SXM", {"gpu_1x_h100_sxm5", "gpu_8x_h100_sxm5"}),
+        ("H100 PCIe", {"gpu_1x_h100_pcie"}),
+        ("GH200", {"gpu_1x_gh200"}),
+        ("RTX A6000", {"gpu_1x_a6000"}),
+        ("RTX 6000", {"gpu_1x_rtx6000"}),
+        ("RTX 6000 Ada", set()),
+        ("L40", set()),
+        ("B200", set()),
+    ],
+)
+def test_which_real_instance_types_serve_a_request(asked, expected):
+    assert {name for name, entry in REAL_TYPES.items() if _serves(entry, asked)} == expected
+
+
+@pytest.mark.parametrize(
+    ("asked", "expected"),
+    [
+        ("A100", ["gpu_1x_a100", "gpu_1x_a100_sxm4"]),  # single-GPU types first
+        ("A100-80GB", ["gpu_8x_a100_80gb_sxm4"]),  # only an 8-GPU type has it
+        ("H100-SXM", ["gpu_1x_h100_sxm5"]),
+        ("A10", ["gpu_1x_a10"]),
+        ("", []),  # nothing named, nothing rented
+    ],
+)
+def test_offers_over_lambdas_real_instance_types(asked, expected):
+    with FakeLambdaCloud(api_key=KEY, instance_types=REAL_TYPES) as cloud:
+        offers = make_provider(cloud).offers(asked)
+    assert [o.gpu_type for o in offers] == expected
 
 
 # -- lifecycle ---------------------------------------------------------------------------------

@@ -94,6 +94,64 @@ def test_offers_match_case_insensitively_cheapest_first(provider, asked, expecte
     assert all(o.region is None for o in offers)
 
 
+# RunPod's own gpuTypes (id, displayName, memoryInGb), cheapest first at these prices.
+REAL_GPU_TYPES = [
+    ("NVIDIA L4", "L4", 24),
+    ("NVIDIA GeForce RTX 4090", "RTX 4090", 24),
+    ("NVIDIA RTX A6000", "RTX A6000", 48),
+    ("NVIDIA L40", "L40", 48),
+    ("NVIDIA L40S", "L40S", 48),
+    ("NVIDIA RTX 6000 Ada Generation", "RTX 6000 Ada", 48),
+    ("NVIDIA A100 80GB PCIe", "A100 PCIe", 80),
+    ("NVIDIA A100-SXM4-80GB", "A100 SXM", 80),
+    ("NVIDIA H100 PCIe", "H100 PCIe", 80),
+    ("NVIDIA H100 NVL", "H100 NVL", 94),
+    ("NVIDIA H100 80GB HBM3", "H100 SXM", 80),
+    ("NVIDIA H200", "H200 SXM", 141),
+    ("AMD Instinct MI300X OAM", "MI300X", 192),
+]
+
+
+@pytest.fixture(scope="module")
+def real_catalog():
+    gpu_types = [
+        {"id": i, "displayName": d, "memoryInGb": m, "securePrice": n + 1, "communityPrice": None}
+        for n, (i, d, m) in enumerate(REAL_GPU_TYPES)
+    ]
+    with FakeRunPod(api_key=KEY, gpu_types=gpu_types) as server:
+        yield provider_for(server)
+
+
+@pytest.mark.parametrize(
+    ("asked", "expected"),
+    [
+        ("A100", ["NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"]),
+        ("A100-80GB", ["NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"]),
+        ("a100 80gb", ["NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"]),
+        ("A100-40GB", []),
+        ("A100-SXM", ["NVIDIA A100-SXM4-80GB"]),
+        ("A100 PCIe", ["NVIDIA A100 80GB PCIe"]),
+        ("A10", []),
+        ("H100", ["NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H100 80GB HBM3"]),
+        ("H100-SXM", ["NVIDIA H100 80GB HBM3"]),
+        ("H100 NVL", ["NVIDIA H100 NVL"]),
+        ("H100-94GB", ["NVIDIA H100 NVL"]),  # memoryInGb tells what the id does not
+        ("H200", ["NVIDIA H200"]),
+        ("RTX A6000", ["NVIDIA RTX A6000"]),
+        ("RTX 6000 Ada", ["NVIDIA RTX 6000 Ada Generation"]),
+        ("RTX4090", ["NVIDIA GeForce RTX 4090"]),
+        ("L40", ["NVIDIA L40"]),
+        ("L40S", ["NVIDIA L40S"]),
+        ("L4", ["NVIDIA L4"]),
+        ("MI300X", ["AMD Instinct MI300X OAM"]),  # no family we know: its display name
+        ("B200", []),
+        ("", []),  # nothing named, nothing rented
+    ],
+)
+def test_offers_over_runpods_real_gpu_types(real_catalog, asked, expected):
+    assert [o.gpu_type for o in real_catalog.offers(asked)] == expected
+
+
 def test_offers_price_per_cloud_type(fake):
     secure = provider_for(fake, cloud_type="SECURE").offers("A100")
     assert [o.price_per_hour for o in secure] == [Decimal("1.89"), Decimal("2.29")]

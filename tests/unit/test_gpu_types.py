@@ -27,12 +27,30 @@ NAMES = [
     ("NVIDIA RTX 6000 Ada Generation", GpuType("RTX6000ADA")),
     ("Tesla T4", GpuType("T4")),
     ("Tesla V100-SXM2-16GB", GpuType("V100", 16, "SXM")),
-    # Lambda Cloud instance types
+    # RunPod display names (its ids are NVML's names)
+    ("H100 SXM", GpuType("H100", None, "SXM")),
+    ("H200 SXM", GpuType("H200", None, "SXM")),
+    ("RTX 6000 Ada", GpuType("RTX6000ADA")),
+    ("RTX A6000", GpuType("RTXA6000")),
+    # Lambda Cloud instance types: the "1x"/"8x" count is no memory size
+    ("gpu_1x_a100", GpuType("A100")),
     ("gpu_1x_a100_sxm4", GpuType("A100", None, "SXM")),
     ("gpu_8x_a100_80gb_sxm4", GpuType("A100", 80, "SXM")),
     ("gpu_1x_a10", GpuType("A10")),
+    ("gpu_1x_h100_pcie", GpuType("H100", None, "PCIE")),
     ("gpu_8x_h100_sxm5", GpuType("H100", None, "SXM")),
+    ("gpu_1x_gh200", GpuType("GH200")),
     ("gpu_1x_a6000", GpuType("RTXA6000")),
+    ("gpu_1x_rtx6000", GpuType("RTX6000")),  # the Quadro RTX 6000: neither A6000 nor Ada
+    # ... and their descriptions
+    ("1x A100 (40 GB SXM4)", GpuType("A100", 40, "SXM")),
+    ("8x A100 (80 GB SXM4)", GpuType("A100", 80, "SXM")),
+    ("NVIDIA A100 SXM4 40GB", GpuType("A100", 40, "SXM")),
+    ("A10 (24 GB PCIe)", GpuType("A10", 24, "PCIE")),  # the memory does not run into "A10"
+    ("H100 (80 GB SXM5)", GpuType("H100", 80, "SXM")),
+    ("GH200 (96 GB)", GpuType("GH200", 96)),
+    ("RTX A6000 (48 GB)", GpuType("RTXA6000", 48)),
+    ("RTX 6000 (24 GB)", GpuType("RTX6000", 24)),
     # what users type
     ("A100", GpuType("A100")),
     ("A100-80GB", GpuType("A100", 80)),
@@ -40,6 +58,8 @@ NAMES = [
     ("H100-SXM", GpuType("H100", None, "SXM")),
     ("RTX4090", GpuType("RTX4090")),
     ("4090", GpuType("RTX4090")),
+    ("RTX 6000", GpuType("RTX6000")),
+    ("A10 24GB", GpuType("A10", 24)),
 ]
 
 
@@ -51,6 +71,16 @@ def test_each_real_name_parses_to_its_family_memory_and_form(name, expected):
 def test_memory_comes_from_nvml_where_the_name_does_not_say_it():
     assert parse("NVIDIA H100 PCIe", memory_mb=81559) == GpuType("H100", 80, "PCIE")
     assert parse("NVIDIA A10", memory_mb=23028) == GpuType("A10", 24)
+    assert parse("NVIDIA A100 80GB PCIe", memory_mb=40960) == GpuType("A100", 80, "PCIE")
+
+
+def test_aliases_fill_in_what_the_name_leaves_out():
+    lambda_type = parse("gpu_1x_a100", aliases=["A100 (40 GB PCIe)", "1x A100 (40 GB PCIe)"])
+    assert lambda_type == GpuType("A100", 40, "PCIE")
+    assert parse("NVIDIA H200", 141 * 1024, ["H200 SXM"]) == GpuType("H200", 141, "SXM")
+    # an alias of another family lends nothing
+    assert parse("gpu_1x_a10", aliases=["A100 (80 GB SXM4)"]) == GpuType("A10")
+    assert parse("AMD Instinct MI300X OAM", aliases=["MI300X"]) is None
 
 
 @pytest.mark.parametrize(
@@ -75,7 +105,26 @@ def test_memory_comes_from_nvml_where_the_name_does_not_say_it():
         (None, "NVIDIA A40", None, True),
         ("MI300X", "AMD Instinct MI300X", None, False),  # unknown names: the same name only
         ("Unknown-9", "unknown 9", None, True),
+        ("RTX 6000", "NVIDIA RTX 6000 Ada Generation", None, False),
+        ("RTX A6000", "gpu_1x_rtx6000", None, False),
+        ("A100-80GB", "gpu_1x_a100_sxm4", None, True),  # no memory named: no refusal
+        ("H100-SXM", "gpu_1x_h100_pcie", None, False),
+        ("H100", "gpu_1x_gh200", None, False),
     ],
 )
 def test_a_request_matches_its_family_and_what_it_names(wanted, gpu, memory_mb, expected):
     assert matches(gpu, wanted, memory_mb) is expected
+
+
+@pytest.mark.parametrize(
+    ("wanted", "gpu", "aliases", "expected"),
+    [
+        ("A100-80GB", "gpu_1x_a100_sxm4", ["A100 (40 GB SXM4)"], False),
+        ("A100-40GB", "gpu_1x_a100_sxm4", ["A100 (40 GB SXM4)"], True),
+        ("A100-PCIE", "gpu_1x_a100", ["A100 (40 GB PCIe)"], True),
+        ("MI300X", "AMD Instinct MI300X OAM", ["MI300X"], True),  # an alias's very name
+        ("MI300X", "AMD Instinct MI300X OAM", [""], False),
+    ],
+)
+def test_aliases_name_the_same_gpu(wanted, gpu, aliases, expected):
+    assert matches(gpu, wanted, aliases=aliases) is expected

@@ -40,9 +40,19 @@ def test_happy_path_is_allowed():
         check_transition(Status(source), Status(target))
 
 
+def test_a_restart_goes_back_to_starting_and_up_again():
+    """The node agent restarts a crashed or too-long-unhealthy model under its restart policy."""
+    path = ["running", "starting", "running", "unhealthy", "starting", "running", "stopping"]
+    for source, target in zip(path, path[1:], strict=False):
+        check_transition(Status(source), Status(target))
+
+
 @pytest.mark.parametrize(
     ("source", "target"),
     [
+        ("stopping", "starting"),
+        ("failed", "starting"),
+        ("stopped", "starting"),
         ("stopped", "running"),
         ("failed", "running"),
         ("stopped", "stopping"),

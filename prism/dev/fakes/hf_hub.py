@@ -25,7 +25,8 @@ Errors, as the Hub answers them (`X-Error-Code` is what huggingface_hub maps to 
     unknown revision                      404 RevisionNotFound
     unknown file                          404 EntryNotFound  (with X-Repo-Commit)
 
-Test hooks: `requests`, `range_requests`, `bytes_served`, and the faults `stall_seconds`,
+Test hooks: `requests`, `range_requests`, `bytes_served`, and the faults `stall_seconds` (after
+`stall_after_bytes`, by default after the first chunk),
 `drop_after_bytes` / `drop_times` and `fail_status`.
 """
 
@@ -157,6 +158,7 @@ class FakeHfHub:
         self.range_requests: list[tuple[str, str]] = []  # (path, Range header) of resolve GETs
         self.bytes_served = 0
         self.stall_seconds = 0.0
+        self.stall_after_bytes = 0  # a body stalls once this many of its bytes went out
         self.drop_after_bytes: int | None = None
         self.drop_times = 1
         self.fail_status: int | None = None
@@ -489,7 +491,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, blob: _Blob, start: int, stop: int) -> None:
         with blob.path.open("rb") if blob.path else contextlib.nullcontext() as f:
-            pos, first = start, True
+            pos, stalled = start, False
             while pos < stop:
                 n = min(CHUNK, stop - pos)
                 if f is not None:  # zero-copy from disk
@@ -500,9 +502,9 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(memoryview(blob.data)[pos : pos + n])
                 pos += n
                 self.hub._count(n)
-                if first and self.hub.stall_seconds:
+                if not stalled and pos - start >= self.hub.stall_after_bytes:
+                    stalled = True
                     time.sleep(self.hub.stall_seconds)
-                first = False
 
     def _send_page(self, entries: list[dict], query: dict[str, list[str]]) -> None:
         offset = int(query.get("cursor", ["0"])[0])

@@ -1,0 +1,290 @@
+"""Deploying on the node: reserve a port and GPUs (under the agent's lock, so no two deployments
+ever share either), pull, launch, wait until it answers; after an exit, restart it under its
+restart policy (node_agent.restarts) or report the end.
+
+A mixin of node_agent.agent.Agent, whose state (records, lock, runtimes, settings, send,
+_finish, ...) it uses; kept apart so that deploying and the rest change independently."""
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from chalicelib.protocol import (
+    DEFAULT_MODEL_PORT,
+    DeployConfig,
+    DeploymentProgress,
+    DeploymentReady,
+    DeploymentRestarted,
+    DeployModel,
+)
+from node_agent import gpus, restarts
+from node_agent.frameworks import (
+    CONTAINER_WEIGHTS,
+    FrameworkError,
+    detect_framework,
+    fill_placeholders,
+    resolve_command,
+)
+from node_agent.health import HealthTracker, probe
+from node_agent.ports import free_port, port_is_free
+from node_agent.runtime.base import LaunchSpec, RuntimeError_
+from node_agent.state import Record
+from node_agent.weights import PullError, fetch
+
+log = logging.getLogger("prism.node")
+
+
+class Unavailable(RuntimeError_):
+    """A port or GPU the deployment needs is taken."""
+
+
+class Deploying:
+    def deploy(self, message: DeployModel) -> Record | None:
+        with self.lock:
+            if message.deployment_id in self.records or message.deployment_id in self.finished:
+                return None  # a re-sent deploy_model, or one a stop overtook: already handled
+            record = Record(
+                deployment_id=message.deployment_id,
+                status="pulling",
+                port=0,
+                health_path=message.deploy_config.health_path,
+                log_path=str(self._log_path(message.deployment_id)),
+                deploy=message.model_dump(mode="json"),
+            )
+            self.records[record.deployment_id] = record
+        threading.Thread(target=self._start, args=(message, record), daemon=True).start()
+        return record
+
+    def _start(self, message: DeployModel, record: Record) -> None:
+        self._guarded(record, lambda: self._reserve_pull_launch(message, record))
+
+    def _reserve_pull_launch(self, message: DeployModel, record: Record) -> None:
+        if not record.port:  # a resumed deployment keeps what it reserved before
+            with self.lock:
+                record.port = self._reserve_port(message.deploy_config.port)
+                record.gpu_indices = self._reserve_gpus(message, record)
+                self._save()
+        revision = None
+        if message.weights_source:
+            record.status = "pulling"
+            self.send(DeploymentProgress(deployment_id=record.deployment_id, status="pulling"))
+            pulled = fetch(
+                message.weights_source,
+                self.weights,
+                self._progress_reporter(record.deployment_id),
+                env=message.env_vars,
+                settings=self.settings.pull,
+                allow_patterns=message.deploy_config.weights_allow_patterns,
+                ignore_patterns=message.deploy_config.weights_ignore_patterns,
+            )
+            record.weights_dir, revision = str(pulled.path), pulled.revision
+        record.status = "starting"
+        self.send(
+            DeploymentProgress(
+                deployment_id=record.deployment_id, status="starting", weights_revision=revision
+            )
+        )
+        self._launch(message, record)
+
+    def _guarded(self, record: Record, launch) -> None:
+        """Launch, then wait until it answers; whatever fails ends the deployment with the
+        reason, never leaves it pulling or starting."""
+        try:
+            launch()
+        except (PullError, FrameworkError, RuntimeError_) as exc:
+            self._stop_quietly(record)
+            reason = "pull_error" if isinstance(exc, PullError) else "start_error"
+            self._finish(record, reason, str(exc))
+            return
+        except Exception as exc:
+            log.exception("starting %s failed", record.deployment_id)
+            self._stop_quietly(record)
+            self._finish(record, "start_error", f"{type(exc).__name__}: {exc}")
+            return
+        try:
+            self._await_ready(record)
+        except Exception as exc:  # e.g. the container engine failing: report, never hang
+            log.exception("waiting for %s to start failed", record.deployment_id)
+            self._stop_quietly(record)
+            self._finish(record, "start_error", f"{type(exc).__name__}: {exc}")
+
+    # --- reservations (called under self.lock) -----------------------------------------
+
+    def _reserve_port(self, wanted: int | None) -> int:
+        taken = {r.port: r.deployment_id for r in self.records.values() if r.port}
+        if wanted is None:
+            for _ in range(100):
+                port = free_port()
+                if port not in taken:
+                    return port
+            raise Unavailable("no free port found on this node")
+        holder = taken.get(wanted)
+        if holder is not None or not port_is_free(wanted):
+            by = f"deployment {holder}" if holder else "another program"
+            raise Unavailable(
+                f"port_in_use: port {wanted} is in use on this node (by {by}); choose another "
+                "port, or leave deploy_config.port unset and the node picks a free one"
+            )
+        return wanted
+
+    def _reserve_gpus(self, message: DeployModel, record: Record) -> list[int]:
+        if message.whole_node:  # a cloud instance of its own: every GPU it has
+            return [gpu.index for gpu in self.gpus]
+        if not message.gpu:
+            return []
+        in_use = {i for r in self.records.values() if r is not record for i in r.gpu_indices}
+        free = gpus.free_indices(self.gpus, in_use, message.gpu_type)
+        if message.gpu_indices is None:  # no reservation from the control plane: pick one
+            if free:
+                return free[:1]
+        elif message.gpu_indices and set(message.gpu_indices) <= set(free):
+            return list(message.gpu_indices)
+        kind = f"{message.gpu_type} " if message.gpu_type else ""
+        asked = "" if message.gpu_indices is None else f" (reserved: {message.gpu_indices})"
+        raise Unavailable(
+            f"this node has no free {kind}GPU{asked}: {len(self.gpus)} GPUs, "
+            f"{sorted(in_use)} in use"
+        )
+
+    # --- launching and waiting ---------------------------------------------------------
+
+    def _launch(self, message: DeployModel, record: Record) -> None:
+        weights_dir = Path(record.weights_dir) if record.weights_dir else None
+        framework = message.framework
+        if framework == "auto" and weights_dir is not None:
+            framework = detect_framework(weights_dir).framework
+        record.framework = None if framework == "auto" else framework
+        runtime_name = "docker" if message.image else "process"
+        command = list(message.command)
+        container_port = message.deploy_config.port or DEFAULT_MODEL_PORT
+        if runtime_name == "process":
+            command = resolve_command(framework, command, weights_dir, record.port)
+        else:  # in its container the weights are at /weights, the port the container's own
+            mounted = CONTAINER_WEIGHTS if weights_dir is not None else None
+            command = fill_placeholders(command, mounted, container_port)
+        spec = LaunchSpec(
+            deployment_id=record.deployment_id,
+            port=record.port,
+            command=command,
+            image=message.image,
+            weights_dir=weights_dir,
+            env=message.env_vars,
+            gpu_indices=record.gpu_indices,
+            log_path=Path(record.log_path),
+            container_port=container_port,
+            publish_on=self._publish_on(),
+        )
+        with self.lock:
+            if record.stop_requested:
+                raise RuntimeError_("stopped before it started")
+            record.handle = self.runtimes[runtime_name].start(spec)
+            self._save()
+
+    def _await_ready(self, record: Record) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+        url = self._health_url(record)
+        runtime = self.runtimes[record.handle.runtime]
+        answered_by_other = False
+        while time.monotonic() < deadline and not record.stop_requested:
+            if not runtime.is_running(record.handle):
+                code = runtime.exit_code(record.handle)
+                self._exited(record, "crash", code, self._exit_message(record, "while starting"))
+                return
+            if probe(url, timeout=1.0).healthy:
+                if runtime.serves(record.handle, record.port):
+                    self._ready(record)
+                    return
+                answered_by_other = True  # another program answers on its port: not ready
+            time.sleep(0.1)
+        if not record.stop_requested:
+            runtime.stop(record.handle, self.settings.stop_grace_s)
+            other = " (another program answered on its port)" if answered_by_other else ""
+            self._finish(
+                record,
+                "start_error",
+                f"{url} did not answer 2xx within "
+                f"{self.settings.startup_timeout_s:.0f}s of starting{other}",
+            )
+
+    def _ready(self, record: Record) -> None:
+        with self.lock:
+            if record.stop_requested:
+                return
+            record.status = "running"
+            record.endpoint_url = f"http://{self.settings.advertise_host}:{record.port}"
+            record.healthy_since, record.unhealthy_since = time.time(), None
+            self.trackers[record.deployment_id] = HealthTracker()
+            self.last_probe[record.deployment_id] = time.monotonic()
+            self._save()
+        self.send(
+            DeploymentReady(
+                deployment_id=record.deployment_id,
+                endpoint_url=record.endpoint_url,
+                framework=record.framework,
+            )
+        )
+
+    # --- after an exit -----------------------------------------------------------------
+
+    def _exited(self, record: Record, cause: str, code: int | None, message: str) -> None:
+        """Its process is gone (or was stopped for being unhealthy too long): restart it
+        under its policy, or report the end with why it was not restarted."""
+        self._stop_quietly(record)  # its workers go with it, freeing GPU memory and port
+        config = self._deploy_config(record)
+        in_a_row = restarts.restarts_in_a_row(record.in_a_row, record.healthy_since, time.time())
+        decision = (
+            restarts.decide(
+                config.restart,
+                config.max_restarts,
+                in_a_row,
+                code,
+                self.settings.restart_backoff_s,
+            )
+            if config is not None
+            else restarts.Decision(False, why="its deploy_model was not kept")
+        )
+        if not decision.restart:
+            policy = config.restart if config else "never"
+            note = "" if policy == "never" else f"\n[not restarted: {decision.why}]"
+            self._finish(record, "crash", message + note, code)
+            return
+        with self.lock:
+            if record.stop_requested or record.deployment_id not in self.records:
+                return
+            record.status, record.handle = "starting", None
+            record.restarts, record.in_a_row = record.restarts + 1, in_a_row + 1
+            record.healthy_since = record.unhealthy_since = None
+            self._save()
+        self.send(
+            DeploymentRestarted(
+                deployment_id=record.deployment_id,
+                restarts=record.restarts,
+                cause=cause,
+                exit_code=code,
+                message=message,
+            )
+        )
+        threading.Thread(target=self._restart, args=(record, decision.delay_s), daemon=True).start()
+
+    def _restart(self, record: Record, delay_s: float) -> None:
+        deadline = time.monotonic() + delay_s
+        while time.monotonic() < deadline and not record.stop_requested:
+            time.sleep(min(0.05, delay_s))
+        if record.stop_requested:
+            return  # stop() finishes it
+        message = DeployModel.model_validate(record.deploy)
+        self._guarded(record, lambda: self._launch(message, record))
+
+    def _deploy_config(self, record: Record) -> DeployConfig | None:
+        return DeployModel.model_validate(record.deploy).deploy_config if record.deploy else None
+
+    def _stop_quietly(self, record: Record) -> None:
+        """Best effort: stop what may still run of a deployment that ended or is to be
+        restarted (its GPU and port must not stay taken)."""
+        if record.handle is None:
+            return
+        try:
+            self.runtimes[record.handle.runtime].stop(record.handle, 0)
+        except Exception:
+            log.exception("stopping %s failed", record.deployment_id)

@@ -1,0 +1,106 @@
+"""A cloud deployment whose agent restarts its model: the instance keeps running, so it stays
+billed (once per period) while it is starting again, and ends through teardown only when the
+agent gives up."""
+
+from decimal import Decimal
+
+import pytest
+
+from chalicelib.services import registry
+from chalicelib.store.deployments import DeploymentRepository
+from chalicelib.store.metering import BillableEntry, MeteringRepository
+from chalicelib.store.models import utcnow
+from tests.cloud_sandbox import (
+    TERMINAL,
+    assert_nothing_leaked_and_billed_exactly,
+    cloud_sandbox,
+    detail,
+    fake_clouds,
+    fast_cloud_settings,
+    reaches,
+)
+from tests.functional.test_cloud_agent import (
+    AGENT_IMAGE,
+    PUBLIC_WS,
+    agent_of,
+    brought_up,
+    create_weights,
+    wait_launched,
+)
+
+
+@pytest.fixture
+def app():
+    from app import app as chalice_app
+
+    return chalice_app
+
+
+@pytest.fixture
+def fakes():
+    with fake_clouds() as running:
+        yield running
+
+
+@pytest.fixture
+def aws_backend(fakes, monkeypatch):
+    monkeypatch.setattr(registry, "settings", registry.settings)  # restored afterwards
+    cloud = fast_cloud_settings(
+        fakes["runpod"],
+        fakes["lambda"],
+        node_agent_image=AGENT_IMAGE,
+        public_ws_url=PUBLIC_WS,
+        agent_start_seconds=30,
+    )
+    with cloud_sandbox(cloud):
+        yield
+
+
+def charge_now(deployment_id) -> Decimal | None:
+    item = DeploymentRepository().get(deployment_id)
+    return registry.metering().meter(BillableEntry.of(item), utcnow())
+
+
+def test_a_restarting_cloud_deployment_stays_billed_and_fails_only_when_the_agent_gives_up(
+    api, app, fakes
+):
+    deployment_id = create_weights(api)
+    wait_launched(fakes, "runpod", api, deployment_id)
+    agent = agent_of(app, fakes, "runpod", deployment_id, api)
+    brought_up(agent, deployment_id)
+    endpoint = reaches(api, deployment_id, {"running"})["endpoint_url"]
+
+    agent.say(
+        type="deployment_restarted",
+        deployment_id=deployment_id,
+        restarts=1,
+        cause="crash",
+        exit_code=1,
+        message="CUDA out of memory",
+    )
+    restarting = detail(api, deployment_id)
+    assert (restarting["status"], restarting["restarts"]) == ("starting", 1)
+    assert deployment_id in {item.id for item in MeteringRepository().billable()}
+    charged = charge_now(deployment_id)
+    assert charged is not None and charged > Decimal(str(restarting["cost_accrued_usd"]))
+
+    agent.say(
+        type="deployment_ready", deployment_id=deployment_id, endpoint_url="http://10.1.2.3:1"
+    )
+    back = detail(api, deployment_id)
+    assert (back["status"], back["endpoint_url"], back["restarts"]) == ("running", endpoint, 1)
+
+    agent.say(
+        type="deployment_stopped",
+        deployment_id=deployment_id,
+        reason="crash",
+        exit_code=1,
+        message="gave up after 1 restart",
+    )
+    failed = reaches(api, deployment_id, TERMINAL)
+    assert (failed["status"], failed["failure_reason"], failed["restarts"]) == (
+        "failed",
+        "crash",
+        1,
+    )
+    assert_nothing_leaked_and_billed_exactly(fakes["runpod"], api, [deployment_id])
