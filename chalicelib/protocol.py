@@ -25,6 +25,7 @@ MAX_FRAME_BYTES = 32 * 1024
 DEPLOY_CONTENT_BUDGET_BYTES = 96 * 1024
 LOGS_BUDGET_BYTES = 96 * 1024  # a logs_result carries the newest lines that fit
 NODE_TOKEN_PREFIX = "prismnode_"
+UNHEALTHY_AFTER = 3  # consecutive failed probes, by the agent's or the cloud health checks
 
 
 def node_id_of_token(token: str) -> str | None:

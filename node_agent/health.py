@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import requests
 
-UNHEALTHY_AFTER = 3
+from chalicelib.protocol import UNHEALTHY_AFTER
 
 
 @dataclass(frozen=True)

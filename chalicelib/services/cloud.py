@@ -37,7 +37,6 @@ from chalicelib.store.metering import BillableEntry
 from chalicelib.store.models import DeploymentItem
 from chalicelib.store.nodes import NodeRepository
 
-UNHEALTHY_AFTER = 3  # consecutive failed probes
 SHORT_RETRY_AFTER_S = 10.0  # a 429 asking for less than this is waited out inside the step
 
 

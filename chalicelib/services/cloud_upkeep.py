@@ -10,8 +10,9 @@ from datetime import datetime
 from chalicelib.config import CloudSettings
 from chalicelib.lifecycle import COMING_UP, Status, towards
 from chalicelib.logs import Unit, logger, metrics
+from chalicelib.protocol import UNHEALTHY_AFTER
 from chalicelib.providers.base import Instance, InstanceState, Provider, owned_by_stage
-from chalicelib.services.cloud import UNHEALTHY_AFTER, probe, runs_agent
+from chalicelib.services.cloud import probe, runs_agent
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import DeploymentItem
 

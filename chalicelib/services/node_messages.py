@@ -7,6 +7,7 @@ from chalicelib.logs import logger
 from chalicelib.protocol import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
+    UNHEALTHY_AFTER,
     DeploymentHealthUpdate,
     DeploymentProgress,
     DeploymentReady,
@@ -30,7 +31,6 @@ from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import ConnectionItem, DeploymentItem, LastExitAttribute, utcnow
 from chalicelib.store.nodes import NodeRepository, ReplyRepository
 
-UNHEALTHY_AFTER = 3  # consecutive failed probes
 # What a restart report keeps of the model's last output: enough to see why, small enough for
 # an item that is copied into every index it is projected into (400 KB per item in all).
 LAST_EXIT_MESSAGE_MAX = 2048

@@ -57,12 +57,21 @@ def wait_for(messages, kind, timeout=10):
     raise AssertionError(f"no {kind}; got {[m.type for m in messages]}")
 
 
-def serve_container_port(agent) -> ThreadingHTTPServer:
+def wait_for_where(messages, predicate, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(predicate(m) for m in list(messages)):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not sent; got {[m.type for m in messages]}")
+
+
+def serve_container_port(agent, deployment_id=DEPLOYMENT) -> ThreadingHTTPServer:
     """The fake engine runs nothing: answer on the mapped port as the container would."""
     deadline = time.monotonic() + 10
-    while agent.records[DEPLOYMENT].handle is None and time.monotonic() < deadline:
+    while agent.records[deployment_id].port == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
-    server = ThreadingHTTPServer(("127.0.0.1", agent.records[DEPLOYMENT].port), Healthy)
+    server = ThreadingHTTPServer(("127.0.0.1", agent.records[deployment_id].port), Healthy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -133,6 +142,54 @@ def test_an_explicit_port_is_the_host_port_and_the_containers(setup):
         assert created["HostConfig"]["PortBindings"][f"{port}/tcp"][0]["HostPort"] == str(port)
     finally:
         server.shutdown()
+
+
+def test_engine_errors_count_against_each_deployment_and_never_stop_supervision(setup):
+    """The engine answers 500 to every inspect for a while: each deployment is reported failing
+    (unhealthy after 3), none is invented a crash, and once the engine answers again both are
+    healthy and a real exit is still seen at once."""
+    engine, agent, messages = setup
+    other = "dep_00000000000000d2"
+    deploy(agent, restart="never")
+    agent.deploy(
+        DeployModel(
+            deployment_id=other,
+            image="acme/model:1",
+            deploy_config=DeployConfig(health_path="/health", restart="never"),
+        )
+    )
+    servers = [serve_container_port(agent, d) for d in (DEPLOYMENT, other)]
+    try:
+        for d in (DEPLOYMENT, other):
+            wait_for_where(
+                messages, lambda m, d=d: m.type == "deployment_ready" and m.deployment_id == d
+            )
+        engine.fail("inspect_container", 1000)
+        for d in (DEPLOYMENT, other):
+            wait_for_where(
+                messages,
+                lambda m, d=d: (
+                    m.type == "deployment_health_update"
+                    and m.deployment_id == d
+                    and m.consecutive_failures == 3
+                ),
+            )
+        assert not [m for m in messages if m.type == "deployment_stopped"]
+        engine.fail("inspect_container", 0)
+        for d in (DEPLOYMENT, other):
+            wait_for_where(
+                messages,
+                lambda m, d=d: (
+                    m.type == "deployment_health_update" and m.deployment_id == d and m.healthy
+                ),
+            )
+        engine.exit(f"prism-{other}", 1)
+        stopped = wait_for(messages, "deployment_stopped")
+        assert (stopped.deployment_id, stopped.reason) == (other, "crash")
+        assert agent.records[DEPLOYMENT].status == "running"
+    finally:
+        for server in servers:
+            server.shutdown()
 
 
 def test_stopping_an_image_deployment_removes_its_container(setup):

@@ -49,7 +49,11 @@ class StandaloneAgent:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-        wait_for(self._answers, timeout=30)
+        try:
+            wait_for(self._answers, timeout=30)
+        except AssertionError:
+            self.process.kill()  # never outlive a failed test
+            raise
 
     def _answers(self) -> bool:
         try:

@@ -48,6 +48,7 @@ class FakeDockerEngine:
         self.unpullable = {_normalize(name) for name in unpullable}
         self.pulls: list[str] = []
         self.requests: list[str] = []  # "POST /containers/{id}/stop?t=3", without the version
+        self.failing: dict[str, int] = {}  # endpoint name -> its next N calls answer 500
         self._images = {_normalize(name): _new_image_id() for name in images}
         self._containers: dict[str, FakeContainer] = {}
         self._lock = threading.Lock()
@@ -75,6 +76,12 @@ class FakeDockerEngine:
         self.stop()
 
     # Test hooks
+
+    def fail(self, endpoint: str, times: int) -> None:
+        """The next `times` calls of `endpoint` (e.g. "inspect_container") answer 500, as an
+        engine in trouble does."""
+        with self._lock:
+            self.failing[endpoint] = times
 
     def container(self, ref: str) -> FakeContainer | None:
         """A copy of the container with this id, id prefix or name; None when there is none."""
@@ -165,11 +172,20 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             for method, pattern, endpoint in self.routes:
                 if method == self.command and (match := pattern.fullmatch(path)):
+                    self._maybe_fail(endpoint)
                     getattr(self, endpoint)(query, body, **match.groupdict())
                     return
             raise _ApiError(501, f"the fake Docker engine does not implement {self.command} {path}")
         except _ApiError as e:
             self._send_json(e.status, {"message": e.message})
+
+    def _maybe_fail(self, endpoint: str) -> None:
+        with self.engine._lock:
+            left = self.engine.failing.get(endpoint, 0)
+            if left:
+                self.engine.failing[endpoint] = left - 1
+        if left:
+            raise _ApiError(500, "Error response from daemon: the fake engine is failing")
 
     # Endpoints
 
