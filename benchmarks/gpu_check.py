@@ -99,7 +99,7 @@ def main() -> None:
         command=[sys.executable, "-c", SERVER],
         gpu=True,
         gpu_type=wanted,
-        deploy_config=DeployConfig(port=free_port(), health_path="/"),
+        deploy_config=DeployConfig(port=free_port(), health_path="/", auth="public"),
     )
     agent.deploy(first)
     ready = wait_for(messages, "deployment_ready", first.deployment_id)
@@ -128,7 +128,7 @@ def main() -> None:
             "deployment_id": "dep_00000000000000a3",
             "gpu_type": "some-other-gpu",
             "whole_node": True,
-            "deploy_config": DeployConfig(port=free_port(), health_path="/"),
+            "deploy_config": DeployConfig(port=free_port(), health_path="/", auth="public"),
         }
     )
     agent.deploy(whole)

@@ -100,6 +100,10 @@ class Settings:
     connections_table: str
     node_replies_table: str
     ledger_table: str
+    # A deployment's secrets, sealed (store/secrets.py) under this KMS key (an alias, a key id
+    # or an ARN): infra/resources.json's SecretsKey, named by its alias.
+    secrets_table: str
+    secrets_key_id: str
     metering_queue: str  # the queue's name; its URL is looked up once
     metering_interval_seconds: int  # how often the tick runs (the schedule's rate)
     idempotency_ttl_seconds: int
@@ -135,6 +139,8 @@ class Settings:
             connections_table=table("connections"),
             node_replies_table=table("node_replies"),
             ledger_table=table("ledger"),
+            secrets_table=table("secrets"),
+            secrets_key_id=env.get("PRISM_SECRETS_KEY_ID", f"alias/prism-{stage}-secrets"),
             metering_queue=env.get("PRISM_METERING_QUEUE", f"prism-{stage}-metering"),
             metering_interval_seconds=int(env.get("PRISM_METERING_INTERVAL_SECONDS", "60")),
             idempotency_ttl_seconds=int(env.get("PRISM_IDEMPOTENCY_TTL_SECONDS", "86400")),

@@ -8,8 +8,10 @@ from chalicelib.schemas import (
     CostList,
     CreateDeploymentRequest,
     CreateNodeRequest,
+    DeploymentCreated,
     DeploymentList,
     DeploymentOut,
+    EndpointKeyOut,
     ErrorBody,
     HealthOut,
     LogsOut,
@@ -56,6 +58,8 @@ def document() -> dict:
             (m, "serialization")
             for m in (
                 DeploymentOut,
+                DeploymentCreated,
+                EndpointKeyOut,
                 DeploymentList,
                 HealthOut,
                 ResourceOut,
@@ -86,7 +90,10 @@ def document() -> dict:
                     }
                 ],
                 "requestBody": {"required": True, **_json(CreateDeploymentRequest)},
-                "responses": _responses({"201": ("created", DeploymentOut)}, (400, 401, 409, 422)),
+                "responses": _responses(
+                    {"201": ("created; endpoint_key is shown this once", DeploymentCreated)},
+                    (400, 401, 409, 422),
+                ),
             },
             "get": {
                 "operationId": "listDeployments",
@@ -158,6 +165,16 @@ def document() -> dict:
                     },
                 ],
                 "responses": _responses({"200": ("log lines", LogsOut)}, (400, 401, 404, 409)),
+            },
+        },
+        dep + "/{deployment_id}/endpoint-keys": {
+            "post": {
+                "operationId": "rotateEndpointKey",
+                "summary": "A new endpoint key replaces the old one (shown once); 409 for a "
+                "public endpoint, one PRISM's proxy does not serve, or a stopping or finished "
+                "deployment",
+                "parameters": dep_id,
+                "responses": _responses({"201": ("the new key", EndpointKeyOut)}, (401, 404, 409)),
             },
         },
         dep + "/{deployment_id}/costs": {

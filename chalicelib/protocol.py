@@ -4,18 +4,22 @@ The one definition: the control plane (chalicelib) and the node agent both impor
 Pure pydantic, no AWS. Every message carries `type` and a message `id`.
 """
 
+import hashlib
 import json
 import uuid
 from typing import Annotated, Literal
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from chalicelib import gpu_types
 
 # 2: deploy_config.port may be absent (the agent picks one), restart policy, reserved
 # gpu_indices, deployment_restarted.
-PROTOCOL_VERSION = 2
-MIN_PROTOCOL_VERSION = 2  # the oldest agent protocol the control plane still serves
+# 3: the endpoint proxy: deploy_config.auth, endpoint_key_hashes, endpoint_keys,
+# deployment_metrics.
+PROTOCOL_VERSION = 3
+MIN_PROTOCOL_VERSION = 3  # the oldest agent protocol the control plane still serves
 # API Gateway WebSocket limits (not raisable): a message is at most 128 KB, sent in frames of
 # at most 32 KB each; a larger frame closes the connection (1009), a larger message is refused.
 MAX_MESSAGE_BYTES = 128 * 1024
@@ -55,6 +59,16 @@ DeploymentId = Annotated[str, Field(pattern=r"^dep_[0-9a-f]{16}$")]
 
 # Where a fixed port is needed and the user named none: inside a container, on a cloud instance.
 DEFAULT_MODEL_PORT = 8000
+EndpointAuth = Literal["key", "public"]  # key: Authorization: Bearer <endpoint key> required
+ENDPOINT_KEY_PREFIX = "prismep_"
+
+
+def hash_endpoint_key(key: str) -> str:
+    """What the control plane stores and the node checks: the key itself is shown once."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+EndpointKeyHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 RestartPolicy = Literal["never", "on-failure", "always"]
 RESTART_POLICIES: tuple[str, ...] = RestartPolicy.__args__
 DEFAULT_MAX_RESTARTS = 3  # under on-failure; `always` has no limit
@@ -72,6 +86,7 @@ class DeployConfig(BaseModel):
     restart: RestartPolicy = "on-failure"
     max_restarts: int = Field(DEFAULT_MAX_RESTARTS, ge=0)
     unhealthy_timeout_s: int = Field(DEFAULT_UNHEALTHY_TIMEOUT_S, ge=0)
+    auth: EndpointAuth = "key"
 
 
 # --- server -> node -----------------------------------------------------------------------
@@ -92,6 +107,17 @@ class DeployModel(Message):
     whole_node: bool | None = None
     # The node's GPUs the control plane reserved for it at placement (None: the agent picks).
     gpu_indices: list[Annotated[int, Field(ge=0)]] | None = None
+    # The endpoint keys the node's proxy accepts (sha256 hex of each; deploy_config.auth "key").
+    endpoint_key_hashes: list[EndpointKeyHash] = Field(default_factory=list, max_length=8)
+
+
+class EndpointKeys(Message):
+    """The keys a deployment's endpoint accepts from now on (all of them: a rotation drops
+    the old one)."""
+
+    type: Literal["endpoint_keys"] = "endpoint_keys"
+    deployment_id: DeploymentId
+    key_hashes: list[EndpointKeyHash] = Field(max_length=8)
 
 
 class StopDeployment(Message):
@@ -222,6 +248,29 @@ class DeploymentRestarted(Message):
         return fit_report(message) if isinstance(message, str) else message
 
 
+class DeploymentMetrics(Message):
+    """What the node's endpoint proxy saw for a deployment: counts since it started (they only
+    grow, so a lost or repeated report does no harm), requests in flight now, and the latency
+    of the requests of the last window (time to the response's first byte)."""
+
+    type: Literal["deployment_metrics"] = "deployment_metrics"
+    deployment_id: DeploymentId
+    requests_total: int = Field(ge=0)
+    # When the proxy started counting (unix seconds): a later value means the counts began
+    # again from zero (the agent restarted), so a lower requests_total is then not late.
+    counting_since: float = Field(0, ge=0)
+    status_2xx: int = Field(0, ge=0)
+    status_3xx: int = Field(0, ge=0)
+    status_4xx: int = Field(0, ge=0)  # including the proxy's own 401s
+    status_5xx: int = Field(0, ge=0)  # including the proxy's own 502s (model unreachable)
+    unauthorized: int = Field(0, ge=0)  # refused by the proxy: no or a wrong key
+    in_flight: int = Field(0, ge=0)
+    window_s: float = Field(ge=0)
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+
+
 class HealthResult(Message):
     type: Literal["health_result"] = "health_result"
     request_id: str
@@ -268,7 +317,8 @@ class Error(Message):
 
 
 ServerMessage = Annotated[
-    DeployModel | StopDeployment | HealthCheck | LogsRequest | Error, Field(discriminator="type")
+    DeployModel | StopDeployment | EndpointKeys | HealthCheck | LogsRequest | Error,
+    Field(discriminator="type"),
 ]
 NodeMessage = Annotated[
     NodeHello
@@ -278,6 +328,7 @@ NodeMessage = Annotated[
     | DeploymentHealthUpdate
     | DeploymentStopped
     | DeploymentRestarted
+    | DeploymentMetrics
     | HealthResult
     | LogsResult
     | Error,
@@ -321,8 +372,10 @@ def _parse(adapter: TypeAdapter, raw: str | bytes):
 
 
 def _message_id_of(raw: str | bytes) -> str | None:
+    # pydantic's JSON parser, whose nesting limit answers a frame nested 10,000 deep with a
+    # ValueError (json.loads would raise RecursionError, which is no ValueError).
     try:
-        value = json.loads(raw).get("id")
+        value = pydantic_core.from_json(raw).get("id")
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, str) and len(value) <= 64 else None

@@ -6,6 +6,7 @@ import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
+from urllib.parse import unquote_to_bytes
 
 from pydantic import (
     AfterValidator,
@@ -14,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    StrictBool,
     StringConstraints,
     ValidationInfo,
     field_validator,
@@ -27,20 +29,24 @@ from chalicelib.protocol import (
     DEFAULT_MAX_RESTARTS,
     DEFAULT_UNHEALTHY_TIMEOUT_S,
     DEPLOY_CONTENT_BUDGET_BYTES,
+    EndpointAuth,
     RestartCause,
     RestartPolicy,
 )
+from chalicelib.store.secrets import public_weights_source
 from chalicelib.weights_uri import InvalidWeightsSource, LocalSource, parse_weights_uri
 
 Target = Literal["prism_node", "runpod", "lambda"]
 CLOUD_TARGETS = ("runpod", "lambda")
 Framework = Literal["auto", "vllm", "tgi", "transformers", "custom"]
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Python's `$` also matches before a final newline: every pattern checked with `re` here is
+# applied with fullmatch (pydantic's `pattern=` uses Rust's regex, where `$` is the very end).
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def _dns_label(value: str) -> str:
-    if not _DNS_LABEL.match(value):
+    if not _DNS_LABEL.fullmatch(value):
         raise ValueError(
             "must be 1-63 lowercase letters, digits and hyphens, starting and ending with a "
             "letter or digit"
@@ -84,6 +90,30 @@ class StrictModel(BaseModel):
 
 
 WeightsPattern = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+# RFC 3986 path-absolute characters: unreserved, sub-delims, ':', '@', '/' and %XX escapes;
+# so no query ('?'), fragment ('#'), backslash, space or control character.
+HEALTH_PATH_PATTERN = r"^/(?:[A-Za-z0-9._~!$&'()*+,;=:@/-]|%[0-9A-Fa-f]{2})*$"
+_HEALTH_PATH = re.compile(HEALTH_PATH_PATTERN)
+_DOT_SEGMENTS = {".", ".."}
+
+
+def check_health_path(value: str) -> str:
+    """A plain absolute path the node and the control plane append to the endpoint: RFC 3986
+    path characters only, no '..' (or '.') segment, also when percent-encoded."""
+    if value.startswith("//"):
+        raise ValueError("must start with a single '/' (a path, not a host)")
+    if not _HEALTH_PATH.fullmatch(value):
+        raise ValueError(
+            "must be an absolute path of RFC 3986 path characters (letters, digits, "
+            "-._~!$&'()*+,;=:@/ and %XX escapes): no query, fragment, backslash, space or "
+            "control character"
+        )
+    segments = value.split("/")
+    if any(s in _DOT_SEGMENTS or s.lower().replace("%2e", ".") in _DOT_SEGMENTS for s in segments):
+        raise ValueError("must not contain '.' or '..' segments")
+    if any(b < 0x20 or b in b"\x7f\\" for b in unquote_to_bytes(value)):
+        raise ValueError("must not encode a control character or a backslash")
+    return value
 
 
 class DeployConfig(StrictModel):
@@ -97,7 +127,9 @@ class DeployConfig(StrictModel):
         "endpoint_url (an image listens on 8000 inside its container); on a cloud target, "
         "8000, stored at create",
     )
-    health_path: str = Field("/health", pattern=r"^/[^\s]*$", max_length=512)
+    health_path: str = Field(
+        "/health", max_length=512, json_schema_extra={"pattern": HEALTH_PATH_PATTERN}
+    )
     weights_allow_patterns: list[WeightsPattern] | None = Field(
         None, max_length=64, description="hf:// only: download just the files matching a glob"
     )
@@ -117,21 +149,35 @@ class DeployConfig(StrictModel):
         description="unhealthy this long counts as a failure under the restart policy (0: never)",
     )
 
+    auth: EndpointAuth = Field(
+        "key",
+        description="key: the endpoint answers only requests with Authorization: Bearer "
+        "<endpoint key> (returned once at create); public: anyone who reaches it",
+    )
+
+    @field_validator("health_path")
+    @classmethod
+    def _plain_health_path(cls, value: str, info: ValidationInfo) -> str:
+        if (info.context or {}).get("stored"):
+            return value  # accepted when it was created, under the rules of that time
+        return check_health_path(value)
+
     @classmethod
     def of(cls, stored) -> "DeployConfig":
         """From the stored map attribute (DynamoDB numbers come back as floats/Decimals)."""
         optional = {
             name: int(value) if isinstance(value, (int, float, Decimal)) else value
-            for name in ("restart", "max_restarts", "unhealthy_timeout_s")
+            for name in ("restart", "max_restarts", "unhealthy_timeout_s", "auth")
             if (value := getattr(stored, name, None)) is not None  # older items lack them
         }
-        return cls(
+        fields = dict(
             port=None if stored.port is None else int(stored.port),
             health_path=stored.health_path,
             weights_allow_patterns=_list_or_none(stored.weights_allow_patterns),
             weights_ignore_patterns=_list_or_none(stored.weights_ignore_patterns),
             **optional,
         )
+        return cls.model_validate(fields, context={"stored": True})
 
     def stored(self) -> dict:
         """The fields of the store's DeployConfigAttribute."""
@@ -150,15 +196,17 @@ class CreateDeploymentRequest(StrictModel):
     target: Target = "prism_node"
     image: ImageRef | None = None
     resource_slug: Slug | None = None
-    allow_insecure_http: bool = Field(False, description="accept an http:// weights_source")
+    allow_insecure_http: StrictBool = Field(False, description="accept an http:// weights_source")
     weights_source: str | None = Field(
-        None, description="hf://org/model[@rev], r2://bucket/path, https://… or /local/path"
+        None,
+        max_length=4096,
+        description="hf://org/model[@rev], r2://bucket/path, https://… or /local/path",
     )
     framework: Framework = "auto"
     command: Annotated[list[CommandArg] | None, BeforeValidator(_exec_array)] = Field(
         None, max_length=256, description="exec array; never run through a shell"
     )
-    gpu: bool = True
+    gpu: StrictBool = True
     gpu_type: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9 ._-]{1,64}$")] | None = None
     deploy_config: DeployConfig | None = None
     env_vars: dict[EnvName, Annotated[str, StringConstraints(max_length=32768)]] = Field(
@@ -196,13 +244,7 @@ class CreateDeploymentRequest(StrictModel):
                 "instance of their own",
                 fields={"node_id": "only with target prism_node"},
             )
-        content = len(json.dumps(self.env_vars).encode()) + len(json.dumps(self.command).encode())
-        if content > DEPLOY_CONTENT_BUDGET_BYTES:
-            message = (
-                f"env_vars and command take {content} bytes; together they must fit in "
-                f"{DEPLOY_CONTENT_BUDGET_BYTES} (they travel to the node in one message)"
-            )
-            raise ValidationFailed(message, fields={"env_vars": message})
+        self._fits_one_message()
         if (
             self.weights_source
             and self.target in CLOUD_TARGETS
@@ -214,6 +256,33 @@ class CreateDeploymentRequest(StrictModel):
                 fields={"weights_source": "local paths need target prism_node"},
             )
         return self
+
+    def _fits_one_message(self) -> None:
+        """Each field has its own limit, but together they could still exceed what one
+        deploy_model message (128 KB) or one DynamoDB item (400 KB) holds: the deployment's
+        own content must fit DEPLOY_CONTENT_BUDGET_BYTES, the rest of either is bounded. The
+        largest field is named."""
+        sizes = {
+            name: len(json.dumps(value, ensure_ascii=False).encode())
+            for name, value in (
+                ("env_vars", self.env_vars),
+                ("command", self.command),
+                ("weights_source", self.weights_source),
+                ("image", self.image),
+                ("deploy_config", self.deploy_config and self.deploy_config.model_dump()),
+            )
+        }
+        content = sum(sizes.values())
+        if content <= DEPLOY_CONTENT_BUDGET_BYTES:
+            return
+        largest = max(sizes, key=sizes.__getitem__)
+        message = (
+            f"{largest} takes {sizes[largest]} bytes, and with the other fields the deployment "
+            f"takes {content}; together env_vars, command, weights_source, image and "
+            f"deploy_config must fit in {DEPLOY_CONTENT_BUDGET_BYTES} bytes (they travel to the "
+            "node in one message)"
+        )
+        raise ValidationFailed(message, fields={largest: message})
 
 
 class LastExitOut(BaseModel):
@@ -237,6 +306,54 @@ class LastExitOut(BaseModel):
         )
 
 
+class RequestMetricsOut(BaseModel):
+    """What the node agent's endpoint proxy last reported: counts since it started (they only
+    grow), requests in flight then, and the latency of the last window's requests."""
+
+    requests_total: int
+    status_2xx: int
+    status_3xx: int
+    status_4xx: int = Field(description="including the proxy's own 401s")
+    status_5xx: int = Field(description="including the proxy's own 502s (model unreachable)")
+    unauthorized: int = Field(description="refused by the proxy: no or a wrong endpoint key")
+    in_flight: int
+    latency_p50_ms: float | None = Field(description="time to the response's first byte")
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    window_s: float = Field(description="the window the latencies were measured over")
+    reported_at: datetime
+
+    @classmethod
+    def of(cls, stored) -> "RequestMetricsOut | None":
+        if stored is None:
+            return None
+        counts = ("requests_total", "status_2xx", "status_3xx", "status_4xx", "status_5xx")
+        counts += ("unauthorized", "in_flight")
+        latencies = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
+        return cls(
+            **{name: int(getattr(stored, name) or 0) for name in counts},
+            **{name: _float_or_none(getattr(stored, name)) for name in latencies},
+            window_s=float(stored.window_s),
+            reported_at=stored.reported_at,
+        )
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
+
+
+EndpointAuthView = Literal["key", "public", "none"]
+
+
+def endpoint_auth(item) -> EndpointAuthView:
+    """key: the node agent's proxy requires the endpoint key; public: it lets anyone in
+    (deploy_config.auth); none: our proxy does not serve this endpoint (an image run directly
+    on a cloud instance), so nothing checks a key."""
+    if not item.served_by_agent_proxy():
+        return "none"
+    return DeployConfig.of(item.deploy_config).auth
+
+
 class DeploymentOut(BaseModel):
     id: str
     name: str
@@ -244,7 +361,10 @@ class DeploymentOut(BaseModel):
     status: Status
     image: str | None
     resource_slug: str | None
-    weights_source: str | None
+    weights_source: str | None = Field(
+        description="without its query string: a signed URL's signature is kept encrypted and "
+        "given only to the node that pulls the weights"
+    )
     weights_revision: str | None = Field(
         description="what weights_source resolved to when pulled: the commit sha for hf://"
     )
@@ -262,6 +382,15 @@ class DeploymentOut(BaseModel):
         description="at the current price, when the budget runs out (null: no budget or free)"
     )
     endpoint_url: str | None
+    endpoint_auth: EndpointAuthView = Field(
+        description="key: requests need Authorization: Bearer <endpoint key>; public: anyone "
+        "who reaches endpoint_url; none: an image deployment on a cloud instance serves "
+        "endpoint_url itself, unprotected (weights + command deployments go through PRISM's "
+        "proxy)"
+    )
+    request_metrics: RequestMetricsOut | None = Field(
+        description="the endpoint proxy's last report (null: none yet, or no proxy)"
+    )
     node_id: str | None
     status_message: str | None = Field(description="why it waits, or what just happened")
     bytes_done: int | None = Field(description="weights pulled so far, while pulling")
@@ -284,19 +413,21 @@ class DeploymentOut(BaseModel):
             status=item.status,
             image=item.image,
             resource_slug=item.resource_slug,
-            weights_source=item.weights_source,
+            weights_source=public_weights_source(item.weights_source),  # no signed query
             weights_revision=item.weights_revision,
             framework=item.framework,
             command=list(item.command or []),
             gpu=item.gpu,
             gpu_type=item.gpu_type,
             deploy_config=DeployConfig.of(item.deploy_config),
-            env_var_names=sorted(item.env_dict()),
+            env_var_names=item.env_names(),
             budget_max_usd=item.budget_max_usd,
             cost_accrued_usd=item.cost_accrued_usd,
             price_per_hour_usd=item.price_per_hour_usd,
             **_budget_view(item),
             endpoint_url=item.endpoint_url,
+            endpoint_auth=endpoint_auth(item),
+            request_metrics=RequestMetricsOut.of(item.request_metrics),
             node_id=item.node_id,
             status_message=item.status_message,
             bytes_done=None if item.bytes_done is None else int(item.bytes_done),
@@ -323,6 +454,29 @@ def _budget_view(item) -> dict:
             1,
         )
     return {"budget_remaining_usd": remaining, "budget_seconds_left": left}
+
+
+class DeploymentCreated(DeploymentOut):
+    endpoint_key: str | None = Field(
+        description="the endpoint key, shown once (only its hash is kept): send it as "
+        "Authorization: Bearer <key>. null when endpoint_auth is not key, or on an "
+        "Idempotency-Key replay (the first response had it; rotate to get a new one)"
+    )
+
+    @classmethod
+    def of(cls, item, endpoint_key: str | None) -> "DeploymentCreated":
+        return cls(**dict(DeploymentOut.from_item(item)), endpoint_key=endpoint_key)
+
+
+class EndpointKeyOut(BaseModel):
+    deployment_id: str
+    endpoint_key: str = Field(
+        description="the new endpoint key, shown once; the previous key stops working"
+    )
+    delivered: bool = Field(
+        description="true: the node serving the endpoint has the new key now; false: it is "
+        "not connected (or not placed yet) and gets it when it connects"
+    )
 
 
 class DeploymentList(BaseModel):
@@ -372,7 +526,7 @@ class ResourceOut(BaseModel):
             title=item.title,
             description=item.description,
             image=item.image,
-            weights_source=item.weights_source,
+            weights_source=public_weights_source(item.weights_source),  # no signed query
             framework=item.framework,
             command=list(item.command or []),
             gpu=item.gpu,
@@ -470,4 +624,4 @@ class CostList(BaseModel):
 
 class CostsQuery(StrictModel):
     limit: int = Field(50, ge=1, le=500)
-    next_token: str | None = Field(None, max_length=64)
+    next_token: str | None = Field(None, max_length=256)

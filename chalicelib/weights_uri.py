@@ -17,11 +17,13 @@ ACCEPTED_FORMS = (
     "or an absolute local path"
 )
 
+# Always applied with fullmatch: Python's `$` would also match before a final newline.
 _HF_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-_HF_REPO = re.compile(rf"^{_HF_NAME}/{_HF_NAME}$")
-_HF_REVISION = re.compile(r"^[A-Za-z0-9._/-]{1,255}$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_HF_REPO = re.compile(rf"{_HF_NAME}/{_HF_NAME}")
+_HF_REVISION = re.compile(r"[A-Za-z0-9._/-]{1,255}")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class InvalidWeightsSource(ValueError):
@@ -68,11 +70,14 @@ WeightsSource = HfSource | BucketSource | UrlSource | LocalSource
 
 
 def parse_weights_uri(text: str, *, allow_http: bool = False) -> WeightsSource:
-    text = text.strip()
-    if not text:
+    """Taken as given, never trimmed or cleaned: a source with surrounding whitespace or a
+    control character (a trailing newline included) is refused, not silently altered."""
+    if not text.strip():
         raise InvalidWeightsSource(f"is empty; use {ACCEPTED_FORMS}")
-    if "\x00" in text:
-        raise InvalidWeightsSource("contains a NUL character")
+    if text != text.strip():
+        raise InvalidWeightsSource("must not start or end with whitespace")
+    if _CONTROL.search(text):
+        raise InvalidWeightsSource("contains a control character (a newline, tab or NUL)")
     if text.startswith("/"):
         return _parse_local(text)
     scheme, sep, _ = text.partition("://")
@@ -98,18 +103,18 @@ def _parse_hf(rest: str) -> HfSource:
         repo, revision = rest.split("@", 1)
     elif rest.count(":") == 1:  # KServe spelling: hf://org/model:revision
         repo, revision = rest.split(":", 1)
-    if not _HF_REPO.match(repo):
+    if not _HF_REPO.fullmatch(repo):
         raise InvalidWeightsSource(
             "must name a Hugging Face repository as hf://org/model[@revision]"
         )
-    if not _HF_REVISION.match(revision) or ".." in revision:
+    if not _HF_REVISION.fullmatch(revision) or ".." in revision:
         raise InvalidWeightsSource("has an invalid revision (a branch, tag or commit sha)")
     return HfSource(repo_id=repo, revision=revision)
 
 
 def _parse_bucket(scheme: str, rest: str) -> BucketSource:
     bucket, _, key = rest.partition("/")
-    if not _BUCKET.match(bucket):
+    if not _BUCKET.fullmatch(bucket):
         raise InvalidWeightsSource(
             f"must be {scheme}://bucket/path with a valid bucket name (3-63 lowercase "
             "letters, digits, dots and hyphens)"
@@ -120,6 +125,8 @@ def _parse_bucket(scheme: str, rest: str) -> BucketSource:
 
 
 def _parse_url(text: str) -> UrlSource:
+    if any(c.isspace() for c in text):
+        raise InvalidWeightsSource("must not contain whitespace; percent-encode it (%20)")
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018 - raises ValueError for a malformed port
@@ -134,7 +141,7 @@ def _parse_url(text: str) -> UrlSource:
     sha256 = None
     if parts.fragment:
         name, _, value = parts.fragment.partition("=")
-        if name != "sha256" or not _SHA256.match(value.lower()):
+        if name != "sha256" or not _SHA256.fullmatch(value.lower()):
             raise InvalidWeightsSource("fragment must be #sha256=<64 hex characters>")
         sha256 = value.lower()
     url = parts._replace(fragment="").geturl()

@@ -3,11 +3,12 @@
 Every deployment has a worker thread for its start (reserve -> pull -> start -> wait until
 healthy; node_agent.deploying), then one supervisor loop watches all of them (liveness often,
 so a crash is noticed within a fraction of a second; HTTP health every probe interval;
-node_agent.supervision). What the agent runs is kept on disk, so a restarted agent re-adopts
-its models and resumes the pulls it was doing.
+node_agent.supervision). Each deployment is reached only through the agent's endpoint proxy,
+on its reserved port, in front of the model on a loopback port of its own (node_agent.endpoints,
+node_agent.proxy). What the agent runs is kept on disk, so a restarted agent re-adopts its
+models, serves them again and resumes the pulls it was doing.
 """
 
-import ipaddress
 import logging
 import shutil
 import threading
@@ -20,6 +21,7 @@ from chalicelib.protocol import (
     DeploymentProgress,
     DeploymentStopped,
     DeployModel,
+    EndpointKeys,
     Error,
     HealthCheck,
     HealthResult,
@@ -32,7 +34,10 @@ from chalicelib.protocol import (
 )
 from node_agent import __version__, gpus
 from node_agent.deploying import Deploying
+from node_agent.endpoints import Endpoints
 from node_agent.health import HealthTracker, probe
+from node_agent.proxy import EndpointProxy
+from node_agent.runtime.base import MODEL_HOST, RuntimeError_
 from node_agent.runtime.process import tail_lines
 from node_agent.state import Record, StateStore
 from node_agent.supervision import Supervision
@@ -52,11 +57,13 @@ class AgentSettings:
     stop_grace_s: float = 10.0
     liveness_interval_s: float = 0.25
     restart_backoff_s: float = 1.0  # the first wait before a restart; doubles each time
+    gpu_wait_s: float = 30.0  # how long reserved GPUs an ending deployment holds are waited for
+    metrics_interval_s: float = 15.0  # endpoint counts go to the control plane this often
     weights_cache_max_bytes: int | None = None  # None: 80% of the disk the cache is on
     pull: PullSettings = PullSettings()
 
 
-class Agent(Deploying, Supervision):
+class Agent(Deploying, Supervision, Endpoints):
     def __init__(self, settings: AgentSettings, runtimes: dict, send: Callable[[Message], None]):
         self.settings = settings
         self.runtimes = runtimes  # "process" -> ProcessRuntime, "docker" -> DockerRuntime
@@ -66,9 +73,13 @@ class Agent(Deploying, Supervision):
         self.trackers: dict[str, HealthTracker] = {}
         self.last_probe: dict[str, float] = {}
         self.last_report: dict[str, float] = {}
+        self.probing: set[str] = set()  # deployments whose health probe is out now
         self.lock = threading.RLock()
         self.gpus = gpus.inventory()
         self.finished: dict[str, dict] = {}  # recent ends, for the node's local API
+        self.proxy = EndpointProxy()  # every deployment's endpoint
+        self.metrics_sent: dict[str, tuple] = {}  # the counts each endpoint last reported
+        self.metrics_reported_at = time.monotonic()
         self.weights = _weights_cache(settings, self._weights_in_use)
 
     # --- startup and hello -------------------------------------------------------------
@@ -96,7 +107,14 @@ class Agent(Deploying, Supervision):
             return
         runtime = self.runtimes.get(record.handle.runtime)
         if runtime is not None and runtime.adopt(record.handle):
+            if not record.model_port:  # started by an agent before the proxy: it serves itself
+                record.model_port = record.port  # (until it ends; node_agent.endpoints)
             self.trackers[record.deployment_id] = HealthTracker()
+            try:
+                self._serve_endpoint(record)
+            except RuntimeError_:
+                self._stop_quietly(record)  # a model nobody can reach must not keep its GPU
+                raise
             if record.status == "starting":  # it had not answered yet: wait for it again
                 wait = threading.Thread(target=self._guarded, args=(record, _nothing), daemon=True)
                 wait.start()
@@ -131,6 +149,7 @@ class Agent(Deploying, Supervision):
                 "status": record.status,
                 "endpoint_url": record.endpoint_url,
                 "port": record.port,
+                "model_port": record.model_port,
                 "framework": record.framework,
                 "gpu_indices": record.gpu_indices,
                 "restarts": record.restarts,
@@ -146,6 +165,8 @@ class Agent(Deploying, Supervision):
     def on_message(self, message: Message) -> None:
         if isinstance(message, DeployModel):
             self.deploy(message)
+        elif isinstance(message, EndpointKeys):
+            self.set_endpoint_keys(message)
         elif isinstance(message, StopDeployment):
             threading.Thread(target=self.stop, args=(message.deployment_id,), daemon=True).start()
         elif isinstance(message, HealthCheck):
@@ -192,6 +213,11 @@ class Agent(Deploying, Supervision):
         for deployment_id in list(self.records):
             self.stop(deployment_id)
 
+    def shutdown(self) -> None:
+        """The agent exits: its endpoints close; the models keep running, and the next agent
+        adopts them and serves them again."""
+        self.proxy.close_all()
+
     def _finish(
         self, record: Record, reason: str, message: str | None, exit_code: int | None = None
     ) -> None:
@@ -209,6 +235,7 @@ class Agent(Deploying, Supervision):
             }
             while len(self.finished) > 100:
                 self.finished.pop(next(iter(self.finished)))
+        self._close_endpoint(record.deployment_id)  # its port is free again
         self.send(
             DeploymentStopped(
                 deployment_id=record.deployment_id,
@@ -255,7 +282,8 @@ class Agent(Deploying, Supervision):
             return {Path(r.weights_dir) for r in self.records.values() if r.weights_dir}
 
     def _health_url(self, record: Record) -> str:
-        return f"http://127.0.0.1:{record.port}{record.health_path}"
+        """The model itself, on its internal port: the agent's probes skip the proxy."""
+        return f"http://{MODEL_HOST}:{record.model_port}{record.health_path}"
 
     def _log_path(self, deployment_id: str) -> Path:
         return self.settings.state_dir / "logs" / f"{deployment_id}.log"
@@ -282,21 +310,9 @@ class Agent(Deploying, Supervision):
         with self.lock:
             self.store.save(self.records)
 
-    def _publish_on(self) -> str:
-        """Containers' ports: on loopback only while the endpoint advertised is a loopback one,
-        else on every interface (the endpoint is reached there)."""
-        return "127.0.0.1" if _is_loopback(self.settings.advertise_host) else "0.0.0.0"
-
 
 def _nothing() -> None:
     """The launch of a deployment that already runs."""
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def _weights_cache(settings: AgentSettings, in_use) -> WeightsCache:

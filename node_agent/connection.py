@@ -1,6 +1,6 @@
 """The agent's WebSocket link to the control plane (websocket-client): token auth, heartbeats,
 reconnects with exponential backoff and jitter (1 s -> 60 s), and an outbox so reports made while
-disconnected are delivered after the next node_hello."""
+disconnected are delivered on the next connection, just before its node_hello."""
 
 import collections
 import contextlib
@@ -98,10 +98,13 @@ class Connection:
         ws.settimeout(1.0)
         with self._send_lock:
             self._ws = ws
-            send_in_frames(ws, self._hello().to_json())  # first: the server reconciles first
+            # The reports kept while disconnected go first, then the hello: its reconciliation
+            # ends what the node no longer runs, and a crash reported meanwhile must have been
+            # recorded as a crash (exit code, output) by then, not found missing.
             while self._outbox:
                 send_in_frames(ws, self._outbox[0])  # dropped from the outbox once it went out
                 self._outbox.popleft()
+            send_in_frames(ws, self._hello().to_json())
         self.connects += 1
         self.connected.set()
         log.info("connected to %s", self.url)

@@ -16,6 +16,7 @@ from chalicelib.protocol import (
     DeploymentProgress,
     DeploymentReady,
     DeploymentRestarted,
+    DeploymentStopped,
     DeployModel,
 )
 from node_agent import gpus, restarts
@@ -42,29 +43,63 @@ class Unavailable(RuntimeError_):
 class Deploying:
     def deploy(self, message: DeployModel) -> Record | None:
         with self.lock:
-            if message.deployment_id in self.records or message.deployment_id in self.finished:
-                return None  # a re-sent deploy_model, or one a stop overtook: already handled
-            record = Record(
-                deployment_id=message.deployment_id,
-                status="pulling",
-                port=0,
-                health_path=message.deploy_config.health_path,
-                log_path=str(self._log_path(message.deployment_id)),
-                deploy=message.model_dump(mode="json"),
-            )
-            self.records[record.deployment_id] = record
+            known = self.records.get(message.deployment_id)
+            ended = self.finished.get(message.deployment_id)
+            if known is None and ended is None:
+                record = Record(
+                    deployment_id=message.deployment_id,
+                    status="pulling",
+                    port=0,
+                    health_path=message.deploy_config.health_path,
+                    log_path=str(self._log_path(message.deployment_id)),
+                    deploy=message.model_dump(mode="json"),
+                    key_hashes=list(message.endpoint_key_hashes),
+                )
+                self.records[record.deployment_id] = record
+        if known is not None or ended is not None:
+            # Sent again (our answer may have been lost): say again where it stands.
+            self._restate(message.deployment_id, known, ended)
+            return None
         threading.Thread(target=self._start, args=(message, record), daemon=True).start()
         return record
+
+    def _restate(self, deployment_id: str, known: Record | None, ended: dict | None) -> None:
+        if known is not None and known.status in ("running", "unhealthy") and known.endpoint_url:
+            self.send(
+                DeploymentReady(
+                    deployment_id=deployment_id,
+                    endpoint_url=known.endpoint_url,
+                    framework=known.framework,
+                )
+            )
+        elif known is not None:
+            status = "pulling" if known.status == "pulling" else "starting"
+            self.send(DeploymentProgress(deployment_id=deployment_id, status=status))
+        else:  # ended here (a stop may have overtaken its deploy_model): the end, again
+            reason = ended.get("reason") or "stopped"
+            self.send(
+                DeploymentStopped(
+                    deployment_id=deployment_id,
+                    reason=reason,
+                    exit_code=ended.get("exit_code"),
+                    message=ended.get("message"),
+                )
+            )
 
     def _start(self, message: DeployModel, record: Record) -> None:
         self._guarded(record, lambda: self._reserve_pull_launch(message, record))
 
     def _reserve_pull_launch(self, message: DeployModel, record: Record) -> None:
-        if not record.port:  # a resumed deployment keeps what it reserved before
-            with self.lock:
+        with self.lock:  # a resumed deployment keeps what it reserved before
+            if not record.port:  # the endpoint's: the proxy's port
                 record.port = self._reserve_port(message.deploy_config.port)
-                record.gpu_indices = self._reserve_gpus(message, record)
-                self._save()
+            if not record.model_port:  # the model's own, on loopback behind the proxy
+                record.model_port = self._reserve_port(None)
+        if not record.gpu_indices:
+            record.gpu_indices = self._reserve_gpus_waiting(message, record)
+        with self.lock:
+            self._save()
+        self._serve_endpoint(record)
         revision = None
         if message.weights_source:
             record.status = "pulling"
@@ -112,7 +147,8 @@ class Deploying:
     # --- reservations (called under self.lock) -----------------------------------------
 
     def _reserve_port(self, wanted: int | None) -> int:
-        taken = {r.port: r.deployment_id for r in self.records.values() if r.port}
+        taken = {p: r.deployment_id for r in self.records.values() for p in (r.port, r.model_port)}
+        taken.pop(0, None)
         if wanted is None:
             for _ in range(100):
                 port = free_port()
@@ -127,6 +163,22 @@ class Deploying:
                 "port, or leave deploy_config.port unset and the node picks a free one"
             )
         return wanted
+
+    def _reserve_gpus_waiting(self, message: DeployModel, record: Record) -> list[int]:
+        """The control plane's reservation is the truth: GPUs it gave this deployment that a
+        deployment ending here still holds (its stop may come just after this deploy_model)
+        are waited for, up to gpu_wait_s; an unreserved request is answered at once."""
+        deadline = time.monotonic() + self.settings.gpu_wait_s
+        while True:
+            with self.lock:
+                try:
+                    return self._reserve_gpus(message, record)
+                except Unavailable:
+                    if message.gpu_indices is None or time.monotonic() >= deadline:
+                        raise
+            if record.stop_requested:
+                raise RuntimeError_("stopped before it started")
+            time.sleep(0.1)
 
     def _reserve_gpus(self, message: DeployModel, record: Record) -> list[int]:
         if message.whole_node:  # a cloud instance of its own: every GPU it has
@@ -159,13 +211,13 @@ class Deploying:
         command = list(message.command)
         container_port = message.deploy_config.port or DEFAULT_MODEL_PORT
         if runtime_name == "process":
-            command = resolve_command(framework, command, weights_dir, record.port)
+            command = resolve_command(framework, command, weights_dir, record.model_port)
         else:  # in its container the weights are at /weights, the port the container's own
             mounted = CONTAINER_WEIGHTS if weights_dir is not None else None
             command = fill_placeholders(command, mounted, container_port)
         spec = LaunchSpec(
             deployment_id=record.deployment_id,
-            port=record.port,
+            port=record.model_port,
             command=command,
             image=message.image,
             weights_dir=weights_dir,
@@ -173,7 +225,6 @@ class Deploying:
             gpu_indices=record.gpu_indices,
             log_path=Path(record.log_path),
             container_port=container_port,
-            publish_on=self._publish_on(),
         )
         with self.lock:
             if record.stop_requested:
@@ -192,7 +243,7 @@ class Deploying:
                 self._exited(record, "crash", code, self._exit_message(record, "while starting"))
                 return
             if probe(url, timeout=1.0).healthy:
-                if runtime.serves(record.handle, record.port):
+                if runtime.serves(record.handle, record.model_port):
                     self._ready(record)
                     return
                 answered_by_other = True  # another program answers on its port: not ready
@@ -274,7 +325,16 @@ class Deploying:
         if record.stop_requested:
             return  # stop() finishes it
         message = DeployModel.model_validate(record.deploy)
-        self._guarded(record, lambda: self._launch(message, record))
+        self._guarded(record, lambda: self._relaunch(message, record))
+
+    def _relaunch(self, message: DeployModel, record: Record) -> None:
+        """Launch again on the same endpoint; the model's own port is taken again unless some
+        other program took it meanwhile (then another free one: only the proxy knows it)."""
+        with self.lock:
+            if not port_is_free(record.model_port):
+                record.model_port = self._reserve_port(None)
+                self._save()
+        self._launch(message, record)
 
     def _deploy_config(self, record: Record) -> DeployConfig | None:
         return DeployModel.model_validate(record.deploy).deploy_config if record.deploy else None

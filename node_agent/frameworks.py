@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from node_agent.runtime.base import MODEL_HOST
+
 MAX_JSON_BYTES = 8 * 1024 * 1024  # configs and safetensors headers are KBs; more is not a model
 ENTRY_POINTS = ("serve.py", "app.py", "server.py", "main.py")
 CONTAINER_WEIGHTS = "/weights"  # where a container finds the weights (see the README)
@@ -163,12 +165,14 @@ def detect_framework(weights_dir: Path) -> Detection:
 
 # --- the command ---------------------------------------------------------------------------
 
-_VLLM = ("vllm", "serve", "{weights}", "--port", "{port}")
+# On loopback: the agent's proxy is the way in (both servers listen on every interface unasked).
+_VLLM = ("vllm", "serve", "{weights}", "--host", MODEL_HOST, "--port", "{port}")
+_TGI = ("text-generation-launcher", "--model-id", "{weights}", "--hostname", MODEL_HOST)
 # framework -> built-in server argv; argv[0] must be on PATH for it to count as installed.
 _BUILT_IN: dict[str, tuple[str, ...]] = {
     "vllm": _VLLM,
     "transformers": _VLLM,  # vLLM loads most Hugging Face model directories as they are
-    "tgi": ("text-generation-launcher", "--model-id", "{weights}", "--port", "{port}"),
+    "tgi": (*_TGI, "--port", "{port}"),
 }
 
 

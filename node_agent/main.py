@@ -103,6 +103,7 @@ def run_agent(
             connection.connected.wait(timeout=5)
         agent.stop_all()
     disconnect.set()
+    agent.shutdown()  # the endpoints close; the models run on, for the next agent to serve
     if server is not None:
         server.shutdown()
     if connection is not None:

@@ -2,7 +2,9 @@
 plane or next to one. It drives the same Agent.deploy/stop code path as `deploy_model`.
 
     POST   /deploy            {deployment_id?, weights_source?, image?, framework, port,
-                               health_path, gpu, gpu_type?, command, env_vars}
+                               health_path, gpu, gpu_type?, command, env_vars, auth}
+                              auth "key" (the default): the 202 carries `endpoint_key`, shown
+                              once, which the endpoint then requires (Authorization: Bearer)
     GET    /deployments       GET /deployments/{id}      DELETE /deployments/{id}
     GET    /health            the agent itself
 
@@ -19,7 +21,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from chalicelib.protocol import DeployConfig, DeployModel
+from chalicelib.protocol import (
+    ENDPOINT_KEY_PREFIX,
+    DeployConfig,
+    DeployModel,
+    EndpointAuth,
+    hash_endpoint_key,
+)
 from node_agent.agent import Agent
 
 
@@ -37,8 +45,9 @@ class DeployRequest(BaseModel):
     health_path: str = Field("/health", pattern=r"^/")
     gpu: bool = False
     gpu_type: str | None = None
+    auth: EndpointAuth = "key"
 
-    def to_message(self) -> DeployModel:
+    def to_message(self, endpoint_key: str | None) -> DeployModel:
         return DeployModel(
             deployment_id=self.deployment_id,
             weights_source=self.weights_source,
@@ -48,8 +57,16 @@ class DeployRequest(BaseModel):
             env_vars=self.env_vars,
             gpu=self.gpu,
             gpu_type=self.gpu_type,
-            deploy_config=DeployConfig(port=self.port, health_path=self.health_path),
+            deploy_config=DeployConfig(
+                port=self.port, health_path=self.health_path, auth=self.auth
+            ),
+            endpoint_key_hashes=[hash_endpoint_key(endpoint_key)] if endpoint_key else [],
         )
+
+
+def new_endpoint_key() -> str:
+    """Returned once, kept only as its hash (hash_endpoint_key)."""
+    return ENDPOINT_KEY_PREFIX + secrets.token_urlsafe(32)
 
 
 def local_token(state_dir: Path) -> str:
@@ -118,10 +135,12 @@ def make_server(agent: Agent, host: str, port: int, token: str) -> ThreadingHTTP
             if not (request.weights_source or request.image or request.command):
                 self._error(400, "validation_error", "give weights_source, image or command")
                 return
-            if agent.deploy(request.to_message()) is None:
+            key = new_endpoint_key() if request.auth == "key" else None
+            if agent.deploy(request.to_message(key)) is None:
                 self._error(409, "conflict", f"{request.deployment_id} is already deployed")
                 return
-            self._reply(202, agent.describe(request.deployment_id))
+            accepted = agent.describe(request.deployment_id)
+            self._reply(202, accepted | ({"endpoint_key": key} if key else {}))
 
         def do_DELETE(self):  # noqa: N802
             if not self._authorized():

@@ -13,7 +13,7 @@ from node_agent.runtime.base import Handle
 class Record:
     deployment_id: str
     status: str  # pulling | starting | running | unhealthy
-    port: int
+    port: int  # the endpoint's: the agent's proxy listens there
     health_path: str
     log_path: str
     handle: Handle | None = None
@@ -27,6 +27,8 @@ class Record:
     in_a_row: int = 0  # restarts since it was last healthy for restarts.RESET_AFTER_S
     healthy_since: float | None = None  # wall clock: it survives an agent restart
     unhealthy_since: float | None = None
+    model_port: int = 0  # the model's own, on loopback: only the proxy and the probes use it
+    key_hashes: list[str] = field(default_factory=list)  # the endpoint keys it accepts (sha256)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Record":

@@ -1,7 +1,9 @@
 """Supervision of the deployments an agent runs: a process or container that exited is a
 crash, reported with its last output; a live one is probed every probe interval and its health
-changes reported. Errors are per deployment: one that cannot be checked counts as a failed
-probe, and the loop goes on for the others.
+changes reported; the endpoints' counts are reported every metrics interval. Errors are per
+deployment: one that cannot be checked counts as a failed probe, and the loop goes on for the
+others. The loop itself does no network I/O: probes run on a small pool, so models whose health
+path hangs never delay noticing another's crash.
 
 A mixin of node_agent.agent.Agent, whose state (records, runtimes, trackers, settings, send,
 _finish, ...) it reads; kept apart so that deploying and supervising change independently."""
@@ -9,6 +11,7 @@ _finish, ...) it reads; kept apart so that deploying and supervising change inde
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from chalicelib.protocol import DeploymentHealthUpdate
@@ -17,6 +20,7 @@ from node_agent.runtime.process import cap_log
 from node_agent.state import Record
 
 HEALTH_REFRESH_S = 60.0  # re-state health this often even when nothing changed
+PROBE_WORKERS = 8
 log = logging.getLogger("prism.node")
 
 
@@ -35,14 +39,21 @@ class Supervision:
                 except Exception as exc:  # one deployment's trouble never stops the others'
                     log.exception("checking %s failed", record.deployment_id)
                     self._check_failed(record, exc)
+            try:
+                self._report_metrics()
+            except Exception:  # counts are never worth stopping supervision for
+                log.exception("reporting endpoint metrics failed")
 
     def _unhealthy_too_long(self, record: Record, tracker: HealthTracker, result) -> bool:
         """Unhealthy for longer than its deploy_config allows counts as a failure: stopped
         (gracefully, off this loop) and handed to the restart policy."""
+        now = time.time()
         if tracker.healthy:
             record.unhealthy_since = None
+            if record.healthy_since is None:  # healthy again: the restart count may reset later
+                record.healthy_since = now
             return False
-        now = time.time()
+        record.healthy_since = None  # unhealthy time never counts towards resetting restarts
         if record.unhealthy_since is None:
             record.unhealthy_since = now
         config = self._deploy_config(record)
@@ -95,7 +106,33 @@ class Supervision:
         now = time.monotonic()
         if now - self.last_probe.get(record.deployment_id, 0) < self.settings.probe_interval_s:
             return
+        with self.lock:
+            if record.deployment_id in self.probing:
+                return  # its last probe has not come back yet
+            self.probing.add(record.deployment_id)
         self.last_probe[record.deployment_id] = now
+        self._probe_pool().submit(self._probe_guarded, record)
+
+    def _probe_pool(self) -> ThreadPoolExecutor:
+        with self.lock:
+            if getattr(self, "_probes", None) is None:
+                self._probes = ThreadPoolExecutor(PROBE_WORKERS, thread_name_prefix="probe")
+            return self._probes
+
+    def _probe_guarded(self, record: Record) -> None:
+        try:
+            self._probe_and_report(record)
+        except Exception as exc:  # counts as a failed probe of this deployment only
+            log.exception("probing %s failed", record.deployment_id)
+            self._check_failed(record, exc)
+        finally:
+            with self.lock:
+                self.probing.discard(record.deployment_id)
+
+    def _probe_and_report(self, record: Record) -> None:
+        if record.stop_requested or record.status not in ("running", "unhealthy"):
+            return
+        now = time.monotonic()
         cap_log(Path(record.log_path))
         tracker = self.trackers.setdefault(record.deployment_id, HealthTracker())
         result = probe(self._health_url(record))

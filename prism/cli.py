@@ -1,4 +1,4 @@
-"""`prism`: deploy create|list|status|stop|health, admin create-key, dev up."""
+"""`prism`: deploy create|list|status|stop|health|rotate-key, admin create-key, dev up."""
 
 import json
 import sys
@@ -7,7 +7,13 @@ import click
 
 from prism.client import ApiClient, ApiError
 from prism.config import CliConfig
-from prism.output import deployment_detail, deployments_table, emit_json
+from prism.output import (
+    deployment_detail,
+    deployments_table,
+    emit_json,
+    endpoint_key_notice,
+    unprotected_warning,
+)
 from prism.watch import follow
 
 TARGETS = {
@@ -115,6 +121,11 @@ def _gpu(gpu: str | None) -> dict:
     type=int,
     help="seconds unhealthy before it counts as a failure and is restarted (default 300, 0: never)",
 )
+@click.option(
+    "--public",
+    is_flag=True,
+    help="serve the endpoint without a key (default: an endpoint key is required, shown once)",
+)
 @click.option("--command", "json_command", help='exec array as JSON: \'["python","serve.py"]\'')
 @click.option("--framework", type=click.Choice(["auto", "vllm", "tgi", "transformers", "custom"]))
 @click.option("--env", "env_pairs", multiple=True, help="NAME=VALUE (repeatable)")
@@ -139,6 +150,7 @@ def deploy_create(
     restart,
     max_restarts,
     unhealthy_timeout,
+    public,
     json_command,
     framework,
     env_pairs,
@@ -171,6 +183,7 @@ def deploy_create(
         "restart": restart,
         "max_restarts": max_restarts,
         "unhealthy_timeout_s": unhealthy_timeout,
+        "auth": "public" if public else None,
     }
     if any(v is not None for v in config.values()):
         body["deploy_config"] = {k: v for k, v in config.items() if v is not None}
@@ -182,10 +195,16 @@ def deploy_create(
     body = {k: v for k, v in body.items() if v is not None}
     client = api_client()
     created = client.create_deployment(body, idempotency_key)
+    key = {"endpoint_key": created.get("endpoint_key")}
     if not as_json:
         click.echo(f"created {created['id']} ({created['status']})")
+        endpoint_key_notice(created)  # now: --wait may end in an error
+    elif unprotected_warning(created):
+        click.secho(f"warning: {unprotected_warning(created)}", fg="yellow", err=True)
     if wait:
-        created = _settled(follow(client, created["id"], timeout), as_json)
+        if as_json and key["endpoint_key"]:  # shown once: never lost to a --wait that fails
+            click.echo(f"endpoint key (shown once): {key['endpoint_key']}", err=True)
+        created = _settled(follow(client, created["id"], timeout) | key, as_json)
     emit_json(created) if as_json else deployment_detail(created)
 
 
@@ -231,6 +250,29 @@ def _settled(detail: dict, as_json: bool) -> dict:
         return detail
     emit_json(detail) if as_json else deployment_detail(detail)
     raise click.ClickException(f"{detail['failure_reason']}: {detail['failure_message']}")
+
+
+@deploy.command("rotate-key")
+@click.argument("deployment_id")
+@click.option("--json", "as_json", is_flag=True)
+def deploy_rotate_key(deployment_id, as_json):
+    """Replace a deployment's endpoint key: the new one is shown once, the old one stops
+    working."""
+    rotated = api_client().rotate_endpoint_key(deployment_id)
+    if as_json:
+        emit_json(rotated)
+        return
+    click.echo(
+        f"new endpoint key for {rotated['deployment_id']} (shown once): {rotated['endpoint_key']}"
+    )
+    if rotated["delivered"]:
+        click.echo("the old key no longer works")
+    else:
+        click.echo(
+            "its node is not connected now: the new key takes effect, and the old one stops "
+            "working, as soon as it connects",
+            err=True,
+        )
 
 
 @deploy.command("stop")

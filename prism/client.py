@@ -76,6 +76,9 @@ class ApiClient:
     def stop_deployment(self, deployment_id: str) -> dict:
         return self._request("DELETE", _deployment_path(deployment_id))[1]
 
+    def rotate_endpoint_key(self, deployment_id: str) -> dict:
+        return self._request("POST", _deployment_path(deployment_id) + "/endpoint-keys")[1]
+
     def deployment_health(self, deployment_id: str) -> dict:
         return self._request("GET", _deployment_path(deployment_id) + "/health")[1]
 

@@ -23,6 +23,8 @@ class CliConfig:
     # The local platform's operator identity (IAM is enforced there): `prism admin` signs with it.
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
+    # The local WebSocket management API: `prism admin delete-user` closes a node's connections.
+    ws_management_url: str | None = None
 
     @classmethod
     def load(cls) -> "CliConfig":

@@ -88,6 +88,64 @@ def _restart_rows(d: dict, output_lines: int = 10) -> list[tuple[str, str]]:
     return rows
 
 
+ENDPOINT_AUTH = {
+    "key": "endpoint key required (Authorization: Bearer <key>)",
+    "public": "public: anyone who reaches the endpoint",
+    "none": "[yellow]none[/]: the image serves the endpoint itself, unprotected",
+}
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:,.1f} ms"
+
+
+def _request_rows(d: dict) -> list[tuple[str, str]]:
+    """What the endpoint proxy last reported: requests, error rate, latency, in flight."""
+    m = d.get("request_metrics")
+    if not m:
+        return [("requests", "-")]
+    total = m["requests_total"]
+    classes = ", ".join(f"{c}xx {m[f'status_{c}xx']:,}" for c in (2, 3, 4, 5))
+    error_rate = f"{100 * m['status_5xx'] / total:.1f}% (5xx)" if total else "-"
+    latency = " · ".join(f"p{q} {_ms(m[f'latency_p{q}_ms'])}" for q in (50, 95, 99))
+    return [
+        ("requests", f"{total:,} ({classes}; {m['unauthorized']:,} without a valid key)"),
+        ("error rate", error_rate),
+        ("latency", f"{latency} (last {m['window_s']:g} s)"),
+        ("in flight", str(m["in_flight"])),
+        ("reported", m["reported_at"][:19]),
+    ]
+
+
+def unprotected_warning(d: dict) -> str | None:
+    if d.get("endpoint_auth") != "none":
+        return None
+    return (
+        f"the endpoint of this image deployment on {d['target']} is not protected: anyone "
+        "with the URL can use it; deploy weights + command to have the agent's proxy check "
+        "a key"
+    )
+
+
+def endpoint_key_notice(created: dict) -> None:
+    """After a create: the endpoint key, shown this once, or why there is none."""
+    key, auth = created.get("endpoint_key"), created.get("endpoint_auth")
+    if key:
+        click.echo(f"endpoint key (shown once, only its hash is kept): {key}")
+        click.echo("  send it as: Authorization: Bearer <endpoint key>")
+    elif auth == "key":
+        click.echo(
+            "no endpoint key in this reply: the first create with this idempotency key got it "
+            f"(it is shown once); `prism deploy rotate-key {created['id']}` makes a new one",
+            err=True,
+        )
+    elif auth == "public":
+        click.echo("the endpoint is public (no key): anyone who reaches it can use it", err=True)
+    warning = unprotected_warning(created)
+    if warning:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+
+
 def deployments_table(items: list[dict]) -> None:
     table = Table(
         "ID", "NAME", "TARGET", "STATUS", "RESTARTS", "COST", "BUDGET", "ENDPOINT", "CREATED"
@@ -125,6 +183,8 @@ def deployment_detail(d: dict) -> None:
         *_restart_rows(d),
         ("env vars", ", ".join(d["env_var_names"]) or "-"),
         ("endpoint", d["endpoint_url"] or "-"),
+        ("endpoint auth", ENDPOINT_AUTH.get(d.get("endpoint_auth"), "-")),
+        *_request_rows(d),
         ("node", d.get("node_id") or "-"),
         ("note", escape(d.get("status_message") or "-")),
         ("cost", _usd(d["cost_accrued_usd"])),

@@ -46,6 +46,8 @@ def calls_for(client, operation: str, params: dict, test: str = "") -> list[Call
     if service == "execute-api":
         access = [_connection_access(client.meta.endpoint_url, operation, params, where)]
     else:
+        if service == "kms":
+            params = _kms_key_by_id(params, region)
         access = requested_access(service, operation, params, where)
     context = _condition_context(service, params, region)
     return [Call(service, operation, a, r, context, test) for a, r in access]
@@ -72,6 +74,21 @@ def _connection_access(endpoint_url, operation, params, where) -> tuple[str, str
     method = _CONNECTION_METHODS.get(operation, "DELETE")
     resource = f"{api_id}/{stage}/{method}/@connections/{params.get('ConnectionId', '*')}"
     return "execute-api:ManageConnections", where.arn("execute-api", resource)
+
+
+def _kms_key_by_id(params: dict, region: str) -> dict:
+    """IAM authorizes a KMS call on the key's ARN whatever names it (an alias): the alias
+    resolved as the in-process moto KMS resolves it (prism.dev.moto_iam does the same on the
+    local platform's server)."""
+    key = params.get("KeyId")
+    if not key or not (key.startswith("alias/") or ":alias/" in key):
+        return params
+    try:
+        from moto.kms.models import kms_backends
+
+        return params | {"KeyId": kms_backends[ACCOUNT][region].any_id_to_key_id(key)}
+    except Exception:  # an unknown alias: the call fails on its own; audited as named
+        return params
 
 
 def _condition_context(service: str, params: dict, region: str) -> tuple:
@@ -205,6 +222,9 @@ def template_statements(stage: str, template: dict | None = None) -> list[dict]:
         template = merged_template("dev")  # ${Stage} stays a placeholder, resolved below
     names = {"AWS::Partition": "aws", "AWS::Region": "*", "AWS::AccountId": "*"}
     names |= {"Stage": stage, "WebsocketAPI": LOCAL_WEBSOCKET_API}
+    # A KMS key's id exists once it is created: in a policy it stands for any key here.
+    resources = template.get("Resources", {})
+    names |= {name: "*" for name, r in resources.items() if r.get("Type") == "AWS::KMS::Key"}
     statements = []
     for resource in template.get("Resources", {}).values():
         properties = resource.get("Properties", {})

@@ -67,6 +67,8 @@ def parse_body(request, model: type[M]) -> M:
         raise ValidationFailed("request body is empty; send a JSON object")
     try:
         data = json.loads(raw)
+    except RecursionError:  # nested deeper than the interpreter's limit (our models need ~4)
+        raise ValidationFailed("request body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationFailed(f"request body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):

@@ -8,8 +8,10 @@ from chalicelib.routes.common import authenticate, handles_errors, ok, parse_bod
 from chalicelib.schemas import (
     CostsQuery,
     CreateDeploymentRequest,
+    DeploymentCreated,
     DeploymentList,
     DeploymentOut,
+    EndpointKeyOut,
     ListDeploymentsQuery,
     LogsQuery,
 )
@@ -37,11 +39,12 @@ def create_deployment():
     request = bp.current_request
     owner_id = authenticate(request)
     body = parse_body(request, CreateDeploymentRequest)
-    item = registry.deployment_service().create(
+    created = registry.deployment_service().create(
         owner_id, body, _idempotency_key(request), lambda_context=bp.lambda_context
     )
+    item = created.item
     logger.info("deployment created", extra={"deployment_id": item.id, "target": item.target})
-    return ok(DeploymentOut.from_item(item), status=201)
+    return ok(DeploymentCreated.of(item, created.endpoint_key), status=201)
 
 
 @bp.route(BASE, methods=["GET"])
@@ -100,3 +103,20 @@ def deployment_costs(deployment_id):
     logger.append_keys(deployment_id=deployment_id)
     query = parse_query(request, CostsQuery)
     return ok(registry.deployment_service().costs(owner_id, deployment_id, query))
+
+
+@bp.route(BASE + "/{deployment_id}/endpoint-keys", methods=["POST"])
+@handles_errors
+def rotate_endpoint_key(deployment_id):
+    owner_id = authenticate(bp.current_request)
+    logger.append_keys(deployment_id=deployment_id)
+    rotated = registry.deployment_service().rotate_endpoint_key(owner_id, deployment_id)
+    logger.info("endpoint key rotated", extra={"delivered": rotated.delivered})
+    return ok(
+        EndpointKeyOut(
+            deployment_id=rotated.item.id,
+            endpoint_key=rotated.endpoint_key,
+            delivered=rotated.delivered,
+        ),
+        status=201,
+    )

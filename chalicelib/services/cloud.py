@@ -36,6 +36,7 @@ from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.metering import BillableEntry
 from chalicelib.store.models import DeploymentItem
 from chalicelib.store.nodes import NodeRepository
+from chalicelib.store.secrets import SecretStore
 
 SHORT_RETRY_AFTER_S = 10.0  # a 429 asking for less than this is waited out inside the step
 
@@ -57,8 +58,12 @@ class InstanceLost(Exception):
 
 
 def probe(url: str, timeout_s: float = 5.0) -> bool:
+    """Healthy when the endpoint answers below 400. A redirect is its answer, never followed
+    (the model must not steer the control plane's requests elsewhere), and the body is never
+    read."""
     try:
-        return requests.get(url, timeout=timeout_s).status_code < 400
+        with requests.get(url, timeout=timeout_s, allow_redirects=False, stream=True) as answer:
+            return answer.status_code < 400
     except requests.RequestException:
         return False
 
@@ -75,6 +80,7 @@ class CloudService:
         clock: Callable[[], datetime],
         probe: Callable[[str], bool] = probe,
         place: Callable[[DeploymentItem], object] = lambda item: item,
+        secrets: SecretStore | None = None,
     ):
         self._deployments = deployments
         self._nodes = nodes
@@ -85,6 +91,7 @@ class CloudService:
         self._clock = clock
         self._probe = probe
         self._place = place
+        self._secrets = secrets or SecretStore()
 
     # --- provision ----------------------------------------------------------------------
 
@@ -351,7 +358,10 @@ class CloudService:
 
     def _launch_first_offer(self, item: DeploymentItem, provider: Provider) -> Instance:
         offers = provider.offers(item.gpu_type or "")[: self._cloud.max_offers]
-        spec = _launch_spec(item, self._cloud.stage, self._bootstrap(item))
+        bootstrap = self._bootstrap(item)
+        # An image gets the deployment's env at launch; our agent gets it over the protocol.
+        env = self._secrets.open(item).env if bootstrap is None else {}
+        spec = _launch_spec(item, self._cloud.stage, bootstrap, env)
         tried = []
         for offer in offers:
             try:
@@ -398,15 +408,19 @@ def runs_agent(item: DeploymentItem) -> bool:
 
 
 def _launch_spec(
-    item: DeploymentItem, stage: str, bootstrap: AgentBootstrap | None = None
+    item: DeploymentItem,
+    stage: str,
+    bootstrap: AgentBootstrap | None = None,
+    env: dict[str, str] | None = None,
 ) -> LaunchSpec:
+    """`env`: an image deployment's env vars (opened from the secrets table)."""
     port = int(item.deploy_config.port)
     if bootstrap is not None:  # the deployment's own env goes to its model over the protocol
         image, env, user_data = bootstrap.image, bootstrap.env(), bootstrap.cloud_init()
     else:
-        image, env, user_data = item.image, item.env_dict(), None
+        image, env, user_data = item.image, dict(env or {}), None
         if item.target == "lambda":
-            user_data = _docker_user_data(item.image, port, item.env_dict())
+            user_data = _docker_user_data(item.image, port, env)
     return LaunchSpec(
         deployment_id=item.id,
         image=image,

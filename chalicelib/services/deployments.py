@@ -1,8 +1,7 @@
 """Deployment use cases: create (three forms, idempotent), list, detail, stop, health."""
 
-import base64
-import binascii
 import secrets
+from dataclasses import dataclass
 
 from aws_lambda_powertools.utilities.idempotency import (
     IdempotencyConfig,
@@ -17,7 +16,15 @@ from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePer
 from chalicelib.errors import Conflict, IdempotencyMismatch, ValidationFailed
 from chalicelib.lifecycle import FailureReason, Status
 from chalicelib.logs import logger
-from chalicelib.protocol import DEFAULT_MODEL_PORT, HealthCheck, LogsRequest, StopDeployment
+from chalicelib.protocol import (
+    DEFAULT_MODEL_PORT,
+    ENDPOINT_KEY_PREFIX,
+    EndpointKeys,
+    HealthCheck,
+    LogsRequest,
+    StopDeployment,
+    hash_endpoint_key,
+)
 from chalicelib.schemas import (
     CLOUD_TARGETS,
     CostEntry,
@@ -28,10 +35,12 @@ from chalicelib.schemas import (
     HealthOut,
     ListDeploymentsQuery,
     LogsOut,
+    endpoint_auth,
 )
 from chalicelib.services.node_requests import NodeRequests, new_request_id
-from chalicelib.services.pagination import decode_cursor, encode_cursor
+from chalicelib.services.pagination import decode_cursor, encode_cursor, seal, unseal
 from chalicelib.services.placement import Placement
+from chalicelib.store import endpoints
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.metering import MeteringRepository
 from chalicelib.store.models import (
@@ -43,10 +52,29 @@ from chalicelib.store.models import (
 )
 from chalicelib.store.nodes import NodeRepository
 from chalicelib.store.resources import ResourceRepository
+from chalicelib.store.secrets import DeploymentSecrets, SecretStore, split_weights_source
 
 
 def new_deployment_id() -> str:
     return "dep_" + secrets.token_hex(8)  # store.deployments.DEPLOYMENT_ID matches these
+
+
+def new_endpoint_key() -> str:
+    return ENDPOINT_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Created:
+    item: DeploymentItem
+    # Shown once: None when the endpoint takes no key, or on an idempotent replay.
+    endpoint_key: str | None
+
+
+@dataclass(frozen=True)
+class RotatedKey:
+    item: DeploymentItem
+    endpoint_key: str
+    delivered: bool  # the node serving the endpoint has it now (else: when it connects)
 
 
 class DeploymentService:
@@ -60,8 +88,10 @@ class DeploymentService:
         node_requests: NodeRequests,
         workflows,
         idempotency_ttl_seconds: int = 86400,
+        secrets: SecretStore | None = None,
     ):
         self._deployments = deployments
+        self._secrets = secrets or SecretStore()
         self._resources = resources
         self._nodes = nodes
         self._placement = placement
@@ -88,13 +118,18 @@ class DeploymentService:
         request: CreateDeploymentRequest,
         idempotency_key: str | None,
         lambda_context=None,
-    ) -> DeploymentItem:
+    ) -> Created:
+        # Made here, outside the idempotent part: its hash goes into the record, so the key
+        # itself is never stored (Powertools keeps the result of a create, not its input).
+        endpoint_key = new_endpoint_key()
+        key_hash = hash_endpoint_key(endpoint_key)
         if idempotency_key is None:
-            return self._create(owner_id, request)
+            return _shown_once(self._create(owner_id, request, key_hash), endpoint_key)
         record = {
             "owner_id": owner_id,
             "key": idempotency_key,
             "body": request.model_dump(mode="json", exclude_unset=True),
+            "endpoint_key_hash": key_hash,
         }
         if lambda_context is not None:
             # Lets an in-progress record expire with the invocation if the Lambda times out.
@@ -110,13 +145,17 @@ class DeploymentService:
             raise Conflict(
                 "a request with this Idempotency-Key is still being processed; retry shortly"
             ) from None
-        return self._deployments.get_owned(owner_id, created["id"])
+        item = self._deployments.get_owned(owner_id, created["id"])
+        return _shown_once(item, endpoint_key)
 
     def _create_from_record(self, record: dict) -> dict:
         request = CreateDeploymentRequest.model_validate(record["body"])
-        return {"id": self._create(record["owner_id"], request).id}
+        key_hash = record["endpoint_key_hash"]
+        return {"id": self._create(record["owner_id"], request, key_hash).id}
 
-    def _create(self, owner_id: str, request: CreateDeploymentRequest) -> DeploymentItem:
+    def _create(
+        self, owner_id: str, request: CreateDeploymentRequest, endpoint_key_hash: str
+    ) -> DeploymentItem:
         recipe = self._recipe(request)
         if recipe["target"] in CLOUD_TARGETS and recipe["gpu"] and not recipe["gpu_type"]:
             raise ValidationFailed(
@@ -140,21 +179,28 @@ class DeploymentService:
         if recipe["target"] in CLOUD_TARGETS and config.port is None:
             # The instance exposes one fixed port, so the model needs one known in advance.
             config = config.model_copy(update={"port": DEFAULT_MODEL_PORT})
+        # Secret values are sealed apart from the item (store/secrets.py): it keeps the names.
+        recipe["weights_source"], weights_query = split_weights_source(recipe["weights_source"])
+        secrets = DeploymentSecrets(dict(request.env_vars), weights_query)
         item = DeploymentItem(
             id=new_deployment_id(),
             owner_id=owner_id,
             status=Status.PROVISIONING.value,
             deploy_config=DeployConfigAttribute(**config.stored()),
-            env_vars=dict(request.env_vars),
+            env_var_names=sorted(secrets.env) or None,
+            weights_query_sealed=True if weights_query else None,
             budget_max_usd=request.budget_max_usd,
             pinned_node_id=request.node_id,
             **recipe,
         )
-        item = self._deployments.create(item)
+        if endpoint_auth(item) == "key":
+            item.endpoint_key_hashes = [endpoint_key_hash]
+        sealed = self._secrets.seal(item.id, secrets) if secrets else None
+        item = self._deployments.create(item, sealed)
         if item.target in CLOUD_TARGETS:
             self._start_workflow(self._workflows.start_provision, item)
             return item
-        return self._placement.place(item)
+        return self._placement.place(item, secrets)  # known here: this function never opens
 
     def _start_workflow(self, start, item: DeploymentItem) -> None:
         """A workflow that cannot start now never fails the user's request: the reaper fails
@@ -253,7 +299,8 @@ class DeploymentService:
 
     def costs(self, owner_id: str, deployment_id: str, query: CostsQuery) -> CostList:
         item = self._deployments.get_owned(owner_id, deployment_id)
-        after = _decode_period(query.next_token) if query.next_token else None
+        binding = f"{owner_id}/{item.id}/costs"  # another deployment's token is a 400
+        after = _decode_period(unseal(query.next_token, binding)) if query.next_token else None
         entries, last = MeteringRepository().ledger(item, query.limit, after)
         return CostList(
             deployment_id=item.id,
@@ -268,7 +315,7 @@ class DeploymentService:
                 )
                 for e in entries
             ],
-            next_token=None if last is None else _encode_period(last),
+            next_token=None if last is None else seal(last, binding),
         )
 
     def logs(self, owner_id: str, deployment_id: str, tail: int) -> LogsOut:
@@ -285,6 +332,23 @@ class DeploymentService:
                 "until it is back online"
             )
         return LogsOut(deployment_id=item.id, lines=reply["lines"])
+
+    # --- endpoint keys ------------------------------------------------------------------
+
+    def rotate_endpoint_key(self, owner_id: str, deployment_id: str) -> RotatedKey:
+        """A new key replaces the old one (conditionally: a concurrent rotation is a 409), and
+        goes to the node serving the endpoint at once; a node not connected now gets it at its
+        next hello (or with its deploy_model)."""
+        item = self._deployments.get_owned(owner_id, deployment_id)
+        _check_rotatable(item)
+        endpoint_key = new_endpoint_key()
+        key_hashes = [hash_endpoint_key(endpoint_key)]
+        if not endpoints.replace_key_hashes(item, key_hashes):
+            _check_rotatable(self._deployments.get_owned(owner_id, deployment_id))
+            raise Conflict("the endpoint key was rotated at the same time; try again")
+        message = EndpointKeys(deployment_id=item.id, key_hashes=key_hashes)
+        delivered = bool(item.node_id) and self._node_requests.tell(item.node_id, message)
+        return RotatedKey(item, endpoint_key, delivered)
 
     # --- stop ---------------------------------------------------------------------------
 
@@ -318,16 +382,39 @@ class DeploymentService:
             self._node_requests.tell(item.node_id, StopDeployment(deployment_id=item.id))
 
 
-def _encode_period(stored: str) -> str:
-    return base64.urlsafe_b64encode(stored.encode()).decode().rstrip("=")
+def _shown_once(item: DeploymentItem, endpoint_key: str) -> Created:
+    """The key goes back only to the request whose create stored its hash: an idempotent replay
+    (another request's create) gets None, as does an endpoint that takes no key."""
+    stored_by_this_request = hash_endpoint_key(endpoint_key) in (item.endpoint_key_hashes or [])
+    return Created(item, endpoint_key if stored_by_this_request else None)
 
 
-def _decode_period(token: str) -> str:
-    """Back to the stored period_end string; anything else is a 400."""
+def _check_rotatable(item: DeploymentItem) -> None:
+    status = Status(item.status)
+    if status is Status.STOPPING or status.is_terminal():
+        raise Conflict(
+            f"deployment {item.id} is {status.value}: its endpoint is going away, so there is "
+            "no key to rotate"
+        )
+    auth = endpoint_auth(item)
+    if auth == "none":
+        raise Conflict(
+            f"the endpoint of this image deployment on {item.target} is served by the image "
+            "itself, not by PRISM's proxy, so no key protects it; deploy weights + command to "
+            "have the agent's proxy check a key"
+        )
+    if auth == "public":
+        raise Conflict(
+            f'deployment {item.id} has a public endpoint (deploy_config.auth "public"): it '
+            'takes no key; create a deployment with auth "key" to protect it'
+        )
+
+
+def _decode_period(stored: str) -> str:
+    """A sealed position, checked to be a stored period_end string; anything else is a 400."""
     try:
-        stored = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         LedgerItem.period_end.deserialize(stored)
-    except (ValueError, UnicodeDecodeError, binascii.Error):
+    except ValueError:
         raise ValidationFailed(
             "next_token is not valid; pass back the previous page's value",
             fields={"next_token": "malformed"},

@@ -9,10 +9,12 @@ from chalicelib.protocol import (
     PROTOCOL_VERSION,
     UNHEALTHY_AFTER,
     DeploymentHealthUpdate,
+    DeploymentMetrics,
     DeploymentProgress,
     DeploymentReady,
     DeploymentRestarted,
     DeploymentStopped,
+    EndpointKeys,
     Error,
     HealthResult,
     Heartbeat,
@@ -24,11 +26,18 @@ from chalicelib.protocol import (
     fit_report,
     parse_node_message,
 )
-from chalicelib.schemas import CLOUD_TARGETS, DeployConfig
+from chalicelib.schemas import CLOUD_TARGETS, DeployConfig, endpoint_auth
 from chalicelib.services.ending import Ending
 from chalicelib.services.placement import Placement, deploy_message
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.models import ConnectionItem, DeploymentItem, LastExitAttribute, utcnow
+from chalicelib.store.endpoints import record_request_metrics
+from chalicelib.store.models import (
+    ConnectionItem,
+    DeploymentItem,
+    LastExitAttribute,
+    RequestMetricsAttribute,
+    utcnow,
+)
 from chalicelib.store.nodes import NodeRepository, ReplyRepository
 
 # What a restart report keeps of the model's last output: enough to see why, small enough for
@@ -246,6 +255,17 @@ class NodeMessageHandler:
         if not changed and latest.status == Status.STARTING and is_news(latest):
             self._deployments.record(latest, **changes)  # restarted before it was ever ready
 
+    def _on_deployment_metrics(self, conn, message: DeploymentMetrics):
+        """Kept when newer than what is stored (counts only grow); a late report, or one about
+        a deployment that is over, changes nothing and needs no answer."""
+        item = self._owned(conn, message.deployment_id)
+        if item is None:
+            return [self._not_yours(message)]
+        if Status(item.status).is_terminal():
+            return None
+        record_request_metrics(item, _request_metrics(message))
+        return None
+
     def _on_health_result(self, conn, message: HealthResult):
         if self._owned(conn, message.deployment_id) is None:
             return [self._not_yours(message)]
@@ -279,14 +299,17 @@ class NodeMessageHandler:
 
     def _reconcile(self, conn: ConnectionItem, hello: NodeHello) -> list[Message]:
         """Both ways: the node stops what the server considers over; the server ends what the
-        node no longer has; what was sent but never arrived is sent again."""
+        node no longer has; what was sent but never arrived is sent again, and each
+        deployment it runs gets its current endpoint keys (a rotation while it was away)."""
         replies: list[Message] = []
         reported = {r.deployment_id: r for r in hello.running}
         for deployment_id, running in reported.items():
             item = self._owned(conn, deployment_id)
             if item is None or Status(item.status).is_terminal() or item.status == "stopping":
                 replies.append(StopDeployment(deployment_id=deployment_id))
-            elif running.status in ("running", "unhealthy") and running.endpoint_url:
+                continue
+            replies += _current_endpoint_keys(item)  # a rotation it missed while away
+            if running.status in ("running", "unhealthy") and running.endpoint_url:
                 self._on_deployment_ready(conn, _ready(running))
             elif item.status == Status.PROVISIONING:  # on its way up there: that is its answer
                 self._on_deployment_progress(conn, _progress(running))
@@ -305,6 +328,33 @@ class NodeMessageHandler:
                     "the node reconnected without this deployment running",
                 )
         return replies
+
+
+def _current_endpoint_keys(item: DeploymentItem) -> list[Message]:
+    """The whole set of keys the node's proxy must accept for `item` (none to send when its
+    endpoint is public or not our proxy's)."""
+    if endpoint_auth(item) != "key":
+        return []
+    hashes = list(item.endpoint_key_hashes or [])
+    return [EndpointKeys(deployment_id=item.id, key_hashes=hashes)]
+
+
+def _request_metrics(message: DeploymentMetrics) -> RequestMetricsAttribute:
+    return RequestMetricsAttribute(
+        requests_total=message.requests_total,
+        counting_since=message.counting_since,
+        status_2xx=message.status_2xx,
+        status_3xx=message.status_3xx,
+        status_4xx=message.status_4xx,
+        status_5xx=message.status_5xx,
+        unauthorized=message.unauthorized,
+        in_flight=message.in_flight,
+        window_s=message.window_s,
+        latency_p50_ms=message.latency_p50_ms,
+        latency_p95_ms=message.latency_p95_ms,
+        latency_p99_ms=message.latency_p99_ms,
+        reported_at=utcnow(),
+    )
 
 
 def _last_exit(message: DeploymentRestarted) -> LastExitAttribute:

@@ -39,11 +39,12 @@ class NodeService:
         return node
 
     def connect(self, token: str | None, connection_id: str) -> NodeItem | None:
-        """None refuses the connection: no token or a wrong one."""
+        """None refuses the connection: no token, a wrong one, or a node deleted (its owner
+        deleted) or given a new token while this connection was being accepted."""
         node = self._nodes.authenticate(token) if token else None
-        if node is not None:
-            self._nodes.mark_connected(node, connection_id)
-            logger.info("node connected", extra={"node_id": node.id})
+        if node is None or not self._nodes.mark_connected(node, connection_id):
+            return None
+        logger.info("node connected", extra={"node_id": node.id})
         return node
 
     def disconnect(self, connection_id: str) -> None:

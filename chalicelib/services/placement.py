@@ -15,6 +15,7 @@ from chalicelib.schemas import DeployConfig as RestDeployConfig
 from chalicelib.store.deployments import Assignment, DeploymentRepository
 from chalicelib.store.models import DeploymentItem, NodeItem
 from chalicelib.store.nodes import NodeRepository
+from chalicelib.store.secrets import DeploymentSecrets, SecretStore
 
 # Each round places the deployment or learns something that changes the next choice (a GPU
 # another placement took, a node that turned out to be gone, stale claims freed).
@@ -27,20 +28,24 @@ class Choice:
     gpu_indices: list[int] | None  # the GPUs to reserve; None: no GPU, or the whole node
 
 
-def deploy_message(item: DeploymentItem) -> DeployModel:
+def deploy_message(item: DeploymentItem, secrets: DeploymentSecrets | None = None) -> DeployModel:
+    """What the node runs, its secrets included: opened from the secrets table (KMS Decrypt)
+    unless the caller has them (`secrets`)."""
     dedicated = item.target != "prism_node"  # a cloud instance of its own
+    secrets = secrets if secrets is not None else SecretStore().open(item)
     return DeployModel(
         deployment_id=item.id,
         image=item.image,
-        weights_source=item.weights_source,
+        weights_source=secrets.weights_source(item.weights_source),
         framework=item.framework,
         command=list(item.command or []),
-        env_vars=item.env_dict(),
+        env_vars=dict(secrets.env),
         deploy_config=DeployConfig(**RestDeployConfig.of(item.deploy_config).model_dump()),
         gpu=bool(item.gpu),
         gpu_type=item.gpu_type,
         whole_node=True if dedicated else None,  # left out otherwise: older agents
         gpu_indices=[int(i) for i in item.gpu_indices] if item.gpu_indices else None,
+        endpoint_key_hashes=list(item.endpoint_key_hashes or []),  # deploy_config.auth "key"
     )
 
 
@@ -109,7 +114,10 @@ class Placement:
         self._nodes = nodes
         self._channel = channel
 
-    def place(self, item: DeploymentItem) -> DeploymentItem:
+    def place(
+        self, item: DeploymentItem, secrets: DeploymentSecrets | None = None
+    ) -> DeploymentItem:
+        """`secrets`: the deployment's, when the caller has them (create): not opened again."""
         if item.status != "provisioning" or item.node_id:
             return item
         if item.target != "prism_node" and not item.pinned_node_id:
@@ -130,7 +138,9 @@ class Placement:
             if outcome is Assignment.GPU_TAKEN:
                 candidates = self._fresh(candidates)
                 continue
-            if self._channel.send(choice.node.connection_id, deploy_message(item)):
+            if secrets is None:  # opened once, and only when a node was found for it
+                secrets = SecretStore().open(item)
+            if self._channel.send(choice.node.connection_id, deploy_message(item, secrets)):
                 return self._deployments.get(item.id) or item
             self._nodes.mark_offline(choice.node, choice.node.connection_id)
             self._deployments.unassign(item, choice.node.id, waiting_reason(item))

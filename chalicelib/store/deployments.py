@@ -16,8 +16,9 @@ from pynamodb.transactions import TransactWrite
 from chalicelib.config import settings
 from chalicelib.errors import Conflict, NotFound
 from chalicelib.lifecycle import ACTIVE, COMING_UP, Status, check_transition
-from chalicelib.store.models import DeploymentItem, utcnow
+from chalicelib.store.models import DeploymentItem, SecretItem, utcnow
 from chalicelib.store.nodes import gpu_claim, release_gpus
+from chalicelib.store.secrets import split_weights_source
 
 MAX_RETRIES = 5
 UNPLACED = "1"
@@ -79,17 +80,39 @@ def update_if(item, actions: list, condition) -> bool:
     return True
 
 
+def _cancelled_by_a_condition(exc: TransactWriteError) -> bool:
+    """A transaction refused because one of its conditions did not hold, or because another
+    transaction on the same items got there first (both: someone else wrote meanwhile)."""
+    reasons = exc.cancellation_reasons or []
+    return exc.cause_response_code == "TransactionCanceledException" and any(
+        reason is not None and reason.code in ("ConditionalCheckFailed", "TransactionConflict")
+        for reason in reasons
+    )
+
+
 class DeploymentRepository:
-    def create(self, item: DeploymentItem) -> DeploymentItem:
+    def create(self, item: DeploymentItem, secret: SecretItem | None = None) -> DeploymentItem:
+        """A new deployment, with its sealed secrets (store/secrets.py) in the same transaction:
+        neither is written without the other."""
         item.owner_status = owner_status_key(item.owner_id, item.status)
         if item.target == "prism_node" and not item.node_id:
             item.unplaced = UNPLACED
         if item.target != "prism_node":
             item.cloud = CLOUD
+        new = DeploymentItem.id.does_not_exist()
         try:
-            item.save(condition=DeploymentItem.id.does_not_exist())
+            if secret is None:
+                item.save(condition=new)
+                return item
+            with TransactWrite(connection=_connection()) as transaction:
+                transaction.save(item, condition=new)
+                transaction.save(secret, condition=SecretItem.deployment_id.does_not_exist())
         except PutError as exc:
             if is_condition_failure(exc):
+                raise Conflict(f"deployment {item.id} already exists") from None
+            raise
+        except TransactWriteError as exc:
+            if _cancelled_by_a_condition(exc):
                 raise Conflict(f"deployment {item.id} already exists") from None
             raise
         return item
@@ -108,27 +131,37 @@ class DeploymentRepository:
         return item
 
     def transition(self, item: DeploymentItem, target: Status, **changes) -> DeploymentItem:
-        """Move `item` to `target` if the table allows it and nobody wrote since we read it."""
+        """Move `item` to `target` if the table allows it and nobody wrote since we read it. A
+        terminal status deletes the deployment's secrets in the same write."""
         check_transition(Status(item.status), target)
-        now = utcnow()
-        actions = [
-            DeploymentItem.status.set(target.value),
-            DeploymentItem.owner_status.set(owner_status_key(item.owner_id, target.value)),
-            DeploymentItem.updated_at.set(now),
-        ]
+        values = {
+            "status": target.value,
+            "owner_status": owner_status_key(item.owner_id, target.value),
+            "updated_at": utcnow(),
+        }
         if item.unplaced:  # any status change ends the wait for a node
-            actions.append(DeploymentItem.unplaced.remove())
+            values["unplaced"] = None
         if item.billable and target.is_terminal():  # termination confirmed: billing ends
-            actions.append(DeploymentItem.billable.remove())
+            values["billable"] = None
         if item.cloud and target.is_terminal():
-            actions.append(DeploymentItem.cloud.remove())
+            values["cloud"] = None
         if item.awaiting_ack:  # any status change is the node's answer (or makes it moot)
-            actions.append(DeploymentItem.awaiting_ack.remove())
-        actions += _set_actions(changes)
+            values["awaiting_ack"] = None
+        if target.is_terminal():
+            values |= _plaintext_secrets_gone(item)
+        values |= changes
+        condition = DeploymentItem.status == item.status
         try:
-            item.update(actions=actions, condition=DeploymentItem.status == item.status)
+            if target.is_terminal() and item.has_sealed_secrets():
+                self._end_with_secrets(item, values, condition)
+            else:
+                item.update(actions=_set_actions(values), condition=condition)
         except UpdateError as exc:
             if is_condition_failure(exc):
+                raise StaleWrite(f"deployment {item.id} changed concurrently") from None
+            raise
+        except TransactWriteError as exc:
+            if _cancelled_by_a_condition(exc):
                 raise StaleWrite(f"deployment {item.id} changed concurrently") from None
             raise
         if target.is_terminal() and item.node_id and item.gpu_indices:
@@ -136,6 +169,17 @@ class DeploymentRepository:
             # stale claim, which placement reclaims when it finds the node full.
             release_gpus(item.node_id, item.id, list(item.gpu_indices))
         return item
+
+    @staticmethod
+    def _end_with_secrets(item: DeploymentItem, values: dict, condition) -> None:
+        """The terminal write and the deletion of its sealed secrets, in one transaction: a
+        deployment is over exactly when its secrets are gone (deleting a missing one is no
+        error, so a repeated end is harmless)."""
+        with TransactWrite(connection=_connection()) as transaction:
+            transaction.update(item, _set_actions(values), condition)
+            transaction.delete(SecretItem(deployment_id=item.id))
+        for name, value in values.items():  # what the update returned, as item.update() does
+            setattr(item, name, value)
 
     def transition_latest(
         self, deployment_id: str, decide, first: DeploymentItem | None = None, **changes
@@ -366,6 +410,18 @@ class DeploymentRepository:
 def _connection() -> Connection:
     """For transactions, which span tables (the models each keep their own connection)."""
     return Connection(region=settings.region, host=settings.aws_endpoint_url)
+
+
+def _plaintext_secrets_gone(item: DeploymentItem) -> dict:
+    """What an item older than sealed secrets loses when it ends: its plaintext env var values
+    and its weights URL's query string."""
+    gone = {}
+    if item.legacy_env():
+        gone["env_vars"] = None
+    public, query = split_weights_source(item.weights_source)
+    if query:
+        gone["weights_source"] = public
+    return gone
 
 
 def _set_actions(changes: dict) -> list:

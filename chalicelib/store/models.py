@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from pynamodb.attributes import (
     Attribute,
+    BinaryAttribute,
     BooleanAttribute,
     ListAttribute,
     MapAttribute,
@@ -68,6 +69,7 @@ class DeployConfigAttribute(MapAttribute):
     restart = UnicodeAttribute(null=True)  # null on items older than the restart policy
     max_restarts = NumberAttribute(null=True)
     unhealthy_timeout_s = NumberAttribute(null=True)
+    auth = UnicodeAttribute(null=True)  # null on items older than the endpoint proxy: "key"
 
 
 class ByNodeIndex(GlobalSecondaryIndex):
@@ -193,6 +195,26 @@ class LastExitAttribute(MapAttribute):
     message = UnicodeAttribute(null=True)  # the first line and end of its last output
 
 
+class RequestMetricsAttribute(MapAttribute):
+    """What the node agent's endpoint proxy last reported for a deployment (protocol
+    DeploymentMetrics): counts since it started, which only grow, and the latency of the last
+    window."""
+
+    requests_total = NumberAttribute()
+    counting_since = NumberAttribute(default=0)  # the proxy's start: later means counts reset
+    status_2xx = NumberAttribute(default=0)
+    status_3xx = NumberAttribute(default=0)
+    status_4xx = NumberAttribute(default=0)
+    status_5xx = NumberAttribute(default=0)
+    unauthorized = NumberAttribute(default=0)  # refused by the proxy: no or a wrong key
+    in_flight = NumberAttribute(default=0)
+    window_s = NumberAttribute()
+    latency_p50_ms = NumberAttribute(null=True)
+    latency_p95_ms = NumberAttribute(null=True)
+    latency_p99_ms = NumberAttribute(null=True)
+    reported_at = UTCDateTimeAttribute()  # when the control plane received it
+
+
 class DeploymentItem(Model):
     class Meta(_Meta):
         table_name = settings.deployments_table
@@ -205,13 +227,19 @@ class DeploymentItem(Model):
     owner_status = UnicodeAttribute()  # "<owner_id>#<status>": key of the status-filtered list
     image = UnicodeAttribute(null=True)
     resource_slug = UnicodeAttribute(null=True)
+    # Without its query string: a signed URL's signature is sealed in the secrets table
+    # (weights_query_sealed says there is one), as are the env var values (env_var_names keeps
+    # the names). Only items older than that hold plaintext: env_vars and a full URL here,
+    # removed when the deployment ends.
     weights_source = UnicodeAttribute(null=True)
+    weights_query_sealed = BooleanAttribute(null=True)
     framework = UnicodeAttribute(default="auto")
     command = ListAttribute(of=UnicodeAttribute, default=list)
     gpu = BooleanAttribute(default=True)
     gpu_type = UnicodeAttribute(null=True)
     deploy_config = DeployConfigAttribute()
-    env_vars = MapAttribute(default=dict)  # values are secrets: never logged, never returned
+    env_var_names = ListAttribute(of=UnicodeAttribute, null=True)
+    env_vars = MapAttribute(null=True)  # legacy plaintext values: never logged, never returned
     budget_max_usd = DecimalAttribute(null=True)
     cost_accrued_usd = DecimalAttribute(default=lambda: Decimal(0))
     price_per_hour_usd = DecimalAttribute(null=True)
@@ -248,6 +276,11 @@ class DeploymentItem(Model):
     health_checked_at = UTCDateTimeAttribute(null=True)
     restarts = NumberAttribute(null=True)  # times the node agent restarted it (null: never)
     last_exit = LastExitAttribute(null=True)
+    # The endpoint keys the node agent's proxy accepts, as sha256 hex (protocol
+    # hash_endpoint_key): the key itself is returned once and never stored. Null: none (a
+    # public endpoint, one our proxy does not serve, or an item older than endpoint keys).
+    endpoint_key_hashes = ListAttribute(of=UnicodeAttribute, null=True)
+    request_metrics = RequestMetricsAttribute(null=True)
     created_at = UTCDateTimeAttribute(default_for_new=utcnow)
     updated_at = UTCDateTimeAttribute(default_for_new=utcnow)
     version = VersionAttribute()
@@ -260,9 +293,40 @@ class DeploymentItem(Model):
     cloud_index = CloudIndex()
     awaiting_ack_index = AwaitingAckIndex()
 
-    def env_dict(self) -> dict[str, str]:
+    def has_sealed_secrets(self) -> bool:
+        """Whether its env var values or weights query are in the secrets table."""
+        return bool(self.env_var_names) or bool(self.weights_query_sealed)
+
+    def legacy_env(self) -> dict[str, str]:
+        """Env vars stored in plaintext on an item older than sealed secrets."""
         env = self.env_vars
         return env.as_dict() if isinstance(env, MapAttribute) else dict(env or {})
+
+    def env_names(self) -> list[str]:
+        return sorted({*(self.env_var_names or []), *self.legacy_env()})
+
+    def served_by_agent_proxy(self) -> bool:
+        """Its endpoint is our node agent's proxy (which checks endpoint keys): everything on a
+        prism_node, and weights/command deployments on a cloud instance (services.cloud
+        runs_agent); an image on a cloud instance is reached directly."""
+        return self.target == "prism_node" or not self.image
+
+
+class SecretItem(Model):
+    """A deployment's secrets (env var values, a signed weights URL's query) sealed as one blob
+    (chalicelib/store/secrets.py): AES-256-GCM under a data key that only KMS can decrypt,
+    bound to the deployment id. No index; written with the deployment, deleted by the
+    transition that ends it."""
+
+    class Meta(_Meta):
+        table_name = settings.secrets_table
+
+    deployment_id = UnicodeAttribute(hash_key=True)
+    key_id = UnicodeAttribute()  # the ARN of the KMS key the data key is encrypted under
+    data_key = BinaryAttribute(legacy_encoding=False)  # encrypted: KMS Decrypt opens it
+    nonce = BinaryAttribute(legacy_encoding=False)
+    ciphertext = BinaryAttribute(legacy_encoding=False)
+    created_at = UTCDateTimeAttribute(default_for_new=utcnow)
 
 
 class UserItem(Model):

@@ -3,6 +3,7 @@
 import contextlib
 import hashlib
 import json
+import re
 import secrets
 import time
 import uuid
@@ -20,6 +21,8 @@ from chalicelib.store.models import (
 )
 
 CONNECTION_TTL_SECONDS = 3 * 3600  # API Gateway closes a connection after 2 hours
+NODE_ID = re.compile(r"node_[0-9a-f]{16}")
+MAX_TOKEN_LENGTH = 256  # ours are about 80 characters
 REPLY_TTL_SECONDS = 600
 
 
@@ -99,8 +102,9 @@ class NodeRepository:
         return [found[node_id] for node_id in node_ids if node_id in found]
 
     def authenticate(self, token: str) -> NodeItem | None:
-        node_id = node_id_of_token(token)
-        node = self.get(node_id) if node_id else None
+        node_id = node_id_of_token(token) if len(token) <= MAX_TOKEN_LENGTH else None
+        # Only a well-formed id reaches DynamoDB (an oversized key would be its error, a 500).
+        node = self.get(node_id) if node_id and NODE_ID.fullmatch(node_id) else None
         if node is None or not secrets.compare_digest(node.token_hash, hash_token(token)):
             return None
         return node
@@ -114,32 +118,45 @@ class NodeRepository:
     def silent_since(self, cutoff: datetime) -> list[NodeItem]:
         return list(NodeItem.by_last_seen.query("all", NodeItem.last_seen_at < cutoff))
 
-    def mark_connected(self, node: NodeItem, connection_id: str) -> None:
-        now = utcnow()
-        node.update(
-            actions=[
-                NodeItem.status.set("online"),
-                NodeItem.connection_id.set(connection_id),
-                NodeItem.last_seen_at.set(now),
-            ]
-        )
-        ConnectionItem(
+    def mark_connected(self, node: NodeItem, connection_id: str) -> bool:
+        """Online on this connection, unless the node was deleted or its token replaced since
+        it was authenticated (False: refuse the connection). The connection is recorded
+        first, so whoever revokes the node after this finds it and closes it."""
+        connection = ConnectionItem(
             connection_id=connection_id,
             node_id=node.id,
             owner_id=node.owner_id,
             expires_at=int(time.time()) + CONNECTION_TTL_SECONDS,
-        ).save()
+        )
+        connection.save()
+        try:
+            node.update(
+                actions=[
+                    NodeItem.status.set("online"),
+                    NodeItem.connection_id.set(connection_id),
+                    NodeItem.last_seen_at.set(utcnow()),
+                ],
+                condition=NodeItem.token_hash == node.token_hash,
+            )
+        except UpdateError as exc:
+            if getattr(exc, "cause_response_code", None) != "ConditionalCheckFailedException":
+                raise
+            connection.delete()
+            return False
+        return True
 
     def record_hello(self, node: NodeItem, gpus: list[dict], agent_version: str) -> None:
-        node.update(
-            actions=[
-                NodeItem.gpus.set([GpuAttribute(**gpu) for gpu in gpus]),
-                # claims are single map entries, so the map must exist before the first
-                NodeItem.gpu_claims.set(NodeItem.gpu_claims | {}),
-                NodeItem.agent_version.set(agent_version),
-                NodeItem.last_seen_at.set(utcnow()),
-            ]
-        )
+        with contextlib.suppress(UpdateError):  # deleted meanwhile: never recreate a part of it
+            node.update(
+                actions=[
+                    NodeItem.gpus.set([GpuAttribute(**gpu) for gpu in gpus]),
+                    # claims are single map entries, so the map must exist before the first
+                    NodeItem.gpu_claims.set(NodeItem.gpu_claims | {}),
+                    NodeItem.agent_version.set(agent_version),
+                    NodeItem.last_seen_at.set(utcnow()),
+                ],
+                condition=NodeItem.id.exists(),
+            )
 
     def ensure_gpu_claims(self, node: NodeItem) -> None:
         """The claims map on a node that has not said hello since it existed."""
@@ -178,7 +195,7 @@ class NodeRepository:
 
     def mark_offline(self, node: NodeItem, connection_id: str | None = None) -> None:
         """Offline, unless the node already reconnected on another connection."""
-        condition = None
+        condition = NodeItem.id.exists()  # a deleted node stays deleted
         if connection_id is not None:
             condition = NodeItem.connection_id == connection_id
         with contextlib.suppress(UpdateError):  # it reconnected meanwhile: the newer one wins
@@ -188,8 +205,9 @@ class NodeRepository:
             )
 
     def connection(self, connection_id: str) -> ConnectionItem | None:
+        # Consistent: a connection forgotten when its node was revoked must not still be seen.
         try:
-            return ConnectionItem.get(connection_id)
+            return ConnectionItem.get(connection_id, consistent_read=True)
         except ConnectionItem.DoesNotExist:
             return None
 
@@ -198,6 +216,24 @@ class NodeRepository:
         if item is not None:
             item.delete()
         return item
+
+    # --- revocation (prism admin delete-user) ---------------------------------------------
+
+    def revoke_owned(self, owner_id: str) -> tuple[list[NodeItem], set[str]]:
+        """Every node of an owner deleted with its token, and every connection recorded for
+        them forgotten, so each further message on one is answered `unknown_connection` and
+        changes nothing, and a reconnect is refused. Returns the nodes and the connection ids
+        to close. The connections come from a Scan (they have no owner index; the table holds
+        only live connections): operator commands only."""
+        nodes = self.list_owned(owner_id)
+        for node in nodes:
+            NodeItem(id=node.id).delete()
+        connection_ids = {node.connection_id for node in nodes if node.connection_id}
+        owned = ConnectionItem.scan(ConnectionItem.owner_id == owner_id, consistent_read=True)
+        for connection in owned:
+            connection.delete()
+            connection_ids.add(connection.connection_id)
+        return nodes, connection_ids
 
 
 class ReplyRepository:

@@ -1,8 +1,29 @@
-"""The small interface every runtime satisfies, and the plain values that cross it."""
+"""The small interface every runtime satisfies, the plain values that cross it, and the
+environment a model gets."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+# What a model process inherits from the agent's environment, and nothing else: the agent's own
+# variables (provider API keys, AWS_*, PRISM_*, its HF_TOKEN, ...) never reach a model. The
+# deployment's env vars and what the agent sets (PORT, HOST, PRISM_WEIGHTS_DIR,
+# PRISM_DEPLOYMENT_ID, CUDA_VISIBLE_DEVICES) come on top.
+INHERITED_ENV = frozenset({"PATH", "HOME", "LANG", "TZ", "TMPDIR", "LD_LIBRARY_PATH"})
+INHERITED_ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_")
+# Where models listen, behind the agent's proxy: a container's port is published there, a
+# process is told so in HOST (its bind address is its own doing: we cannot force it).
+MODEL_HOST = "127.0.0.1"
+
+
+def inherited_env(agent_env: Mapping[str, str]) -> dict[str, str]:
+    """The part of the agent's environment a model process may see (INHERITED_ENV)."""
+    return {
+        k: v
+        for k, v in agent_env.items()
+        if k in INHERITED_ENV or k.startswith(INHERITED_ENV_PREFIXES)
+    }
 
 
 class RuntimeError_(Exception):
@@ -12,7 +33,7 @@ class RuntimeError_(Exception):
 @dataclass(frozen=True)
 class LaunchSpec:
     deployment_id: str
-    port: int  # the port the model must listen on (host port for containers)
+    port: int  # the model's own port (host port for containers), on loopback: behind the proxy
     command: list[str] = field(default_factory=list)  # exec array; never a shell string
     image: str | None = None  # container runtimes only
     weights_dir: Path | None = None  # exposed as PRISM_WEIGHTS_DIR (mounted read-only)
@@ -20,9 +41,6 @@ class LaunchSpec:
     gpu_indices: list[int] = field(default_factory=list)  # host GPU indices assigned
     log_path: Path | None = None  # where stdout/stderr go (size-capped)
     container_port: int | None = None  # port inside a container; defaults to `port`
-    # The host interface a container's port is published on: loopback only while the
-    # endpoint the node advertises is a loopback one, else every interface (it is reached there).
-    publish_on: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)

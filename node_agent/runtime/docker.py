@@ -15,7 +15,7 @@ from docker.errors import DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 from docker.types import DeviceRequest, Mount
 
-from node_agent.runtime.base import Handle, LaunchSpec, RuntimeError_
+from node_agent.runtime.base import MODEL_HOST, Handle, LaunchSpec, RuntimeError_
 
 LABEL_DEPLOYMENT = "prism.deployment_id"
 LABEL_MANAGED = "prism.managed"
@@ -148,7 +148,8 @@ class DockerRuntime:
 
 def _run_options(spec: LaunchSpec) -> dict[str, Any]:
     container_port = spec.container_port or spec.port
-    env = {**spec.env, "PORT": str(container_port)}
+    # The image brings its own PATH and the rest: nothing of the agent's environment goes in.
+    env = {**spec.env, "PORT": str(container_port), "PRISM_DEPLOYMENT_ID": spec.deployment_id}
     mounts = []
     if spec.weights_dir:
         env["PRISM_WEIGHTS_DIR"] = WEIGHTS_MOUNT
@@ -161,8 +162,8 @@ def _run_options(spec: LaunchSpec) -> dict[str, Any]:
         "labels": {LABEL_DEPLOYMENT: spec.deployment_id, LABEL_MANAGED: "true"},
         "environment": env,
         "mounts": mounts,
-        # Loopback only: the model is reached through the agent, never straight from outside.
-        "ports": {f"{container_port}/tcp": (spec.publish_on, spec.port)},
+        # Loopback only: the model is reached through the agent's proxy, never from outside.
+        "ports": {f"{container_port}/tcp": (MODEL_HOST, spec.port)},
         "restart_policy": {"Name": "no"},  # restarts are the agent's decision, not the engine's
     }
     if spec.gpu_indices:

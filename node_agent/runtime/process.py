@@ -1,6 +1,7 @@
-"""Runs a model as a local process: exec array (never a shell), its own process group, output to
-a size-capped log file, SIGTERM then SIGKILL. A restarted agent re-adopts it by pid + start time
-(so a recycled pid is never mistaken for our process)."""
+"""Runs a model as a local process: exec array (never a shell), its own process group, a clean
+environment (runtime.base.INHERITED_ENV), output to a size-capped log file, SIGTERM then
+SIGKILL. A restarted agent re-adopts it by pid + start time (so a recycled pid is never
+mistaken for our process)."""
 
 import contextlib
 import os
@@ -10,7 +11,13 @@ import time
 from pathlib import Path
 
 from node_agent.ports import group_members, listener_pids
-from node_agent.runtime.base import Handle, LaunchSpec, RuntimeError_
+from node_agent.runtime.base import (
+    MODEL_HOST,
+    Handle,
+    LaunchSpec,
+    RuntimeError_,
+    inherited_env,
+)
 
 LOG_CAP_BYTES = 10 * 1024 * 1024
 
@@ -42,8 +49,14 @@ class ProcessRuntime:
     def start(self, spec: LaunchSpec) -> Handle:
         if not spec.command:
             raise RuntimeError_("no command to run")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PRISM_", "AWS_"))}
-        env |= spec.env | {"PORT": str(spec.port)}
+        # A clean environment: the allow-listed part of ours, the deployment's, then ours on top.
+        # HOST asks it to listen on loopback only (behind the proxy); a server may ignore it.
+        env = inherited_env(os.environ) | spec.env
+        env |= {
+            "PORT": str(spec.port),
+            "HOST": MODEL_HOST,
+            "PRISM_DEPLOYMENT_ID": spec.deployment_id,  # which deployment a process serves
+        }
         if spec.weights_dir is not None:
             env["PRISM_WEIGHTS_DIR"] = str(spec.weights_dir)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in spec.gpu_indices)
@@ -88,10 +101,12 @@ class ProcessRuntime:
     def stop(self, handle: Handle, grace_seconds: float) -> int | None:
         """SIGTERM the whole process group, SIGKILL whatever is left after the grace period.
         The group is signalled even when its leader already exited (its workers may not have),
-        but only for a process we started or re-adopted, never a recycled pid."""
+        but only for a process we started or re-adopted, or a group still alive under the
+        leader's pid (Linux never reuses a pid while a group is named by it), never a
+        recycled pid."""
         pid, _ = _parse_ref(handle.ref)
         child = self._children.get(pid)
-        if child is None and not self.adopt(handle):
+        if child is None and not self.adopt(handle) and not group_members(pid):
             return None
         self._signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_seconds

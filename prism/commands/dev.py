@@ -29,6 +29,7 @@ def _announce(platform: LocalPlatform, user: dict) -> dict:
         stage="dev",
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
+        ws_management_url=platform.management_url,
     ).save()
     click.echo(f"PRISM_API_URL={platform.api_url}")
     click.echo(f"PRISM_API_KEY={user['api_key']}")

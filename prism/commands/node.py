@@ -65,6 +65,13 @@ def _state_dir(state_dir: str | None) -> Path:
 @click.option("--probe-interval", default=10.0, show_default=True, type=click.FloatRange(0.1))
 @click.option("--startup-timeout", default=600.0, show_default=True, type=click.FloatRange(1))
 @click.option(
+    "--metrics-interval",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="seconds between reports of each endpoint's request counts and latency",
+)
+@click.option(
     "--local-api-port",
     default=7070,
     show_default=True,
@@ -91,6 +98,7 @@ def node_up(
     heartbeat,
     probe_interval,
     startup_timeout,
+    metrics_interval,
     local_api_port,
     cache_max_gb,
     no_local_api,
@@ -113,6 +121,7 @@ def node_up(
         "advertise_host": advertise_host,
         "probe_interval_s": probe_interval,
         "startup_timeout_s": startup_timeout,
+        "metrics_interval_s": metrics_interval,
         "weights_cache_max_bytes": int(cache_max_gb * 1e9) if cache_max_gb else None,
     }
     run_agent(config, state, settings, heartbeat_s=heartbeat, local_api=local_api)

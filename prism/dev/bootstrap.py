@@ -1,8 +1,9 @@
-"""Prepare the local AWS (moto): tables from infra/resources.json, queues, state machines,
-provider keys in SSM, the marketplace catalog and a dev user; what exists already is kept, so a
-restarted platform keeps its data. Run by `prism dev up` as `python -m prism.dev.bootstrap
-USER_NAME` as the operator identity; PRISM_DEV_API_KEY, when set, is the dev user's key from
-the last run, kept if the platform still knows it. Prints {"user_id", "api_key"} as JSON."""
+"""Prepare the local AWS (moto): tables and the KMS key sealing deployments' secrets from
+infra/resources.json, queues, state machines, provider keys in SSM, the marketplace catalog and
+a dev user; what exists already is kept, so a restarted platform keeps its data. Run by
+`prism dev up` as `python -m prism.dev.bootstrap USER_NAME` as the operator identity;
+PRISM_DEV_API_KEY, when set, is the dev user's key from the last run, kept if the platform still
+knows it. Prints {"user_id", "api_key"} as JSON."""
 
 import json
 import os
@@ -17,7 +18,7 @@ from prism.dev.infra import REPO_ROOT, create_queues, create_state_machines, cre
 
 
 def main(user_name: str) -> None:
-    create_tables(aws.client("dynamodb"), settings)
+    create_tables(aws.client("dynamodb"), settings, kms=aws.client("kms"))  # + the secrets key
     create_queues(aws.client("sqs"), settings.stage)
     create_state_machines(
         aws.client("stepfunctions"), aws.client("lambda"), aws.client("iam"), settings.stage

@@ -41,8 +41,6 @@ def run_demo(env: dict) -> None:
             str(MODEL_DIR),
             "--gpu",
             "none",
-            "--port",
-            "9000",
             "--json",
             "--",
             "python3",
@@ -64,8 +62,12 @@ def run_demo(env: dict) -> None:
     click.echo(_prism(env, "deploy", "status", deployment_id))
     url = detail["endpoint_url"] + "/predict"
     body = {"inputs": [[1, 2, 3, 4]]}
-    click.echo(click.style(f"$ curl -X POST {url} -d '{json.dumps(body)}'", bold=True))
-    answer = requests.post(url, json=body, timeout=10)
+    # The endpoint key was shown once, at create; the node's proxy checks it.
+    auth = f"Authorization: Bearer {created['endpoint_key']}"
+    shown = f"$ curl -X POST {url} -H '{auth}' -d '{json.dumps(body)}'"
+    click.echo(click.style(shown, bold=True))
+    headers = {"Authorization": f"Bearer {created['endpoint_key']}"}
+    answer = requests.post(url, json=body, headers=headers, timeout=10)
     click.echo(f"demo: inference {answer.status_code} {answer.text}")
     click.echo(_prism(env, "deploy", "health", deployment_id).strip())
     click.echo(_prism(env, "deploy", "stop", deployment_id).strip())

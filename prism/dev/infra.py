@@ -1,5 +1,5 @@
-"""Create on a (moto) DynamoDB endpoint exactly the tables infra/resources.json declares,
-so local and cloud share one definition."""
+"""Create on a (moto) DynamoDB endpoint exactly the tables infra/resources.json declares (and
+the KMS key their secrets are sealed with), so local and cloud share one definition."""
 
 import io
 import json
@@ -7,6 +7,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "infra" / "resources.json"
@@ -44,9 +45,12 @@ def table_name_for(spec: TableSpec, settings) -> str:
     return getattr(settings, spec.env_var.removeprefix("PRISM_").lower())
 
 
-def create_tables(dynamodb, settings, template: Path = TEMPLATE) -> list[str]:
-    """Create every missing table, and every missing index of a kept one (idempotent).
-    Returns the names created."""
+def create_tables(dynamodb, settings, template: Path = TEMPLATE, kms=None) -> list[str]:
+    """Create every missing table, and every missing index of a kept one, and the KMS keys the
+    template declares for them (the secrets table's items are sealed under SecretsKey; `kms`:
+    a client for the same AWS, by default one beside `dynamodb`). Idempotent. Returns the
+    names of the tables created."""
+    create_keys(kms or _kms_beside(dynamodb), settings.stage, template)
     existing = set(dynamodb.list_tables()["TableNames"])
     created = []
     for spec in table_specs(template):
@@ -74,6 +78,42 @@ def _add_missing_indexes(dynamodb, name: str, spec: TableSpec) -> None:
                 AttributeDefinitions=spec.properties["AttributeDefinitions"],
                 GlobalSecondaryIndexUpdates=[{"Create": index}],
             )
+
+
+def create_keys(kms, stage: str, template: Path = TEMPLATE) -> list[str]:
+    """Create each KMS key the template names by an alias (AWS::KMS::Alias), unless the alias
+    exists already (a kept state). Returns the aliases created."""
+    resources = json.loads(template.read_text())["Resources"]
+    existing = {alias["AliasName"] for alias in kms.list_aliases()["Aliases"]}
+    created = []
+    for resource in resources.values():
+        if resource.get("Type") != "AWS::KMS::Alias":
+            continue
+        alias = _sub_stage(resource["Properties"]["AliasName"], stage)
+        if alias in existing:
+            continue
+        key = resources[resource["Properties"]["TargetKeyId"]["Ref"]]["Properties"]
+        key_id = kms.create_key(
+            Description=_sub_stage(key.get("Description", ""), stage),
+            KeyUsage=key.get("KeyUsage", "ENCRYPT_DECRYPT"),
+            KeySpec=key.get("KeySpec", "SYMMETRIC_DEFAULT"),
+        )["KeyMetadata"]["KeyId"]
+        if key.get("EnableKeyRotation"):
+            kms.enable_key_rotation(KeyId=key_id)
+        kms.create_alias(AliasName=alias, TargetKeyId=key_id)
+        created.append(alias)
+    return created
+
+
+def _kms_beside(dynamodb):
+    """A KMS client for the AWS this DynamoDB client talks to: its region, its endpoint when it
+    is not AWS's own (a moto server), the default credentials (as the callers' clients)."""
+    import boto3
+
+    endpoint = dynamodb.meta.endpoint_url
+    if (urlsplit(endpoint).hostname or "").endswith(".amazonaws.com"):
+        endpoint = None
+    return boto3.client("kms", region_name=dynamodb.meta.region_name, endpoint_url=endpoint)
 
 
 def _sub_stage(value, stage: str) -> str:
@@ -203,6 +243,29 @@ TALKS_TO_NODES = (
     "WebsocketMessage",
     "WebsocketDisconnect",
 )
+# Who may use deployments' sealed secrets (chalicelib/store/secrets.py): KMS key and table.
+SEALS_SECRETS = ("APIHandler",)  # creates deployments: a data key, the secret's put
+OPENS_SECRETS = (  # build deploy_model (every caller of Placement.place) or launch an image
+    "WebsocketMessage",  # a node's hello places waiting deployments, re-sends deploy_models
+    "SweepNodes",  # places waiting and unanswered deployments, after an end too
+    "CloudCheckHealth",  # places an agent-run deployment on its instance's node
+    "CloudLaunch",  # an image deployment's env goes to the provider at launch
+)
+# Functions whose transitions end deployments: the terminal write deletes the secret.
+ENDS_DEPLOYMENTS = (
+    "APIHandler",  # stop before placement
+    "WebsocketMessage",  # a node's reports (stopped, crash, ...) and hello reconciliation
+    "SweepNodes",  # no_node, node_lost, stops confirmed by silence
+    "CloudFinishTeardown",  # the end of every cloud deployment
+    "MeterWorker",  # a budget stop before anything was handed over
+)
+SECRETS_KEY_ARN = {
+    "Fn::Sub": "arn:${AWS::Partition}:kms:${AWS::Region}:${AWS::AccountId}:key/${SecretsKey}"
+}
+SECRETS_TABLE_ARN = {
+    "Fn::Sub": "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:"
+    "table/prism-${Stage}-secrets"
+}
 MANAGEMENT_URL = {"Fn::Sub": "https://${WebsocketAPI}.execute-api.${AWS::Region}.amazonaws.com/api"}
 # Where the node agent on a launched instance connects back to (weights/command deployments).
 PUBLIC_URLS = {
@@ -253,16 +316,59 @@ def merged_template(stage: str, template: Path = TEMPLATE, sizing: Path = SIZING
     for logical_id in TALKS_TO_NODES:
         _env_of(resources, logical_id)["PRISM_WS_MANAGEMENT_URL"] = MANAGEMENT_URL
     resources["NodeConnectionsPolicy"] = _node_connections_policy()
+    resources |= _secrets_policies()
     _env_of(resources, "CloudLaunch").update(PUBLIC_URLS)
     if sizing.exists():
         _apply_sizing(resources, json.loads(sizing.read_text()))
     return merged
 
 
+def _role(function: str) -> dict:
+    """The role Chalice gives a function (its logical id + Role; APIHandler's is ApiHandler)."""
+    return {"Ref": ("ApiHandler" if function == "APIHandler" else function) + "Role"}
+
+
+def _policy(name: str, functions: tuple[str, ...], grants: list[tuple[str, dict]]) -> dict:
+    statements = [
+        {"Effect": "Allow", "Action": action, "Resource": resource} for action, resource in grants
+    ]
+    return {
+        "Type": "AWS::IAM::Policy",
+        "Properties": {
+            "PolicyName": name,
+            "Roles": [_role(f) for f in functions],
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": statements},
+        },
+    }
+
+
+def _secrets_policies() -> dict:
+    """Least privilege on the sealed secrets: the API seals (it never opens), the functions that
+    send deploy_model or launch an image open, the ones that end deployments delete.
+    .chalice/policy-<stage>.json grants no function the secrets table (nor the key)."""
+    return {
+        "SealSecretsPolicy": _policy(
+            "seal-deployment-secrets",
+            SEALS_SECRETS,
+            [("kms:GenerateDataKey", SECRETS_KEY_ARN), ("dynamodb:PutItem", SECRETS_TABLE_ARN)],
+        ),
+        "OpenSecretsPolicy": _policy(
+            "open-deployment-secrets",
+            OPENS_SECRETS,
+            [("kms:Decrypt", SECRETS_KEY_ARN), ("dynamodb:GetItem", SECRETS_TABLE_ARN)],
+        ),
+        "DeleteSecretsPolicy": _policy(
+            "delete-deployment-secrets",
+            ENDS_DEPLOYMENTS,
+            [("dynamodb:DeleteItem", SECRETS_TABLE_ARN)],
+        ),
+    }
+
+
 def _node_connections_policy() -> dict:
     """ManageConnections on our WebSocket API only, for the functions that send to nodes: the
     API's id exists only once deployed, so .chalice/policy-<stage>.json cannot name it."""
-    roles = [{"Ref": ("ApiHandler" if f == "APIHandler" else f) + "Role"} for f in TALKS_TO_NODES]
+    roles = [_role(f) for f in TALKS_TO_NODES]
     connections = (
         "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:"
         "${WebsocketAPI}/api/POST/@connections/*"

@@ -1,12 +1,15 @@
 """The agent running an image deployment through the real docker SDK against the fake Engine
-API: the same start -> ready -> crash / stop path as processes."""
+API: the same start -> ready -> crash / stop path as processes. The container is published on
+loopback only, on the model's own port; the endpoint is the agent's proxy."""
 
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import docker
 import pytest
+import requests
 
 from chalicelib.protocol import DeployConfig, DeployModel, LogsRequest, StopDeployment
 from node_agent.agent import Agent, AgentSettings
@@ -69,9 +72,9 @@ def wait_for_where(messages, predicate, timeout=10):
 def serve_container_port(agent, deployment_id=DEPLOYMENT) -> ThreadingHTTPServer:
     """The fake engine runs nothing: answer on the mapped port as the container would."""
     deadline = time.monotonic() + 10
-    while agent.records[deployment_id].port == 0 and time.monotonic() < deadline:
+    while agent.records[deployment_id].model_port == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
-    server = ThreadingHTTPServer(("127.0.0.1", agent.records[deployment_id].port), Healthy)
+    server = ThreadingHTTPServer(("127.0.0.1", agent.records[deployment_id].model_port), Healthy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -82,7 +85,7 @@ def deploy(agent, **config):
             deployment_id=DEPLOYMENT,
             image="acme/model:1",
             env_vars={"MODE": "fast"},
-            deploy_config=DeployConfig(health_path="/health", **config),
+            deploy_config=DeployConfig(health_path="/health", **{"auth": "public", **config}),
         )
     )
 
@@ -94,12 +97,15 @@ def test_an_image_deployment_becomes_ready_and_a_container_exit_is_a_crash(setup
     try:
         ready = wait_for(messages, "deployment_ready")
         created = engine.container(f"prism-{DEPLOYMENT}").body
-        # No port asked for: the image's conventional 8000 inside, a free host port outside.
+        # No port asked for: the image's conventional 8000 inside, the model's own port on
+        # loopback outside; the endpoint is the proxy's port, which reaches it.
         assert "MODE=fast" in created["Env"] and "PORT=8000" in created["Env"]
         binding = created["HostConfig"]["PortBindings"]["8000/tcp"][0]
+        record = agent.records[DEPLOYMENT]
         assert binding["HostIp"] == "127.0.0.1"
-        assert int(binding["HostPort"]) == agent.records[DEPLOYMENT].port
-        assert ready.endpoint_url.endswith(f":{agent.records[DEPLOYMENT].port}")
+        assert int(binding["HostPort"]) == record.model_port != record.port
+        assert ready.endpoint_url == f"http://127.0.0.1:{record.port}"
+        assert requests.get(ready.endpoint_url + "/health", timeout=5).status_code == 200
         engine.set_logs(f"prism-{DEPLOYMENT}", ["loading", "out of memory"])
         agent.on_message(LogsRequest(deployment_id=DEPLOYMENT, request_id="r", tail=1))
         assert wait_for(messages, "logs_result").lines == ["out of memory"]
@@ -117,10 +123,20 @@ def test_a_container_exit_is_restarted_on_the_same_port_under_the_default_policy
     try:
         wait_for(messages, "deployment_ready")
         first = engine.container(f"prism-{DEPLOYMENT}").id
+        model_port = agent.records[DEPLOYMENT].model_port
         engine.exit(f"prism-{DEPLOYMENT}", 137)
+        server.shutdown()  # an exited container's port is free again
+        server.server_close()
         restarted = wait_for(messages, "deployment_restarted")
         assert (restarted.restarts, restarted.cause, restarted.exit_code) == (1, "crash", 137)
         deadline = time.monotonic() + 10
+        while (container := engine.container(f"prism-{DEPLOYMENT}")) is None or (
+            container.id == first
+        ):  # until the new container is there
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert agent.records[DEPLOYMENT].model_port == model_port
+        server = serve_container_port(agent)
         while sum(m.type == "deployment_ready" for m in messages) < 2:
             assert time.monotonic() < deadline, [m.type for m in messages]
             time.sleep(0.02)
@@ -131,15 +147,34 @@ def test_a_container_exit_is_restarted_on_the_same_port_under_the_default_policy
         server.shutdown()
 
 
-def test_an_explicit_port_is_the_host_port_and_the_containers(setup):
+def test_an_explicit_port_is_the_endpoints_and_the_containers(setup):
     engine, agent, messages = setup
     port = free_port()
     deploy(agent, port=port)
     server = serve_container_port(agent)
     try:
-        wait_for(messages, "deployment_ready")
+        ready = wait_for(messages, "deployment_ready")
         created = engine.container(f"prism-{DEPLOYMENT}").body
-        assert created["HostConfig"]["PortBindings"][f"{port}/tcp"][0]["HostPort"] == str(port)
+        binding = created["HostConfig"]["PortBindings"][f"{port}/tcp"][0]
+        assert binding == {
+            "HostIp": "127.0.0.1",
+            "HostPort": str(agent.records[DEPLOYMENT].model_port),
+        }
+        assert ready.endpoint_url.endswith(f":{port}")
+    finally:
+        server.shutdown()
+
+
+def test_the_container_gets_none_of_the_agents_environment(setup, monkeypatch):
+    engine, agent, messages = setup
+    monkeypatch.setenv("RUNPOD_API_KEY", "rp-secret")
+    monkeypatch.setenv("HF_TOKEN", "hf-agent")
+    deploy(agent, restart="never")
+    server = serve_container_port(agent)
+    try:
+        wait_for(messages, "deployment_ready")
+        env = engine.container(f"prism-{DEPLOYMENT}").body["Env"]
+        assert sorted(env) == ["MODE=fast", "PORT=8000", f"PRISM_DEPLOYMENT_ID={DEPLOYMENT}"]
     finally:
         server.shutdown()
 
@@ -249,11 +284,11 @@ def test_placeholders_in_an_image_command_are_the_container_port_and_weights_pat
 
 
 @pytest.mark.parametrize(
-    ("advertise", "published"),
+    ("advertise", "listening"),
     [("127.0.0.1", "127.0.0.1"), ("localhost", "127.0.0.1"), ("10.1.2.3", "0.0.0.0")],
 )
-def test_a_container_is_published_where_its_advertised_endpoint_is_reached(
-    tmp_path, advertise, published
+def test_the_endpoint_listens_where_it_is_reached_and_the_container_on_loopback_only(
+    tmp_path, advertise, listening
 ):
     with FakeDockerEngine(images=["acme/model:1"]) as engine:
         client = docker.DockerClient(base_url=engine.url, version=engine.api_version)
@@ -268,8 +303,20 @@ def test_a_container_is_published_where_its_advertised_endpoint_is_reached(
         try:
             ready = wait_for(messages, "deployment_ready")
             created = engine.container(f"prism-{DEPLOYMENT}").body
-            assert created["HostConfig"]["PortBindings"]["8000/tcp"][0]["HostIp"] == published
+            assert created["HostConfig"]["PortBindings"]["8000/tcp"][0]["HostIp"] == "127.0.0.1"
             assert ready.endpoint_url.startswith(f"http://{advertise}:")
+            assert listening_on(agent.records[DEPLOYMENT].port) == {listening}
         finally:
             agent.stop_all()
             server.shutdown()
+
+
+def listening_on(port: int) -> set[str]:
+    """The IPv4 addresses something listens on at `port` (Linux's /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found

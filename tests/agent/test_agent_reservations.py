@@ -1,10 +1,11 @@
 """Ports and GPUs are the node's to hand out, one deployment each, reserved before the pull:
 five deployments asking for one port at once get one winner and four clear `port_in_use`
 failures (none ever reported with the winner's endpoint); a port another program holds fails
-at once; no port asked for means a free one, given to the model and shown in the endpoint; a
-health answer from a server that is not the deployment's own never makes it ready; two GPU
-deployments racing for one GPU (a fake NVML inventory): one runs, the other fails before its
-pull; the GPUs the control plane reserved are the ones the model gets."""
+at once; no port asked for means a free one, the endpoint's (the proxy's), and the model gets
+another free one of its own on loopback; a health answer from a server that is not the
+deployment's own never makes it ready; two GPU deployments racing for one GPU (a fake NVML
+inventory): one runs, the other fails before its pull; the GPUs the control plane reserved are
+the ones the model gets."""
 
 import socket
 import sys
@@ -46,6 +47,7 @@ def node(tmp_path):
             probe_interval_s=0.2,
             liveness_interval_s=0.05,
             startup_timeout_s=2.0,
+            gpu_wait_s=0.5,
         ),
         {"process": ProcessRuntime()},
         sent.append,
@@ -61,7 +63,7 @@ def model(deployment_id, script=SERVE, port=None, **fields) -> DeployModel:
     return DeployModel(
         deployment_id=deployment_id,
         command=[sys.executable, "-c", script],
-        deploy_config=DeployConfig(port=port, health_path="/", restart="never"),
+        deploy_config=DeployConfig(port=port, health_path="/", restart="never", auth="public"),
         **fields,
     )
 
@@ -103,7 +105,8 @@ def test_five_deployments_on_one_port_at_once_one_wins_four_fail_fast(node):
     losers = {m.deployment_id for m in failed}
     assert not [m for m in sent if m.type == "deployment_ready" and m.deployment_id in losers]
     answer = requests.get(ready[0].endpoint_url.replace("localhost", "127.0.0.1"), timeout=5)
-    assert answer.json()["port"] == str(port)
+    winner = agent.records[ready[0].deployment_id]
+    assert answer.json()["port"] == str(winner.model_port) != str(port)  # behind the proxy
 
 
 def test_a_port_another_program_holds_fails_at_once(node):
@@ -129,10 +132,12 @@ def test_no_port_asked_for_gets_distinct_free_ports_shown_in_the_endpoints(node)
     for deployment_id, ready in outcome.items():
         assert ready.type == "deployment_ready", ready
         port = int(ready.endpoint_url.rsplit(":", 1)[1])
-        assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).json()["port"] == str(port)
+        model_port = agent.describe(deployment_id)["model_port"]
+        answer = requests.get(f"http://127.0.0.1:{port}/", timeout=5).json()
+        assert answer["port"] == str(model_port)
         assert agent.describe(deployment_id)["port"] == port
-        ports.add(port)
-    assert len(ports) == 4
+        ports |= {port, model_port}
+    assert len(ports) == 8  # an endpoint port and a model port each, none shared
 
 
 class Impostor(BaseHTTPRequestHandler):
@@ -154,7 +159,7 @@ def test_an_answer_from_a_server_that_is_not_the_deployments_own_never_makes_it_
         time.sleep(0.02)
     # Someone else's server takes the port the model never bound, and answers 200.
     impostor = ThreadingHTTPServer(
-        ("127.0.0.1", agent.records["dep_00000000000000d1"].port), Impostor
+        ("127.0.0.1", agent.records["dep_00000000000000d1"].model_port), Impostor
     )
     threading.Thread(target=impostor.serve_forever, daemon=True).start()
     try:

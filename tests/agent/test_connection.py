@@ -244,7 +244,7 @@ def no_more_frames(server: ControlPlane, within: float = 0.3) -> bool:
 # --- connecting ------------------------------------------------------------------------------
 
 
-def test_hello_goes_first_then_the_reports_kept_while_disconnected(server, connect):
+def test_the_reports_kept_while_disconnected_go_first_then_the_hello(server, connect):
     connection = connect()
     first, second = report(1), report(2)
     connection.send(first)
@@ -256,8 +256,8 @@ def test_hello_goes_first_then_the_reports_kept_while_disconnected(server, conne
         assert no_more_frames(server)
 
     assert [number for number, _ in frames] == [1, 1, 1]
-    assert isinstance(frames[0][1], NodeHello)
-    assert [message for _, message in frames[1:]] == [first, second]
+    assert [message for _, message in frames[:2]] == [first, second]
+    assert isinstance(frames[2][1], NodeHello)
     assert connection.connects == 1
 
 
@@ -285,8 +285,8 @@ def test_an_unreachable_server_is_retried_until_it_comes_up(inbox):
 
         with ControlPlane(port=port) as server:
             frames = [server.next_frame() for _ in range(2)]
-            assert isinstance(frames[0][1], NodeHello)
-            assert frames[1] == (1, kept)
+            assert frames[0] == (1, kept)
+            assert isinstance(frames[1][1], NodeHello)
             wait_until(connection.connected.is_set)
             assert connection.connects == 1
 
@@ -367,7 +367,7 @@ def test_after_the_server_closes_the_agent_closes_its_socket_at_once(inbox):
     assert closed_after < 0.5  # not the server's close_timeout
 
 
-def test_reports_made_while_disconnected_follow_the_next_hello(server, connect):
+def test_reports_made_while_disconnected_go_just_before_the_next_hello(server, connect):
     connection = connect()
 
     with running(connection):
@@ -383,8 +383,8 @@ def test_reports_made_while_disconnected_follow_the_next_hello(server, connect):
         frames = [server.next_frame() for _ in range(2)]
 
     assert [number for number, _ in frames] == [2, 2]
-    assert isinstance(frames[0][1], NodeHello)
-    assert frames[1][1] == kept
+    assert frames[0][1] == kept
+    assert isinstance(frames[1][1], NodeHello)
 
 
 # --- receiving -------------------------------------------------------------------------------

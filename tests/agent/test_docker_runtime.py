@@ -83,7 +83,7 @@ def test_the_container_port_defaults_to_the_host_port(runtime, engine):
 def test_user_env_is_passed_but_port_is_ours(runtime, engine):
     body = created(engine, runtime.start(spec(env={"HF_HOME": "/cache", "PORT": "1"})))
 
-    assert sorted(body["Env"]) == ["HF_HOME=/cache", "PORT=9100"]
+    assert sorted(body["Env"]) == ["HF_HOME=/cache", "PORT=9100", "PRISM_DEPLOYMENT_ID=d1"]
 
 
 def test_weights_are_mounted_read_only_at_weights(runtime, engine, tmp_path):

@@ -216,6 +216,8 @@ def test_vllm_serves_transformers_when_installed(tmp_path, bin_dir, framework):
         "vllm",
         "serve",
         str(weights),
+        "--host",
+        "127.0.0.1",  # behind the agent's proxy: never on every interface
         "--port",
         "8000",
     ]
@@ -228,6 +230,8 @@ def test_tgi_when_installed(tmp_path, bin_dir):
         "text-generation-launcher",
         "--model-id",
         str(weights),
+        "--hostname",
+        "127.0.0.1",
         "--port",
         "9000",
     ]

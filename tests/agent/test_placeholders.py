@@ -43,7 +43,7 @@ def test_a_command_gets_its_port_and_weights_from_placeholders(tmp_path):
             deployment_id="dep_00000000000000d1",
             weights_source=str(weights),
             command=[sys.executable, "-c", SERVER, "{port}", "{weights}"],
-            deploy_config=DeployConfig(port=free_port(), health_path="/"),
+            deploy_config=DeployConfig(port=free_port(), health_path="/", auth="public"),
         )
     )
     try:

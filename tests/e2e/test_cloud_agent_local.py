@@ -95,9 +95,12 @@ def test_a_weights_deployment_runs_on_our_agent_on_the_instance(platform, target
     assert running["endpoint_url"].startswith(
         "http://127.0.0.1:" + str(platform.fake_ports[target])
     )
-    answer = requests.post(
-        running["endpoint_url"] + "/predict", json={"inputs": [[1, 2, 3, 4]]}, timeout=10
-    )
+    # Behind the agent's proxy on the instance: the provider's URL needs the endpoint key.
+    predict = running["endpoint_url"] + "/predict"
+    refused = requests.post(predict, json={"inputs": [[1, 2, 3, 4]]}, timeout=10)
+    assert refused.status_code == 401
+    key = {"Authorization": f"Bearer {created['endpoint_key']}"}
+    answer = requests.post(predict, json={"inputs": [[1, 2, 3, 4]]}, headers=key, timeout=10)
     assert answer.status_code == 200 and "outputs" in answer.json()
     # The instance is a node of its own, running this deployment only; its logs come from it.
     node = node_names(platform)[instance_name]

@@ -34,7 +34,10 @@ def test_an_hf_model_from_the_fake_hub_runs_on_the_local_node(platform):
     )  # fmt: skip
     assert created["status"] == "running" and len(created["weights_revision"]) == 40
     answer = requests.post(
-        created["endpoint_url"] + "/predict", json={"inputs": [[1, 2, 3, 4]]}, timeout=10
+        created["endpoint_url"] + "/predict",
+        json={"inputs": [[1, 2, 3, 4]]},
+        headers={"Authorization": f"Bearer {created['endpoint_key']}"},
+        timeout=10,
     )
     assert answer.status_code == 200 and "outputs" in answer.json()
     platform.cli("deploy", "stop", created["id"], check=True)

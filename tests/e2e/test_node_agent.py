@@ -1,6 +1,7 @@
 """The node agent against the whole local stack: moto server, chalice local, the local WebSocket
 gateway and `prism node up`, all real processes; a real model server deployed from a local
-weights directory."""
+weights directory. The endpoints are the agent's proxy: the tests that are not about endpoint
+keys deploy with deploy_config.auth "public" (through the REST API)."""
 
 import json
 import os
@@ -107,25 +108,24 @@ def weights(tmp_path):
     return tmp_path
 
 
-def deploy(platform, weights, name="m", extra=()):
-    created = json.loads(
-        platform.cli(
-            "deploy",
-            "create",
-            "--name",
-            name,
-            *extra,
-            "--weights",
-            str(weights),
-            "--gpu",
-            "none",
-            "--json",
-            "--",
-            *MODEL,
-            check=True,
-        ).stdout
+def deploy(platform, weights, name="m", config=None, env=None):
+    """A public deployment of the test model (the REST API: the CLI has no flag for auth)."""
+    body = {
+        "name": name,
+        "weights_source": str(weights),
+        "gpu": False,
+        "command": MODEL,
+        "deploy_config": {"auth": "public", **(config or {})},
+        "env_vars": env or {},
+    }
+    created = requests.post(
+        f"{platform.api_url}/api/v1/compute/deployments",
+        json=body,
+        headers={"Authorization": f"Bearer {platform.api_key}"},
+        timeout=30,
     )
-    return created["id"]
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
 
 
 def status(platform, deployment_id):
@@ -163,6 +163,26 @@ def test_a_local_weights_deployment_runs_and_serves(stack, weights):
         requests.get(running["endpoint_url"], timeout=2)
 
 
+def test_an_endpoint_needs_its_key_by_default_and_counts_its_requests(stack, weights):
+    platform, _ = stack
+    created = json.loads(
+        platform.cli(
+            "deploy", "create", "--name", "keyed", "--weights", str(weights), "--gpu", "none",
+            "--json", "--", *MODEL, check=True,
+        ).stdout
+    )  # fmt: skip
+    running = reaches(platform, created["id"], "running")
+    refused = requests.get(running["endpoint_url"], timeout=5)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+    key = created.get("endpoint_key")  # returned once by the create (the control plane's side)
+    if key is not None:
+        served = requests.get(running["endpoint_url"], headers={"Authorization": f"Bearer {key}"})
+        assert served.json()["weights"] == ["model.json"]
+        assert "Authorization" not in served.json().get("headers", {})
+    platform.cli("deploy", "stop", created["id"], check=True)
+    reaches(platform, created["id"], "stopped")
+
+
 def test_failing_probes_make_it_unhealthy_then_it_recovers(stack, weights):
     platform, _ = stack
     deployment_id = deploy(platform, weights, "flaky")
@@ -180,8 +200,8 @@ def test_a_crash_is_restarted_and_the_restart_shows_on_the_deployment(stack, wei
     deployment_id = deploy(platform, weights, "phoenix")
     running = reaches(platform, deployment_id, "running")
     pid = requests.get(running["endpoint_url"], timeout=5).json()["pid"]
-    with pytest.raises(requests.RequestException):
-        requests.post(running["endpoint_url"] + "/crash", timeout=5)
+    crashed = requests.post(running["endpoint_url"] + "/crash", timeout=5)
+    assert crashed.status_code == 502  # the proxy's answer: the model hung up without one
 
     def restarted_and_running():
         detail = status(platform, deployment_id)
@@ -200,10 +220,10 @@ def test_a_crash_is_restarted_and_the_restart_shows_on_the_deployment(stack, wei
 
 def test_a_crash_fails_the_deployment_with_its_exit_code_and_output(stack, weights):
     platform, _ = stack
-    deployment_id = deploy(platform, weights, "crashy", ("--restart", "never"))
+    deployment_id = deploy(platform, weights, "crashy", {"restart": "never"})
     running = reaches(platform, deployment_id, "running")
-    with pytest.raises(requests.RequestException):
-        requests.post(running["endpoint_url"] + "/crash", timeout=5)
+    crashed = requests.post(running["endpoint_url"] + "/crash", timeout=5)
+    assert crashed.status_code == 502  # the proxy's answer: the model hung up without one
     failed = reaches(platform, deployment_id, "failed")
     assert failed["failure_reason"] == "crash"
     assert "exit code 3" in failed["failure_message"]
@@ -223,20 +243,15 @@ def test_an_hf_deployment_pulls_through_the_node_cache_and_records_the_commit(st
     files = {"config.json": b"{}", "model.safetensors": b"w" * 2_000_000}
     with FakeHfHub() as hub:
         sha = hub.add_commit("org/tiny", files, token="hf_e2e")
-        hf = ["--env", f"HF_ENDPOINT={hub.url}", "--env", "HF_TOKEN=hf_e2e"]
-        running = json.loads(
-            platform.cli(
-                "deploy", "create", "--name", "hf-one", "--weights", "hf://org/tiny@main",
-                "--gpu", "none", "--wait", "--json", *hf, "--", *MODEL,
-                check=True,
-            ).stdout
-        )  # fmt: skip
-        first = running["id"]
+        hf = {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_e2e"}
+        first = deploy(platform, "hf://org/tiny@main", "hf-one", env=hf)
+        watched = platform.cli("deploy", "status", first, "--watch", "--json", check=True)
+        running = json.loads(watched.stdout)
         assert running["status"] == "running" and running["weights_revision"] == sha
         assert running["bytes_done"] == running["bytes_total"] == sum(map(len, files.values()))
         assert requests.get(running["endpoint_url"], timeout=5).json()["weights"] == sorted(files)
         served = hub.bytes_served
-        second = deploy(platform, "hf://org/tiny@main", "hf-two", extra=hf)
+        second = deploy(platform, "hf://org/tiny@main", "hf-two", env=hf)
         watched = platform.cli("deploy", "status", second, "--watch", "--json", check=True)
         assert json.loads(watched.stdout)["status"] == "running"
         assert hub.bytes_served == served  # the node's cache served the second one
@@ -287,7 +302,10 @@ def test_a_killed_agent_comes_back_and_readopts_its_models(stack, weights):
     running = reaches(platform, deployment_id, "running")
     pid_before = requests.get(running["endpoint_url"], timeout=5).json()["pid"]
     node.kill(signal.SIGKILL)
-    assert requests.get(running["endpoint_url"], timeout=5).json()["pid"] == pid_before
+    # The model runs on; its endpoint (the agent's proxy) is back with the agent.
+    assert _alive(pid_before)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(running["endpoint_url"], timeout=2)
     node.up()
     time.sleep(1.5)  # a few probe intervals: nothing may be restarted or duplicated
     again = status(platform, deployment_id)

@@ -1,4 +1,5 @@
-"""`prism node up --standalone`: the node's own HTTP API runs models with no control plane."""
+"""`prism node up --standalone`: the node's own HTTP API runs models with no control plane,
+behind the agent's endpoint proxy (a key by default, returned once by POST /deploy)."""
 
 import json
 import signal
@@ -59,6 +60,9 @@ def test_the_local_api_deploys_serves_and_stops_a_model(standalone, tmp_path):
     accepted = requests.post(base + "/deploy", json=body, headers=headers, timeout=5)
     assert accepted.status_code == 202
     deployment_id = accepted.json()["deployment_id"]
+    key = accepted.json()["endpoint_key"]
+    assert key.startswith("prismep_")
+    assert key not in json.dumps(requests.get(base + "/deployments", headers=headers).json())
 
     def state():
         return requests.get(
@@ -70,7 +74,12 @@ def test_the_local_api_deploys_serves_and_stops_a_model(standalone, tmp_path):
         time.sleep(0.1)
     running = state()
     assert running["status"] == "running"
-    assert requests.get(running["endpoint_url"], timeout=5).json()["weights"] == ["model.json"]
+    assert running["endpoint_url"].endswith(f":{body['port']}")  # the proxy's: the port asked
+    assert requests.get(running["endpoint_url"], timeout=5).status_code == 401
+    served = requests.get(
+        running["endpoint_url"], headers={"Authorization": f"Bearer {key}"}, timeout=5
+    ).json()
+    assert served["weights"] == ["model.json"] and "Authorization" not in served["headers"]
     listed = requests.get(base + "/deployments", headers=headers, timeout=5).json()["items"]
     assert [d["deployment_id"] for d in listed] == [deployment_id]
     assert (
@@ -85,6 +94,24 @@ def test_the_local_api_deploys_serves_and_stops_a_model(standalone, tmp_path):
     assert state()["status"] == "stopped"
     with pytest.raises(requests.ConnectionError):
         requests.get(running["endpoint_url"], timeout=2)
+
+
+def test_a_public_deployment_gets_no_key_and_answers_without_one(standalone, tmp_path):
+    base, headers = standalone
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    body = {"weights_source": str(weights), "command": MODEL, "auth": "public"}
+    accepted = requests.post(base + "/deploy", json=body, headers=headers, timeout=5)
+    assert accepted.status_code == 202 and "endpoint_key" not in accepted.json()
+    deployment_id = accepted.json()["deployment_id"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        running = requests.get(f"{base}/deployments/{deployment_id}", headers=headers).json()
+        if running["status"] == "running":
+            break
+        time.sleep(0.1)
+    assert requests.get(running["endpoint_url"], timeout=5).json()["weights"] == []
+    requests.delete(f"{base}/deployments/{deployment_id}", headers=headers, timeout=5)
 
 
 def test_the_local_api_needs_its_token_and_valid_input(standalone):

@@ -84,8 +84,9 @@ def _local_model(name: str, port: int) -> tuple[str, ...]:
     return ("deploy", "create", "--name", name, "--resource", "tiny-regressor", "--port", str(port))
 
 
-def _model_pids(port: int) -> set[int]:
-    """The processes serving the bundled example on this port."""
+def _model_pids(deployment_id: str) -> set[int]:
+    """The processes serving the bundled example for this deployment (the agent tells each
+    model which deployment it serves in PRISM_DEPLOYMENT_ID)."""
     found = set()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
@@ -94,7 +95,7 @@ def _model_pids(port: int) -> set[int]:
             environ = (cmdline.parent / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"PORT={port}".encode() in environ:
+        if f"PRISM_DEPLOYMENT_ID={deployment_id}".encode() in environ:
             found.add(int(cmdline.parent.name))
     return found
 
@@ -104,8 +105,9 @@ def test_kill_9_and_restart_loses_nothing_and_charges_exactly(tmp_path, runpod):
     state = tmp_path / "state"
     first = start_platform(tmp_path, tick=1, extra_env=env, args=("--state-dir", str(state)))
     port = free_port()
-    local = _until(first, _json(first, *_local_model("here", port))["id"], {"running"})
-    models = _model_pids(port)
+    made = _json(first, *_local_model("here", port))  # its endpoint key is shown only here
+    local = _until(first, made["id"], {"running"})
+    models = _model_pids(local["id"])
     assert len(models) == 1
     running = _until(first, _cloud(first, "up")["id"], {"running"})
     coming = _cloud(first, "coming")  # provisioning when the platform dies
@@ -123,8 +125,12 @@ def test_kill_9_and_restart_loses_nothing_and_charges_exactly(tmp_path, runpod):
         assert second.api_key == first.api_key  # the old key still works
         again = _until(second, local["id"], {"running"})
         assert again["endpoint_url"] == local["endpoint_url"]
-        assert _model_pids(port) == models  # re-adopted, not restarted
-        answer = requests.post(f"{again['endpoint_url']}/predict", json={"inputs": [[1, 2, 3, 4]]})
+        assert _model_pids(local["id"]) == models  # re-adopted, not restarted
+        answer = requests.post(
+            f"{again['endpoint_url']}/predict",
+            json={"inputs": [[1, 2, 3, 4]]},
+            headers={"Authorization": f"Bearer {made['endpoint_key']}"},
+        )
         assert answer.status_code == 200
         assert _until(second, running["id"], {"running"})["status"] == "running"
         # The lost provision is restarted and adopts the instance already launched, if any.
@@ -179,7 +185,7 @@ def test_a_killed_node_agent_is_restarted_and_ctrl_c_and_restart_keep_everything
     port = free_port()
     created = _json(first, *_local_model("kept", port))
     _until(first, created["id"], {"running"})
-    models = _model_pids(port)
+    models = _model_pids(created["id"])
     (node,) = _json(first, "node", "list")
     (agent,) = [
         pid
@@ -195,10 +201,10 @@ def test_a_killed_node_agent_is_restarted_and_ctrl_c_and_restart_keep_everything
         time.sleep(0.2)
     assert log.read_text().count("connected to") == 2  # the new agent is back on line
     assert _until(first, created["id"], {"running"})["status"] == "running"
-    assert _model_pids(port) == models  # re-adopted by the new agent, not started again
+    assert _model_pids(created["id"]) == models  # re-adopted by the new agent, not started again
     assert first.process.poll() is None
     assert stop_platform(first) == 0
-    assert _model_pids(port) == set()  # Ctrl-C stops everything, the models too
+    assert _model_pids(created["id"]) == set()  # Ctrl-C stops everything, the models too
 
     second = start_platform(tmp_path, tick=1, args=("--state-dir", str(state)))
     try:
@@ -225,13 +231,13 @@ def test_fresh_after_a_crash_stops_the_models_it_would_otherwise_forget(tmp_path
     state = tmp_path / "state"
     first = start_platform(tmp_path, tick=1, args=("--state-dir", str(state)))
     port = free_port()
-    _until(first, _json(first, *_local_model("orphan", port))["id"], {"running"})
-    assert len(_model_pids(port)) == 1
+    orphan = _until(first, _json(first, *_local_model("orphan", port))["id"], {"running"})
+    assert len(_model_pids(orphan["id"])) == 1
     os.kill(first.process.pid, signal.SIGKILL)
     first.process.wait(timeout=10)
     fresh = start_platform(tmp_path, tick=1, args=("--state-dir", str(state), "--fresh"))
     try:
-        assert _model_pids(port) == set()  # stopped before its record was deleted
+        assert _model_pids(orphan["id"]) == set()  # stopped before its record was deleted
         assert _json(fresh, "deploy", "list")["items"] == []
     finally:
         stop_platform(fresh)

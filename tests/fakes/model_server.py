@@ -1,7 +1,8 @@
 """A real model server for tests: listens on $PORT, reads $PRISM_WEIGHTS_DIR.
 
 GET /health -> 200, or 500 while the file $PRISM_WEIGHTS_DIR/unhealthy exists.
-GET /       -> {"pid": ..., "weights": [...]}.   POST /crash -> exits with code 3.
+GET /       -> {"pid": ..., "weights": [...], "cuda": ..., "headers": {...}}.
+POST /crash -> exits with code 3.
 """
 
 import json
@@ -31,6 +32,7 @@ class Handler(BaseHTTPRequestHandler):
                     "pid": os.getpid(),
                     "weights": sorted(os.listdir(WEIGHTS)),
                     "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                    "headers": dict(self.headers),  # what reached it through the proxy
                 },
             )
 

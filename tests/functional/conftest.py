@@ -1,5 +1,6 @@
 """Functional tests: the real Chalice app through chalice.test.Client on moto's in-process AWS,
-with the tables created from infra/resources.json."""
+with the tables (and the KMS key that seals deployments' secrets) created from
+infra/resources.json."""
 
 import json
 
@@ -25,7 +26,7 @@ make_transactions_cheap()  # and a transaction's cost does not grow with the tab
 def aws_backend():
     with mock_aws():
         registry.reset()
-        create_tables(aws.client("dynamodb"), settings)
+        create_tables(aws.client("dynamodb"), settings, kms=aws.client("kms"))  # + secrets key
         create_queues(aws.client("sqs"), settings.stage)
         CatalogService(ResourceRepository()).seed()
         yield

@@ -18,6 +18,7 @@ CONFIG_DEFAULTS = {
     "restart": "on-failure",
     "max_restarts": 3,
     "unhealthy_timeout_s": 300,
+    "auth": "key",
 }
 IMAGE_FORM = {
     "name": "web",
@@ -290,6 +291,7 @@ def test_plain_http_weights_need_the_explicit_opt_in(api):
         ("GET", f"{BASE}/dep_1"),
         ("DELETE", f"{BASE}/dep_1"),
         ("GET", f"{BASE}/dep_1/health"),
+        ("POST", f"{BASE}/dep_1/endpoint-keys"),
         ("GET", "/api/v1/marketplace/resources"),
     ],
 )
@@ -307,6 +309,7 @@ def test_another_owners_deployment_is_a_404_everywhere(api, other_api):
         ("GET", f"{BASE}/{d['id']}"),
         ("DELETE", f"{BASE}/{d['id']}"),
         ("GET", f"{BASE}/{d['id']}/health"),
+        ("POST", f"{BASE}/{d['id']}/endpoint-keys"),
     ]:
         response = other_api.request(method, path)
         assert response.status_code == 404
@@ -319,8 +322,12 @@ def test_another_owners_deployment_is_a_404_everywhere(api, other_api):
     "deployment_id", ["dep_doesnotexist", "dep_0123456789abcdef", "x" * 5000, "%C3%A9t%C3%A9"]
 )
 def test_unknown_or_malformed_id_is_a_404(api, deployment_id):
-    for method in ("GET", "DELETE"):
-        response = api.request(method, f"{BASE}/{deployment_id}")
+    for method, path in [
+        ("GET", f"{BASE}/{deployment_id}"),
+        ("DELETE", f"{BASE}/{deployment_id}"),
+        ("POST", f"{BASE}/{deployment_id}/endpoint-keys"),
+    ]:
+        response = api.request(method, path)
         assert response.status_code == 404
         assert response.data["error"]["code"] == "not_found"
 
@@ -397,8 +404,8 @@ def test_a_token_cannot_reach_another_owners_deployments(api, other_api):
         create(api, name=f"m{i}")
     token = api.get(f"{BASE}?limit=1").data["next_token"]
     page = other_api.get(f"{BASE}?limit=5&next_token={token}")
-    assert page.status_code == 200
-    assert page.data["items"] == []
+    assert page.status_code == 400  # bound to its owner (issue 15): never another's page
+    assert "next_token" in page.data["error"]["fields"]
 
 
 # --- stop and health ------------------------------------------------------------------

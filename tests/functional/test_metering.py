@@ -328,6 +328,9 @@ def test_detail_and_ledger_show_cost_budget_and_time_left(api, metering, queue, 
     rest = api.get(f"{DEPLOYMENTS}/{d}/costs?limit=2&next_token={first['next_token']}").data
     assert [e["cost_after_usd"] for e in rest["items"]] == [0.06] and rest["next_token"] is None
     assert api.get(f"{DEPLOYMENTS}/{d}/costs?next_token=zzz").status_code == 400
+    other = billable(api)  # a token pages only the ledger it came from
+    foreign = api.get(f"{DEPLOYMENTS}/{other}/costs?next_token={first['next_token']}")
+    assert foreign.status_code == 400 and "next_token" in foreign.data["error"]["fields"]
 
 
 def test_a_charge_for_a_period_already_charged_changes_neither_total_nor_ledger(api, clock):

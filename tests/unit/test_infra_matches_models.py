@@ -8,6 +8,7 @@ from chalicelib.store.models import (
     NodeItem,
     NodeReplyItem,
     ResourceItem,
+    SecretItem,
     UserItem,
 )
 from prism.dev.infra import table_specs
@@ -21,6 +22,7 @@ MODELS = {
     "PRISM_CONNECTIONS_TABLE": ConnectionItem,
     "PRISM_NODE_REPLIES_TABLE": NodeReplyItem,
     "PRISM_LEDGER_TABLE": LedgerItem,
+    "PRISM_SECRETS_TABLE": SecretItem,
 }
 
 
@@ -91,3 +93,20 @@ def test_the_api_function_gets_every_table_name_from_the_template():
     ]["Variables"]
     tables = {spec.env_var: {"Ref": spec.logical_id} for spec in table_specs()}
     assert {k: v for k, v in variables.items() if k in tables} == tables
+
+
+def test_the_secrets_key_is_the_template_key_by_its_alias_and_the_secrets_table_has_no_index():
+    import json
+
+    from chalicelib.config import Settings
+    from prism.dev.infra import TEMPLATE
+
+    resources = json.loads(TEMPLATE.read_text())["Resources"]
+    alias = resources["SecretsKeyAlias"]["Properties"]
+    assert alias["TargetKeyId"] == {"Ref": "SecretsKey"}
+    assert resources["SecretsKey"]["Type"] == "AWS::KMS::Key"
+    assert resources["SecretsKey"]["Properties"]["EnableKeyRotation"] is True
+    settings = Settings.from_env({"PRISM_STAGE": "prod"})
+    assert alias["AliasName"]["Fn::Sub"].replace("${Stage}", "prod") == settings.secrets_key_id
+    secrets = resources["SecretsTable"]["Properties"]
+    assert "GlobalSecondaryIndexes" not in secrets  # nothing of a secret is copied anywhere

@@ -11,7 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from prism.dev.infra import SIZING, merged_template
+from prism.dev.infra import (
+    ENDS_DEPLOYMENTS,
+    OPENS_SECRETS,
+    SEALS_SECRETS,
+    SIZING,
+    merged_template,
+)
 from prism.dev.stack import chalice_package
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,12 +84,12 @@ def test_every_name_and_arn_is_the_packaged_stage(packaged):
     assert parameter["AllowedValues"] == [stage]  # a deploy with another Stage is refused
     resolved = json.loads(json.dumps(template).replace("${Stage}", stage))
     assert set(re.findall(r"prism-([a-z0-9]+)-", json.dumps(resolved))) == {stage}
-    granted = [
-        resource.removeprefix("arn:aws:dynamodb:*:*:table/")
+    granted = [  # table name patterns
+        resource.rsplit(":table/", 1)[-1]
         for policy in _role_policies(resolved["Resources"])
         for statement in policy["Statement"]
-        for resource in _as_list(statement["Resource"])
-        if isinstance(resource, str) and resource.startswith("arn:aws:dynamodb:")
+        for resource in map(_sub, _as_list(statement["Resource"]))
+        if isinstance(resource, str) and ":dynamodb:" in resource
     ]
     for logical_id, body in resolved["Resources"].items():
         if body["Type"] == "AWS::DynamoDB::Table":
@@ -92,6 +98,41 @@ def test_every_name_and_arn_is_the_packaged_stage(packaged):
             assert any(fnmatch(name, pattern) for pattern in granted), name
     variables = resolved["Resources"]["MeterTick"]["Properties"]["Environment"]["Variables"]
     assert variables["PRISM_STAGE"] == stage  # the code's default table names agree
+
+
+def test_secrets_are_granted_per_function_on_the_template_key_and_the_secrets_table(packaged):
+    """The API seals, the functions that send deploy_model or launch an image open, those that
+    end deployments delete; no role gets the secrets table from the stage policy file."""
+    stage, template = packaged
+    resources = template["Resources"]
+    assert resources["SecretsKey"]["Type"] == "AWS::KMS::Key"
+    alias = resources["SecretsKeyAlias"]["Properties"]
+    assert alias["AliasName"] == {"Fn::Sub": "alias/prism-${Stage}-secrets"}
+    table = f"table/prism-{stage}-secrets"
+    key = "key/${SecretsKey}"
+    functions = {n for n, b in resources.items() if b["Type"] == "AWS::Serverless::Function"}
+    expected = {
+        "SealSecretsPolicy": (
+            SEALS_SECRETS,
+            {("kms:GenerateDataKey", key), ("dynamodb:PutItem", table)},
+        ),
+        "OpenSecretsPolicy": (OPENS_SECRETS, {("kms:Decrypt", key), ("dynamodb:GetItem", table)}),
+        "DeleteSecretsPolicy": (ENDS_DEPLOYMENTS, {("dynamodb:DeleteItem", table)}),
+    }
+    for name, (holders, grants) in expected.items():
+        properties = resources[name]["Properties"]
+        assert set(holders) <= functions
+        roles = {resources[f]["Properties"]["Role"]["Fn::GetAtt"][0] for f in holders}
+        assert {r["Ref"] for r in properties["Roles"]} == roles, name
+        granted = {
+            (s["Action"], _sub(s["Resource"]).replace("${Stage}", stage).rsplit(":", 1)[-1])
+            for s in properties["PolicyDocument"]["Statement"]
+        }
+        assert granted == grants, name
+    for body in resources.values():  # the role's own policy (the stage file) never names it
+        if body["Type"] == "AWS::IAM::Role":
+            own = json.dumps(body["Properties"].get("Policies", []))
+            assert "secrets" not in own and "kms:GenerateDataKey" not in own
 
 
 def test_tables_holding_money_or_users_survive_stack_deletion_and_replacement(packaged):
@@ -187,12 +228,22 @@ def test_a_worker_that_outlives_its_messages_is_refused_at_packaging(tmp_path):
 
 
 def _role_policies(resources: dict) -> list[dict]:
+    """Every policy document a role gets: its own, and each AWS::IAM::Policy attached to it."""
     return [
         policy["PolicyDocument"]
         for body in resources.values()
         if body["Type"] == "AWS::IAM::Role"
         for policy in body["Properties"].get("Policies", [])
+    ] + [
+        body["Properties"]["PolicyDocument"]
+        for body in resources.values()
+        if body["Type"] == "AWS::IAM::Policy"
     ]
+
+
+def _sub(value):
+    """An Fn::Sub's text (anything else as it is)."""
+    return value.get("Fn::Sub", value) if isinstance(value, dict) else value
 
 
 def _as_list(value) -> list:

@@ -117,11 +117,19 @@ class InstanceHost:
     def runs_agent(self, instance_id: str) -> bool:
         return (self.agent_state(instance_id) / "agent.pid").exists()
 
-    def forward(self, method: str, port: int, path: str, body: bytes) -> tuple[int, bytes, str]:
-        """A request to the instance's port (the model the agent runs there)."""
+    def forward(
+        self, method: str, port: int, path: str, body: bytes, authorization: str | None = None
+    ) -> tuple[int, bytes, str]:
+        """A request to the instance's port (the agent's endpoint proxy there), with the
+        caller's Authorization header as the provider's proxy passes it."""
+        headers = {"Authorization": authorization} if authorization else {}
         try:
             reply = requests.request(
-                method, f"http://127.0.0.1:{port}{path}", data=body or None, timeout=30
+                method,
+                f"http://127.0.0.1:{port}{path}",
+                data=body or None,
+                headers=headers,
+                timeout=30,
             )
         except requests.RequestException:
             return 502, b'{"error": "nothing answers on that port"}', "application/json"

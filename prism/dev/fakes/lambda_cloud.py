@@ -276,7 +276,13 @@ class FakeLambdaCloud:
                 return err.status, err.body(), err.headers
 
     def handle_vm(
-        self, method: str, instance_id: str, port: int, path: str, body: bytes
+        self,
+        method: str,
+        instance_id: str,
+        port: int,
+        path: str,
+        body: bytes,
+        authorization: str | None = None,
     ) -> tuple[int, bytes, str]:
         """A request to the VM's port: forwarded to the model when the VM runs our agent."""
         with self._lock:
@@ -286,7 +292,7 @@ class FakeLambdaCloud:
             if instance_id in self.unhealthy or "*" in self.unhealthy:
                 return _json(500, {"ok": False, "instance": instance_id})
         if self.machines.runs_agent(instance_id):
-            return self.machines.forward(method, port, path, body)
+            return self.machines.forward(method, port, path, body, authorization)
         return _json(200, {"ok": True, "instance": instance_id})
 
     def _inject_faults(self) -> None:
@@ -487,7 +493,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._reply(404, {"ok": False, "error": "no such port"})
             rest = "/" + (parts[4] if len(parts) > 4 else "")
             status, data, content_type = cloud.handle_vm(
-                method, unquote(parts[2]), int(parts[3]), rest, raw
+                method,
+                unquote(parts[2]),
+                int(parts[3]),
+                rest,
+                raw,
+                self.headers.get("Authorization"),
             )
             return self._send(status, data, content_type, {})
         if not path.startswith(API_PREFIX + "/"):

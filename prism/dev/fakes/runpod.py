@@ -652,7 +652,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not forwarded:  # a canned model
             return self._reply(200, {"ok": True, "pod": pod_id})
         status, data, content_type = fake.instances.forward(
-            self.command, int(port), "/" + rest, body
+            self.command, int(port), "/" + rest, body, self.headers.get("Authorization")
         )
         self._reply_raw(status, data, content_type)
 

@@ -1,0 +1,237 @@
+"""The node agent's endpoint proxy beside direct access to the same model server, same run, on
+loopback, side by side.
+
+  small JSON   requests/s with N concurrent keep-alive clients (aiohttp, identical both ways)
+               and p50/p99 latency of one client at a time (what a request alone pays)
+  streaming    bytes/s of a 10 MB chunked response, read as it arrives
+  CPU          what the model's and the proxy's processes spent per small request (/proc):
+               where throughput goes when the clients, the proxy and the model share few cores
+
+The model server is aiohttp (fast, so the proxy's own cost shows), in its own process; the
+proxy (node_agent.proxy, auth "key", exactly as the agent runs it) in another; the clients
+here. Rounds alternate direct/proxy so both see the same machine noise; medians are printed.
+Goals: >= 0.8x the direct throughput, <= 1 ms added p50, streaming >= 0.9x direct bytes/s.
+
+    .venv/bin/python benchmarks/proxy.py [--concurrency 16] [--seconds 3] [--rounds 3]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+KEY = "prismep_benchmark"
+STREAM_BYTES = 10 * 1024 * 1024
+CHUNK = 64 * 1024
+PAYLOAD = {"inputs": [[1.0, 2.0, 3.0, 4.0]], "parameters": {"temperature": 0.7}}
+
+
+# -- the two servers, each in a process of its own -------------------------------------------
+
+
+def serve_model(port: int) -> None:
+    from aiohttp import web
+
+    async def predict(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response({"outputs": [sum(row) for row in body["inputs"]]})
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        block = b"x" * CHUNK
+        for _ in range(STREAM_BYTES // CHUNK):
+            await response.write(block)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.add_routes([web.post("/predict", predict), web.get("/stream", stream)])
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def serve_proxy(port: int, model_port: int) -> None:
+    from chalicelib.protocol import hash_endpoint_key
+    from node_agent.proxy import EndpointProxy
+
+    proxy = EndpointProxy()
+    proxy.open("dep_0000000000000001", "127.0.0.1", port, model_port, "key", [
+        hash_endpoint_key(KEY)
+    ])  # fmt: skip
+    print("ready", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+# -- the clients ------------------------------------------------------------------------------
+
+
+async def throughput(url: str, concurrency: int, seconds: float) -> float:
+    import aiohttp
+
+    done = 0
+    deadline = time.perf_counter() + seconds
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as session:
+
+        async def client() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                async with session.post(url + "/predict", json=PAYLOAD) as response:
+                    await response.read()
+                    assert response.status == 200, response.status
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return done / (time.perf_counter() - started)
+
+
+async def latencies(url: str, count: int) -> list[float]:
+    import aiohttp
+
+    seen = []
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as session:
+        for _ in range(count):
+            started = time.perf_counter()
+            async with session.post(url + "/predict", json=PAYLOAD) as response:
+                await response.read()
+            seen.append((time.perf_counter() - started) * 1000)
+    return seen
+
+
+async def streaming(url: str, repeats: int) -> float:
+    import aiohttp
+
+    received = 0
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as session:
+        started = time.perf_counter()
+        for _ in range(repeats):
+            async with session.get(url + "/stream") as response:
+                async for chunk in response.content.iter_any():
+                    received += len(chunk)
+        seconds = time.perf_counter() - started
+    assert received == repeats * STREAM_BYTES, received
+    return received / seconds
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+
+
+def wait_listening(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(urls: dict, pids: dict, args) -> dict:
+    keys = ("rps", "p50", "p99", "bps", "model_us", "proxy_us")
+    results = {side: {k: [] for k in keys} for side in urls}
+    for _ in range(args.rounds):
+        for side, url in urls.items():  # alternating: both see the same noise
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            started = time.perf_counter()
+            rps = asyncio.run(throughput(url, args.concurrency, args.seconds))
+            count = rps * (time.perf_counter() - started)
+            for name, pid in pids.items():
+                spent = cpu_seconds(pid) - before[name]
+                results[side][f"{name}_us"].append(spent / count * 1e6)
+            results[side]["rps"].append(rps)
+            alone = sorted(asyncio.run(latencies(url, args.latency_requests)))
+            results[side]["p50"].append(alone[len(alone) // 2])
+            results[side]["p99"].append(alone[int(len(alone) * 0.99) - 1])
+            results[side]["bps"].append(asyncio.run(streaming(url, args.stream_repeats)))
+    return {side: {k: statistics.median(v) for k, v in r.items()} for side, r in results.items()}
+
+
+def report(figures: dict, args) -> None:
+    direct, proxied = figures["direct"], figures["proxy"]
+    rows = [
+        (f"small JSON req/s (x{args.concurrency})", "rps", "{:,.0f}"),
+        ("small JSON p50 ms (alone)", "p50", "{:.3f}"),
+        ("small JSON p99 ms (alone)", "p99", "{:.3f}"),
+        ("10 MB stream MB/s", "bps", "{:,.0f}"),
+        ("model CPU us / small request", "model_us", "{:.0f}"),
+    ]
+    print(f"{'':34} {'direct':>10} {'proxy':>10} {'ratio':>8}")
+    for label, key, shape in rows:
+        scale = 1e-6 if key == "bps" else 1
+        a, b = direct[key] * scale, proxied[key] * scale
+        print(f"{label:34} {shape.format(a):>10} {shape.format(b):>10} {b / a:>7.2f}x")
+    print(f"{'proxy CPU us / small request':34} {'':>10} {proxied['proxy_us']:>10.0f}")
+    checks = [
+        ("throughput >= 0.8x direct", proxied["rps"] / direct["rps"] >= 0.8),
+        (
+            f"added p50 <= 1 ms (+{proxied['p50'] - direct['p50']:.3f} ms)",
+            proxied["p50"] - direct["p50"] <= 1.0,
+        ),
+        ("streaming >= 0.9x direct", proxied["bps"] / direct["bps"] >= 0.9),
+    ]
+    for goal, met in checks:
+        print(f"goal {goal}: {'met' if met else 'NOT met'}")
+    print(json.dumps({"cpus": os.cpu_count(), **{k: v for k, v in vars(args).items()}}))
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--model"]:
+        return serve_model(int(sys.argv[2]))
+    if sys.argv[1:2] == ["--proxy"]:
+        return serve_proxy(int(sys.argv[2]), int(sys.argv[3]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-requests", type=int, default=2000)
+    parser.add_argument("--stream-repeats", type=int, default=10)
+    args = parser.parse_args()
+    model_port, proxy_port = free_port(), free_port()
+    children = [
+        start("--model", str(model_port)),
+        start("--proxy", str(proxy_port), str(model_port)),
+    ]
+    try:
+        wait_listening(model_port)
+        wait_listening(proxy_port)
+        urls = {
+            "direct": f"http://127.0.0.1:{model_port}",
+            "proxy": f"http://127.0.0.1:{proxy_port}",
+        }
+        pids = {"model": children[0].pid, "proxy": children[1].pid}
+        report(measure(urls, pids, args), args)
+    finally:
+        for child in children:
+            child.terminate()
+            child.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Deleting a user tears its cloud deployments down, through the real teardown state machine
+against the fake providers: nothing keeps running, nothing keeps billing, and what ran is
+charged exactly."""
+
+import time
+from decimal import Decimal
+
+import pytest
+
+from chalicelib.services import registry
+from chalicelib.store.deployments import DeploymentRepository
+from tests.cloud_sandbox import (
+    TERMINAL,
+    cloud_sandbox,
+    create,
+    fake_clouds,
+    fast_cloud_settings,
+    reaches,
+    wait_for_executions,
+)
+from tests.functional.test_revocation import accounts
+
+
+@pytest.fixture
+def fakes():
+    with fake_clouds() as running:
+        yield running
+
+
+@pytest.fixture
+def aws_backend(fakes, monkeypatch):
+    """Overrides the functional conftest's backend: Step Functions really executes."""
+    monkeypatch.setattr(registry, "settings", registry.settings)  # restored afterwards
+    with cloud_sandbox(fast_cloud_settings(fakes["runpod"], fakes["lambda"])):
+        yield
+
+
+def stored_status_reaches(deployment_id, wanted, timeout=30.0):
+    """The owner's key is gone, so read the table, not the API."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        item = DeploymentRepository().get(deployment_id)
+        if item.status in wanted:
+            return item
+        time.sleep(0.2)
+    raise AssertionError(f"{deployment_id} never reached {wanted}: {item.status}")
+
+
+@pytest.mark.parametrize("target", ["runpod", "lambda"])
+def test_a_deleted_users_cloud_deployments_are_torn_down_and_billed_exactly(
+    api, users, fakes, target
+):
+    owner = users.owner_of_key(api.key)
+    running = create(api, target)
+    reaches(api, running, {"running"})
+    coming_up = create(api, target, name="late")  # its launch may be under way right now
+
+    report = accounts([]).delete_user(owner)
+
+    assert set(report.deployments_stopped) == {running, coming_up}
+    assert api.get("/api/v1/compute/deployments").status_code == 401
+    for deployment_id in (running, coming_up):
+        assert stored_status_reaches(deployment_id, TERMINAL).status in TERMINAL
+    wait_for_executions()
+    fake = fakes[target]
+    live = fake.live_pods() if target == "runpod" else fake.live_instances()
+    assert live == []
+    charged = sum(
+        DeploymentRepository().get(d).cost_accrued_usd or Decimal(0) for d in (running, coming_up)
+    )
+    assert abs(charged - fake.total_bill()) < Decimal("0.01"), (charged, fake.total_bill())
