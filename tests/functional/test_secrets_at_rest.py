@@ -55,11 +55,11 @@ def registered_node(api, app, name="box", connection_id="conn-1") -> NodeSim:
     return NodeSim(app, created["token"], created["id"], connection_id=connection_id)
 
 
-def create(api, **body) -> dict:
+def create(api, headers=None, **body) -> dict:
     request = {"name": "m", "gpu": False, "command": ["serve"]} | body
     if not {"image", "weights_source", "resource_slug"} & set(body):
         request["image"] = "ghcr.io/acme/server:1"
-    response = api.post(DEPLOYMENTS, request)
+    response = api.post(DEPLOYMENTS, request, headers=headers)
     assert response.status_code == 201, response.data
     return response.data
 
@@ -95,7 +95,8 @@ def test_no_env_value_or_signed_query_is_stored_anywhere_and_ended_deployments_l
     # Created with the node online: placed by the API with the secrets it was given.
     token_env = {"API_KEY": "ak_" + random.token_hex(8)}
     online = create(api, name="token", weights_source=s.token_url, env_vars=token_env)
-    image = create(api, name="img", image="ghcr.io/acme/server:1", env_vars=s.env)
+    once = {"Idempotency-Key": "k-" + random.token_hex(4)}  # its record is in a table too
+    image = create(api, headers=once, name="img", image="ghcr.io/acme/server:1", env_vars=s.env)
     never = create(api, name="never", gpu=True, gpu_type="H100", env_vars=s.env)  # no H100
     plain = create(api, name="plain", weights_source="hf://acme/llm@main")  # nothing secret
 
@@ -107,7 +108,8 @@ def test_no_env_value_or_signed_query_is_stored_anywhere_and_ended_deployments_l
     assert management.deploys(plain["id"])[0]["env_vars"] == {}
     assert management.deploys(never["id"]) == []
     assert secret_ids() == {waiting["id"], online["id"], image["id"], never["id"]}
-    assert_nowhere_in_plaintext([*s.needles(), *token_env.values()])
+    everything = assert_nowhere_in_plaintext([*s.needles(), *token_env.values()])
+    assert everything[settings.idempotency_table] != "[]"  # the create's record was scanned too
 
     # Every way to end: stopped by its node, a crash, stopped before any node had it.
     assert stopped_by_node(api, node, waiting["id"])["status"] == "stopped"
