@@ -74,6 +74,26 @@ def cloud_sandbox(cloud_settings):
             registry.reset()
 
 
+# Cloud deployments that run our agent on the instance, with the test playing that agent
+# (tests/functional/node_sim.py): not the fakes' agent image, so nothing else answers.
+AGENT_IMAGE = "example/played-agent:1"
+PUBLIC_WS = "wss://ws.prism.example/api"
+
+
+@contextmanager
+def agent_cloud_sandbox(fakes):
+    """cloud_sandbox for deployments whose instance runs the (played) node agent."""
+    cloud = fast_cloud_settings(
+        fakes["runpod"],
+        fakes["lambda"],
+        node_agent_image=AGENT_IMAGE,
+        public_ws_url=PUBLIC_WS,
+        agent_start_seconds=30,
+    )
+    with cloud_sandbox(cloud) as app:
+        yield app
+
+
 def wait_for_executions(timeout=60.0) -> bool:
     """True when no execution is running any more."""
     sfn = aws.client("stepfunctions")

@@ -14,20 +14,19 @@ from chalicelib.providers.base import instance_name
 from chalicelib.services import registry
 from chalicelib.store.models import NodeItem, utcnow
 from tests.cloud_sandbox import (
+    AGENT_IMAGE,
     DEPLOYMENTS,
+    PUBLIC_WS,
     TERMINAL,
+    agent_cloud_sandbox,
     assert_nothing_leaked_and_billed_exactly,
-    cloud_sandbox,
     create,
     detail,
     fake_clouds,
-    fast_cloud_settings,
     reaches,
 )
 from tests.functional.node_sim import NodeSim
 
-AGENT_IMAGE = "example/played-agent:1"  # not the fakes' agent image: the test plays the agent
-PUBLIC_WS = "wss://ws.prism.example/api"
 NODES = "/api/v1/compute/nodes"
 
 
@@ -47,14 +46,7 @@ def fakes():
 @pytest.fixture
 def aws_backend(fakes, monkeypatch):
     monkeypatch.setattr(registry, "settings", registry.settings)  # restored afterwards
-    cloud = fast_cloud_settings(
-        fakes["runpod"],
-        fakes["lambda"],
-        node_agent_image=AGENT_IMAGE,
-        public_ws_url=PUBLIC_WS,
-        agent_start_seconds=30,
-    )
-    with cloud_sandbox(cloud):
+    with agent_cloud_sandbox(fakes):
         yield
 
 

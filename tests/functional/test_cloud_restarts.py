@@ -12,16 +12,13 @@ from chalicelib.store.metering import BillableEntry, MeteringRepository
 from chalicelib.store.models import utcnow
 from tests.cloud_sandbox import (
     TERMINAL,
+    agent_cloud_sandbox,
     assert_nothing_leaked_and_billed_exactly,
-    cloud_sandbox,
     detail,
     fake_clouds,
-    fast_cloud_settings,
     reaches,
 )
 from tests.functional.test_cloud_agent import (
-    AGENT_IMAGE,
-    PUBLIC_WS,
     agent_of,
     brought_up,
     create_weights,
@@ -45,14 +42,7 @@ def fakes():
 @pytest.fixture
 def aws_backend(fakes, monkeypatch):
     monkeypatch.setattr(registry, "settings", registry.settings)  # restored afterwards
-    cloud = fast_cloud_settings(
-        fakes["runpod"],
-        fakes["lambda"],
-        node_agent_image=AGENT_IMAGE,
-        public_ws_url=PUBLIC_WS,
-        agent_start_seconds=30,
-    )
-    with cloud_sandbox(cloud):
+    with agent_cloud_sandbox(fakes):
         yield
 
 

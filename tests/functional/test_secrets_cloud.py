@@ -11,13 +11,13 @@ import pytest
 
 from chalicelib.services import registry
 from tests.cloud_sandbox import (
+    AGENT_IMAGE,
     DEPLOYMENTS,
     TERMINAL,
+    agent_cloud_sandbox,
     assert_nothing_leaked_and_billed_exactly,
-    cloud_sandbox,
     create,
     fake_clouds,
-    fast_cloud_settings,
     reaches,
 )
 from tests.functional.node_sim import NodeSim
@@ -27,9 +27,6 @@ from tests.functional.secrets_scan import (
     assert_nowhere_in_plaintext,
     secret_ids,
 )
-
-AGENT_IMAGE = "example/played-agent:1"  # the test plays the agent (tests/functional/node_sim.py)
-PUBLIC_WS = "wss://ws.prism.example/api"
 
 
 def launched_pod(fakes, api, deployment_id) -> dict:
@@ -50,14 +47,7 @@ def fakes():
 @pytest.fixture
 def aws_backend(fakes, monkeypatch):
     monkeypatch.setattr(registry, "settings", registry.settings)  # restored afterwards
-    cloud = fast_cloud_settings(
-        fakes["runpod"],
-        fakes["lambda"],
-        node_agent_image=AGENT_IMAGE,
-        public_ws_url=PUBLIC_WS,
-        agent_start_seconds=30,
-    )
-    with cloud_sandbox(cloud):
+    with agent_cloud_sandbox(fakes):
         yield
 
 
