@@ -1,15 +1,17 @@
-"""The node agent's endpoint proxy beside direct access to the same model server, same run, on
-loopback, side by side.
+"""The node agent's endpoint proxy beside direct access to the same model server, and beside a
+bare byte relay, same run, on loopback, side by side.
 
-  small JSON   requests/s with N concurrent keep-alive clients (aiohttp, identical both ways)
+  small JSON   requests/s with N concurrent keep-alive clients (aiohttp, identical each way)
                and p50/p99 latency of one client at a time (what a request alone pays)
   streaming    bytes/s of a 10 MB chunked response, read as it arrives
-  CPU          what the model's and the proxy's processes spent per small request (/proc):
-               where throughput goes when the clients, the proxy and the model share few cores
+  CPU          what the model's process and the one in between spent per small request
+               (/proc): where throughput goes when clients, proxy and model share few cores
 
 The model server is aiohttp (fast, so the proxy's own cost shows), in its own process; the
 proxy (node_agent.proxy, auth "key", exactly as the agent runs it) in another; the clients
-here. Rounds alternate direct/proxy so both see the same machine noise; medians are printed.
+here. The bare relay (uvloop, copies bytes both ways and reads none of them) is the floor any
+proxy in its own process pays on this machine: one more hop, each byte copied twice more. Rounds
+alternate the three so all see the same machine noise; medians are printed.
 Goals: >= 0.8x the direct throughput, <= 1 ms added p50, streaming >= 0.9x direct bytes/s.
 
     .venv/bin/python benchmarks/proxy.py [--concurrency 16] [--seconds 3] [--rounds 3]
@@ -70,6 +72,42 @@ def serve_proxy(port: int, model_port: int) -> None:
     print("ready", flush=True)
     while True:
         time.sleep(3600)
+
+
+def serve_relay(port: int, model_port: int) -> None:
+    import uvloop
+
+    class Side(asyncio.Protocol):
+        def __init__(self, other=None):
+            self.other, self.transport, self.waiting = other, None, []
+
+        def connection_made(self, transport):
+            self.transport = transport
+            if self.other is None:  # a client: connect its own way to the model
+                self.other = Side(self)
+                loop = asyncio.get_running_loop()
+                loop.create_task(
+                    loop.create_connection(lambda: self.other, "127.0.0.1", model_port)
+                )
+            else:
+                for data in self.other.waiting:
+                    transport.write(data)
+
+        def data_received(self, data):
+            if self.other.transport is None:
+                self.waiting.append(data)
+            else:
+                self.other.transport.write(data)
+
+        def connection_lost(self, exc):
+            if self.other is not None and self.other.transport is not None:
+                self.other.transport.close()
+
+    async def relay():
+        await asyncio.get_running_loop().create_server(Side, "127.0.0.1", port)
+        await asyncio.Event().wait()
+
+    uvloop.run(relay())
 
 
 # -- the clients ------------------------------------------------------------------------------
@@ -154,16 +192,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(urls: dict, pids: dict, args) -> dict:
-    keys = ("rps", "p50", "p99", "bps", "model_us", "proxy_us")
+    """Per side (direct, relay, proxy) the medians; `between_us` is the CPU per small request of
+    the process between the clients and the model (none when direct)."""
+    keys = ("rps", "p50", "p99", "bps", "model_us", "between_us")
     results = {side: {k: [] for k in keys} for side in urls}
     for _ in range(args.rounds):
-        for side, url in urls.items():  # alternating: both see the same noise
-            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        for side, url in urls.items():  # alternating: all see the same noise
+            watched = {"model": pids["model"], "between": pids.get(side)}
+            before = {name: cpu_seconds(pid) for name, pid in watched.items() if pid}
             started = time.perf_counter()
             rps = asyncio.run(throughput(url, args.concurrency, args.seconds))
             count = rps * (time.perf_counter() - started)
-            for name, pid in pids.items():
-                spent = cpu_seconds(pid) - before[name]
+            for name, pid in watched.items():
+                spent = cpu_seconds(pid) - before[name] if pid else 0.0
                 results[side][f"{name}_us"].append(spent / count * 1e6)
             results[side]["rps"].append(rps)
             alone = sorted(asyncio.run(latencies(url, args.latency_requests)))
@@ -173,21 +214,25 @@ def measure(urls: dict, pids: dict, args) -> dict:
     return {side: {k: statistics.median(v) for k, v in r.items()} for side, r in results.items()}
 
 
+ROWS = [
+    ("small JSON req/s (x{concurrency})", "rps", "{:,.0f}"),
+    ("small JSON p50 ms (alone)", "p50", "{:.3f}"),
+    ("small JSON p99 ms (alone)", "p99", "{:.3f}"),
+    ("10 MB stream MB/s", "bps", "{:,.0f}"),
+    ("model CPU us / small request", "model_us", "{:.0f}"),
+    ("in-between CPU us / small request", "between_us", "{:.0f}"),
+]
+
+
 def report(figures: dict, args) -> None:
-    direct, proxied = figures["direct"], figures["proxy"]
-    rows = [
-        (f"small JSON req/s (x{args.concurrency})", "rps", "{:,.0f}"),
-        ("small JSON p50 ms (alone)", "p50", "{:.3f}"),
-        ("small JSON p99 ms (alone)", "p99", "{:.3f}"),
-        ("10 MB stream MB/s", "bps", "{:,.0f}"),
-        ("model CPU us / small request", "model_us", "{:.0f}"),
-    ]
-    print(f"{'':34} {'direct':>10} {'proxy':>10} {'ratio':>8}")
-    for label, key, shape in rows:
+    direct, relay, proxied = figures["direct"], figures["relay"], figures["proxy"]
+    print(f"{'':36} {'direct':>9} {'relay':>9} {'proxy':>9} {'proxy/direct':>13} {'/relay':>7}")
+    for label, key, shape in ROWS:
         scale = 1e-6 if key == "bps" else 1
-        a, b = direct[key] * scale, proxied[key] * scale
-        print(f"{label:34} {shape.format(a):>10} {shape.format(b):>10} {b / a:>7.2f}x")
-    print(f"{'proxy CPU us / small request':34} {'':>10} {proxied['proxy_us']:>10.0f}")
+        a, r, b = (side[key] * scale for side in (direct, relay, proxied))
+        ratios = f"{b / a:>12.2f}x {b / r:>6.2f}x" if a else f"{'':>13} {b / r:>6.2f}x"
+        cells = "".join(f" {shape.format(v):>9}" for v in (a, r, b))
+        print(f"{label.format(concurrency=args.concurrency):36}{cells} {ratios}")
     checks = [
         ("throughput >= 0.8x direct", proxied["rps"] / direct["rps"] >= 0.8),
         (
@@ -198,37 +243,38 @@ def report(figures: dict, args) -> None:
     ]
     for goal, met in checks:
         print(f"goal {goal}: {'met' if met else 'NOT met'}")
+    print(
+        f"floor on this machine (a relay that reads nothing): {relay['rps'] / direct['rps']:.2f}x "
+        f"direct throughput, {relay['bps'] / direct['bps']:.2f}x direct streaming"
+    )
     print(json.dumps({"cpus": os.cpu_count(), **{k: v for k, v in vars(args).items()}}))
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--model"]:
-        return serve_model(int(sys.argv[2]))
-    if sys.argv[1:2] == ["--proxy"]:
-        return serve_proxy(int(sys.argv[2]), int(sys.argv[3]))
+    servers = {"--model": serve_model, "--proxy": serve_proxy, "--relay": serve_relay}
+    if sys.argv[1:2] and sys.argv[1] in servers:
+        return servers[sys.argv[1]](*map(int, sys.argv[2:]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-requests", type=int, default=2000)
-    parser.add_argument("--stream-repeats", type=int, default=10)
+    parser.add_argument("--stream-repeats", type=int, default=30)
     args = parser.parse_args()
-    model_port, proxy_port = free_port(), free_port()
-    children = [
-        start("--model", str(model_port)),
-        start("--proxy", str(proxy_port), str(model_port)),
-    ]
+    ports = {side: free_port() for side in ("direct", "relay", "proxy")}
+    model = ports["direct"]
+    children = {
+        "model": start("--model", str(model)),
+        "relay": start("--relay", str(ports["relay"]), str(model)),
+        "proxy": start("--proxy", str(ports["proxy"]), str(model)),
+    }
     try:
-        wait_listening(model_port)
-        wait_listening(proxy_port)
-        urls = {
-            "direct": f"http://127.0.0.1:{model_port}",
-            "proxy": f"http://127.0.0.1:{proxy_port}",
-        }
-        pids = {"model": children[0].pid, "proxy": children[1].pid}
-        report(measure(urls, pids, args), args)
+        for port in ports.values():
+            wait_listening(port)
+        urls = {side: f"http://127.0.0.1:{port}" for side, port in ports.items()}
+        report(measure(urls, {name: c.pid for name, c in children.items()}, args), args)
     finally:
-        for child in children:
+        for child in children.values():
             child.terminate()
             child.wait(timeout=10)
 

@@ -37,7 +37,7 @@ from node_agent.deploying import Deploying
 from node_agent.endpoints import Endpoints
 from node_agent.health import HealthTracker, probe
 from node_agent.proxy import EndpointProxy
-from node_agent.runtime.base import MODEL_HOST, RuntimeError_
+from node_agent.runtime.base import MODEL_HOST, LaunchError
 from node_agent.runtime.process import tail_lines
 from node_agent.state import Record, StateStore
 from node_agent.supervision import Supervision
@@ -112,7 +112,7 @@ class Agent(Deploying, Supervision, Endpoints):
             self.trackers[record.deployment_id] = HealthTracker()
             try:
                 self._serve_endpoint(record)
-            except RuntimeError_:
+            except LaunchError:
                 self._stop_quietly(record)  # a model nobody can reach must not keep its GPU
                 raise
             if record.status == "starting":  # it had not answered yet: wait for it again

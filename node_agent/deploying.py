@@ -29,14 +29,14 @@ from node_agent.frameworks import (
 )
 from node_agent.health import HealthTracker, probe
 from node_agent.ports import free_port, port_is_free
-from node_agent.runtime.base import LaunchSpec, RuntimeError_
+from node_agent.runtime.base import LaunchError, LaunchSpec
 from node_agent.state import Record
 from node_agent.weights import PullError, fetch
 
 log = logging.getLogger("prism.node")
 
 
-class Unavailable(RuntimeError_):
+class Unavailable(LaunchError):
     """A port or GPU the deployment needs is taken."""
 
 
@@ -127,7 +127,7 @@ class Deploying:
         reason, never leaves it pulling or starting."""
         try:
             launch()
-        except (PullError, FrameworkError, RuntimeError_) as exc:
+        except (PullError, FrameworkError, LaunchError) as exc:
             self._stop_quietly(record)
             reason = "pull_error" if isinstance(exc, PullError) else "start_error"
             self._finish(record, reason, str(exc))
@@ -177,7 +177,7 @@ class Deploying:
                     if message.gpu_indices is None or time.monotonic() >= deadline:
                         raise
             if record.stop_requested:
-                raise RuntimeError_("stopped before it started")
+                raise LaunchError("stopped before it started")
             time.sleep(0.1)
 
     def _reserve_gpus(self, message: DeployModel, record: Record) -> list[int]:
@@ -228,7 +228,7 @@ class Deploying:
         )
         with self.lock:
             if record.stop_requested:
-                raise RuntimeError_("stopped before it started")
+                raise LaunchError("stopped before it started")
             record.handle = self.runtimes[runtime_name].start(spec)
             self._save()
 

@@ -14,7 +14,7 @@ import logging
 import time
 
 from chalicelib.protocol import DeploymentMetrics, DeployModel, EndpointKeys
-from node_agent.runtime.base import RuntimeError_
+from node_agent.runtime.base import LaunchError
 from node_agent.state import Record
 
 log = logging.getLogger("prism.node")
@@ -45,7 +45,7 @@ class Endpoints:
                     record.key_hashes,
                 )
             except OSError as exc:
-                raise RuntimeError_(
+                raise LaunchError(
                     f"port_in_use: the endpoint port {record.port} cannot be served "
                     f"({exc.strerror or exc}); leave deploy_config.port unset and the node "
                     "picks a free one"

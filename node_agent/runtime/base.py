@@ -26,7 +26,7 @@ def inherited_env(agent_env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-class RuntimeError_(Exception):
+class LaunchError(Exception):
     """The runtime could not start or control a workload; the message says why."""
 
 

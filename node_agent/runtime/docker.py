@@ -15,7 +15,7 @@ from docker.errors import DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 from docker.types import DeviceRequest, Mount
 
-from node_agent.runtime.base import MODEL_HOST, Handle, LaunchSpec, RuntimeError_
+from node_agent.runtime.base import MODEL_HOST, Handle, LaunchError, LaunchSpec
 
 LABEL_DEPLOYMENT = "prism.deployment_id"
 LABEL_MANAGED = "prism.managed"
@@ -45,7 +45,7 @@ class DockerRuntime:
 
     def start(self, spec: LaunchSpec) -> Handle:
         if not spec.image:
-            raise RuntimeError_(f"deployment {spec.deployment_id} has no image to run")
+            raise LaunchError(f"deployment {spec.deployment_id} has no image to run")
         self._ensure_image(spec.image)
         name = container_name(spec.deployment_id)
         self._discard(name)
@@ -53,9 +53,9 @@ class DockerRuntime:
             container = self._docker.containers.run(spec.image, detach=True, **_run_options(spec))
         except _ENGINE_ERRORS as e:
             # A start that fails (say, the host port is taken) leaves a created container behind.
-            with suppress(RuntimeError_):
+            with suppress(LaunchError):
                 self._discard(name)
-            raise RuntimeError_(f"could not start container {name}: {_explain(e)}") from e
+            raise LaunchError(f"could not start container {name}: {_explain(e)}") from e
         return Handle(spec.deployment_id, self.name, container.id, spec.port)
 
     def is_running(self, handle: Handle) -> bool:
@@ -128,7 +128,7 @@ class DockerRuntime:
         try:
             self._docker.images.pull(image)
         except _ENGINE_ERRORS as e:
-            raise RuntimeError_(f"image {image} not found or not accessible: {_explain(e)}") from e
+            raise LaunchError(f"image {image} not found or not accessible: {_explain(e)}") from e
 
     def _find(self, ref: str) -> Container | None:
         with _engine_errors(f"inspect container {ref}"):
@@ -197,4 +197,4 @@ def _engine_errors(action: str) -> Iterator[None]:
     try:
         yield
     except _ENGINE_ERRORS as e:
-        raise RuntimeError_(f"could not {action}: {_explain(e)}") from e
+        raise LaunchError(f"could not {action}: {_explain(e)}") from e

@@ -14,8 +14,8 @@ from node_agent.ports import group_members, listener_pids
 from node_agent.runtime.base import (
     MODEL_HOST,
     Handle,
+    LaunchError,
     LaunchSpec,
-    RuntimeError_,
     inherited_env,
 )
 
@@ -48,7 +48,7 @@ class ProcessRuntime:
 
     def start(self, spec: LaunchSpec) -> Handle:
         if not spec.command:
-            raise RuntimeError_("no command to run")
+            raise LaunchError("no command to run")
         # A clean environment: the allow-listed part of ours, the deployment's, then ours on top.
         # HOST asks it to listen on loopback only (behind the proxy); a server may ignore it.
         env = inherited_env(os.environ) | spec.env
@@ -76,7 +76,7 @@ class ProcessRuntime:
                     else None,
                 )
         except OSError as exc:  # not found, not executable, not a program (no shebang), ...
-            raise RuntimeError_(f"cannot run {spec.command[0]!r}: {exc.strerror}") from None
+            raise LaunchError(f"cannot run {spec.command[0]!r}: {exc.strerror}") from None
         self._children[process.pid] = process
         started = start_time(process.pid) or "0"
         return Handle(spec.deployment_id, self.name, f"{process.pid}:{started}", spec.port)

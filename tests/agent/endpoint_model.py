@@ -1,7 +1,7 @@
 """A model server for the endpoint proxy tests (aiohttp), run by the agent as a process: listens
 on $HOST:$PORT and records in $STATE what the proxy cannot show.
 
-GET  /health, GET /echo      -> {"pid", "headers", "env", "path_qs"}
+GET  /health, GET /echo      -> {"pid", "headers", "env", "path_qs", "peer_port"}
 GET  /sse?n=5&gap=0.2        -> text/event-stream, an event every `gap` s, each with its sent_at
 GET  /bytes?size=N           -> N bytes (a repeating pattern), chunked, 1 MiB at a time
 POST /digest                 -> {"sha256", "length"} of the body, read as it streams in
@@ -32,6 +32,7 @@ async def echo(request: web.Request) -> web.Response:
             "headers": dict(request.headers),
             "env": dict(os.environ),
             "path_qs": request.raw_path,
+            "peer_port": request.transport.get_extra_info("peername")[1],  # which connection
         }
     )
 

@@ -5,7 +5,7 @@ import socket
 import docker
 import pytest
 
-from node_agent.runtime.base import Handle, LaunchSpec, RuntimeError_
+from node_agent.runtime.base import Handle, LaunchError, LaunchSpec
 from node_agent.runtime.docker import DockerRuntime
 from tests.fakes.docker_engine import FakeDockerEngine
 
@@ -133,19 +133,19 @@ def test_a_missing_image_is_pulled_once(runtime, engine):
 
 
 def test_an_unpullable_image_fails_with_a_message_naming_it(runtime, engine):
-    with pytest.raises(RuntimeError_, match=r"image private/secret:1 not found or not accessible"):
+    with pytest.raises(LaunchError, match=r"image private/secret:1 not found or not accessible"):
         runtime.start(spec(image=PRIVATE_IMAGE))
 
     assert engine.container("prism-d1") is None
 
 
 def test_the_registry_reason_is_kept_in_the_message(runtime):
-    with pytest.raises(RuntimeError_, match="pull access denied for private/secret"):
+    with pytest.raises(LaunchError, match="pull access denied for private/secret"):
         runtime.start(spec(image=PRIVATE_IMAGE))
 
 
 def test_a_spec_without_image_is_refused(runtime):
-    with pytest.raises(RuntimeError_, match="no image"):
+    with pytest.raises(LaunchError, match="no image"):
         runtime.start(spec(image=None))
 
 
@@ -167,7 +167,7 @@ def test_a_start_that_fails_says_why_and_leaves_no_container(runtime, engine, cl
         IMAGE, name="squatter", ports={"80/tcp": ("127.0.0.1", 9100)}, detach=True
     )
 
-    with pytest.raises(RuntimeError_, match="port is already allocated"):
+    with pytest.raises(LaunchError, match="port is already allocated"):
         runtime.start(spec(port=9100))
 
     assert engine.container("prism-d1") is None
@@ -298,5 +298,5 @@ def test_an_unreachable_engine_is_a_runtime_error(monkeypatch):
         unlistened.bind(("127.0.0.1", 0))
         monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{unlistened.getsockname()[1]}")
 
-        with pytest.raises(RuntimeError_, match="could not connect to the Docker engine"):
+        with pytest.raises(LaunchError, match="could not connect to the Docker engine"):
             DockerRuntime().is_running(Handle("d1", "docker", "0" * 64, 9100))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from node_agent.runtime.base import Handle, LaunchSpec, RuntimeError_
+from node_agent.runtime.base import Handle, LaunchError, LaunchSpec
 from node_agent.runtime.process import ProcessRuntime, cap_log, tail_lines
 
 PY = sys.executable
@@ -248,7 +248,7 @@ def test_the_model_runs_in_its_own_session_and_process_group(runtime, started, t
 def test_a_missing_executable_raises_a_clear_runtime_error(runtime, tmp_path):
     missing = str(tmp_path / "no-such-model-server")
 
-    with pytest.raises(RuntimeError_, match=re.escape(f"cannot run {missing!r}")) as raised:
+    with pytest.raises(LaunchError, match=re.escape(f"cannot run {missing!r}")) as raised:
         runtime.start(spec(tmp_path, [missing, "--port", "9123"]))
 
     assert "No such file or directory" in str(raised.value)
@@ -259,12 +259,12 @@ def test_a_file_that_is_not_executable_raises_a_runtime_error(runtime, tmp_path)
     script.write_text("#!/bin/sh\necho hi\n")
     script.chmod(0o644)
 
-    with pytest.raises(RuntimeError_, match="Permission denied"):
+    with pytest.raises(LaunchError, match="Permission denied"):
         runtime.start(spec(tmp_path, [str(script)]))
 
 
 def test_an_empty_command_is_refused(runtime, tmp_path):
-    with pytest.raises(RuntimeError_, match="no command"):
+    with pytest.raises(LaunchError, match="no command"):
         runtime.start(spec(tmp_path, []))
 
 
@@ -537,13 +537,13 @@ print("after the cap", flush=True)
 
 
 def test_a_file_that_is_not_a_program_is_a_clear_start_error(tmp_path):
-    from node_agent.runtime.base import LaunchSpec, RuntimeError_
+    from node_agent.runtime.base import LaunchError, LaunchSpec
     from node_agent.runtime.process import ProcessRuntime
 
     script = tmp_path / "serve"
     script.write_text("print('no shebang')\n")
     script.chmod(0o755)
-    with pytest.raises(RuntimeError_, match="cannot run"):
+    with pytest.raises(LaunchError, match="cannot run"):
         ProcessRuntime().start(
             LaunchSpec(deployment_id="dep_0000000000000001", port=1, command=[str(script)])
         )
