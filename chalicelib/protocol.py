@@ -54,7 +54,20 @@ class Message(BaseModel):
         return self.model_dump_json(exclude_none=True)
 
 
-DeploymentId = Annotated[str, Field(pattern=r"^dep_[0-9a-f]{16}$")]
+CONTROL_PLANE_ID = r"dep_[0-9a-f]{16}"
+# A node's own deployments, made through its local API (node_agent.server), are named by their
+# caller: lowercase letters, digits and hyphens. Never a control-plane id (no underscore), and
+# never reported to the control plane.
+LOCAL_NAME = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+DeploymentId = Annotated[str, Field(pattern=rf"^{CONTROL_PLANE_ID}$")]
+# What a node deploys and reports on: either (its local ones are filtered out before sending).
+NodeDeploymentId = Annotated[str, Field(pattern=rf"^(?:{CONTROL_PLANE_ID}|{LOCAL_NAME})$")]
+
+
+def is_local_deployment(deployment_id: str) -> bool:
+    return not deployment_id.startswith("dep_")
+
+ENGINE_REASON_MAX = 1024  # characters: the engine choice's reason, shown on the detail
 
 
 # Where a fixed port is needed and the user named none: inside a container, on a cloud instance.
@@ -94,7 +107,7 @@ class DeployConfig(BaseModel):
 
 class DeployModel(Message):
     type: Literal["deploy_model"] = "deploy_model"
-    deployment_id: DeploymentId
+    deployment_id: NodeDeploymentId
     image: str | None = None
     weights_source: str | None = None
     framework: str = "auto"
@@ -177,7 +190,7 @@ class Heartbeat(Message):
 
 class DeploymentProgress(Message):
     type: Literal["deployment_progress"] = "deployment_progress"
-    deployment_id: DeploymentId
+    deployment_id: NodeDeploymentId
     status: Literal["pulling", "starting"]
     bytes_done: int = Field(0, ge=0)
     bytes_total: int | None = Field(None, ge=0)
@@ -186,14 +199,16 @@ class DeploymentProgress(Message):
 
 class DeploymentReady(Message):
     type: Literal["deployment_ready"] = "deployment_ready"
-    deployment_id: DeploymentId
+    deployment_id: NodeDeploymentId
     endpoint_url: str
-    framework: str | None = None
+    framework: str | None = Field(None, max_length=64)  # what the weights are
+    engine: str | None = Field(None, max_length=64)  # what serves them
+    engine_reason: str | None = Field(None, max_length=ENGINE_REASON_MAX)  # why, for the user
 
 
 class DeploymentHealthUpdate(Message):
     type: Literal["deployment_health_update"] = "deployment_health_update"
-    deployment_id: DeploymentId
+    deployment_id: NodeDeploymentId
     healthy: bool
     consecutive_failures: int = Field(ge=0)
     latency_ms: float | None = None
@@ -217,7 +232,7 @@ def fit_report(text: str, limit: int = STOP_MESSAGE_MAX) -> str:
 
 class DeploymentStopped(Message):
     type: Literal["deployment_stopped"] = "deployment_stopped"
-    deployment_id: DeploymentId
+    deployment_id: NodeDeploymentId
     reason: StopReason
     exit_code: int | None = None
     message: str | None = Field(None, max_length=STOP_MESSAGE_MAX)
@@ -236,7 +251,7 @@ class DeploymentRestarted(Message):
     `deployment_ready` follows once it answers). `restarts` counts every restart so far."""
 
     type: Literal["deployment_restarted"] = "deployment_restarted"
-    deployment_id: DeploymentId
+    deployment_id: NodeDeploymentId
     restarts: int = Field(ge=1)
     cause: RestartCause
     exit_code: int | None = None
@@ -254,7 +269,7 @@ class DeploymentMetrics(Message):
     of the requests of the last window (time to the response's first byte)."""
 
     type: Literal["deployment_metrics"] = "deployment_metrics"
-    deployment_id: DeploymentId
+    deployment_id: NodeDeploymentId
     requests_total: int = Field(ge=0)
     # When the proxy started counting (unix seconds): a later value means the counts began
     # again from zero (the agent restarted), so a lower requests_total is then not late.

@@ -38,7 +38,21 @@ from chalicelib.weights_uri import InvalidWeightsSource, LocalSource, parse_weig
 
 Target = Literal["prism_node", "runpod", "lambda"]
 CLOUD_TARGETS = ("runpod", "lambda")
-Framework = Literal["auto", "vllm", "tgi", "transformers", "custom"]
+# What to serve weights with: "auto" (the node picks the engine for the kind of model), an
+# engine by name (node_agent.engines), or a kind of model; a command always wins.
+Framework = Literal[
+    "auto",
+    "vllm",
+    "tgi",
+    "tei",
+    "llama.cpp",
+    "prism-embed",
+    "transformers",
+    "sentence-transformers",
+    "gguf",
+    "onnx",
+    "custom",
+]
 
 # Python's `$` also matches before a final newline: every pattern checked with `re` here is
 # applied with fullmatch (pydantic's `pattern=` uses Rust's regex, where `$` is the very end).
@@ -368,7 +382,14 @@ class DeploymentOut(BaseModel):
     weights_revision: str | None = Field(
         description="what weights_source resolved to when pulled: the commit sha for hf://"
     )
-    framework: Framework
+    framework: str = Field(
+        description="what was asked for, then what the node found the weights to be"
+    )
+    engine: str | None = Field(
+        description="what serves it: an engine the node chose (vllm, tgi, tei, llama.cpp, "
+        "prism-embed), or image / command as given"
+    )
+    engine_reason: str | None = Field(description="why the node chose that engine")
     command: list[str]
     gpu: bool
     gpu_type: str | None
@@ -416,6 +437,8 @@ class DeploymentOut(BaseModel):
             weights_source=public_weights_source(item.weights_source),  # no signed query
             weights_revision=item.weights_revision,
             framework=item.framework,
+            engine=item.engine,
+            engine_reason=item.engine_reason,
             command=list(item.command or []),
             gpu=item.gpu,
             gpu_type=item.gpu_type,

@@ -31,6 +31,7 @@ from chalicelib.protocol import (
     NodeHello,
     RunningDeployment,
     StopDeployment,
+    is_local_deployment,
 )
 from node_agent import __version__, gpus
 from node_agent.deploying import Deploying
@@ -67,7 +68,7 @@ class Agent(Deploying, Supervision, Endpoints):
     def __init__(self, settings: AgentSettings, runtimes: dict, send: Callable[[Message], None]):
         self.settings = settings
         self.runtimes = runtimes  # "process" -> ProcessRuntime, "docker" -> DockerRuntime
-        self.send = send
+        self._send_to_control_plane = send
         self.store = StateStore(settings.state_dir / "state.json")
         self.records: dict[str, Record] = {}
         self.trackers: dict[str, HealthTracker] = {}
@@ -123,6 +124,12 @@ class Agent(Deploying, Supervision, Endpoints):
         message = "it exited while the node agent was down; last output:\n" + "\n".join(lines)
         self._exited(record, "crash", None, message)
 
+    def send(self, message: Message) -> None:
+        """Reports go to the control plane, but those of the node's own local deployments."""
+        deployment_id = getattr(message, "deployment_id", None)
+        if deployment_id is None or not is_local_deployment(deployment_id):
+            self._send_to_control_plane(message)
+
     def hello(self) -> NodeHello:
         with self.lock:
             running = [
@@ -130,7 +137,7 @@ class Agent(Deploying, Supervision, Endpoints):
                     deployment_id=r.deployment_id, status=r.status, endpoint_url=r.endpoint_url
                 )
                 for r in self.records.values()
-                if not r.stop_requested
+                if not r.stop_requested and not is_local_deployment(r.deployment_id)
             ]
         return NodeHello(
             node_id=self.settings.node_id,
@@ -151,6 +158,8 @@ class Agent(Deploying, Supervision, Endpoints):
                 "port": record.port,
                 "model_port": record.model_port,
                 "framework": record.framework,
+                "engine": record.engine,
+                "engine_reason": record.engine_reason,
                 "gpu_indices": record.gpu_indices,
                 "restarts": record.restarts,
             }

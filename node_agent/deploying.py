@@ -12,6 +12,7 @@ from pathlib import Path
 
 from chalicelib.protocol import (
     DEFAULT_MODEL_PORT,
+    ENGINE_REASON_MAX,
     DeployConfig,
     DeploymentProgress,
     DeploymentReady,
@@ -20,12 +21,12 @@ from chalicelib.protocol import (
     DeployModel,
 )
 from node_agent import gpus, restarts
+from node_agent.engines import EngineChoice, NodeAbilities, choose_engine
 from node_agent.frameworks import (
     CONTAINER_WEIGHTS,
     FrameworkError,
     detect_framework,
     fill_placeholders,
-    resolve_command,
 )
 from node_agent.health import HealthTracker, probe
 from node_agent.ports import free_port, port_is_free
@@ -203,34 +204,50 @@ class Deploying:
 
     def _launch(self, message: DeployModel, record: Record) -> None:
         weights_dir = Path(record.weights_dir) if record.weights_dir else None
-        framework = message.framework
-        if framework == "auto" and weights_dir is not None:
-            framework = detect_framework(weights_dir).framework
-        record.framework = None if framework == "auto" else framework
-        runtime_name = "docker" if message.image else "process"
-        command = list(message.command)
-        container_port = message.deploy_config.port or DEFAULT_MODEL_PORT
-        if runtime_name == "process":
-            command = resolve_command(framework, command, weights_dir, record.model_port)
-        else:  # in its container the weights are at /weights, the port the container's own
-            mounted = CONTAINER_WEIGHTS if weights_dir is not None else None
-            command = fill_placeholders(command, mounted, container_port)
+        plan = self._plan(message, record, weights_dir)
+        record.framework, record.engine, record.engine_reason = (
+            None if plan.framework == "auto" else plan.framework,
+            plan.engine,
+            plan.reason[:ENGINE_REASON_MAX],
+        )
         spec = LaunchSpec(
             deployment_id=record.deployment_id,
             port=record.model_port,
-            command=command,
-            image=message.image,
+            command=plan.command,
+            image=plan.image,
             weights_dir=weights_dir,
             env=message.env_vars,
             gpu_indices=record.gpu_indices,
             log_path=Path(record.log_path),
-            container_port=container_port,
+            container_port=plan.container_port,
         )
         with self.lock:
             if record.stop_requested:
                 raise LaunchError("stopped before it started")
-            record.handle = self.runtimes[runtime_name].start(spec)
+            record.handle = self.runtimes[plan.runtime].start(spec)
             self._save()
+
+    def _plan(self, message: DeployModel, record: Record, weights_dir: Path | None) -> EngineChoice:
+        """The deployment's image or command as given, else the engine for its weights here."""
+        framework = message.framework
+        if framework == "auto" and weights_dir is not None:
+            framework = detect_framework(weights_dir).framework
+        if message.image:  # in its container the weights are at /weights, the port its own
+            port = message.deploy_config.port or DEFAULT_MODEL_PORT
+            mounted = CONTAINER_WEIGHTS if weights_dir is not None else None
+            command = fill_placeholders(list(message.command), mounted, port)
+            why = f"the deployment's image {message.image}"
+            return EngineChoice(framework, "image", why, "docker", message.image, command, port)
+        if message.command:
+            command = fill_placeholders(list(message.command), weights_dir, record.model_port)
+            why = f"the deployment's command ({command[0]})"
+            return EngineChoice(framework, "command", why, "process", None, command, None)
+        node = NodeAbilities(gpu=bool(record.gpu_indices), docker=self._docker_answers())
+        return choose_engine(message.framework, weights_dir, node, record.model_port)
+
+    def _docker_answers(self) -> bool:
+        docker = self.runtimes.get("docker")
+        return docker is not None and docker.available()
 
     def _await_ready(self, record: Record) -> None:
         deadline = time.monotonic() + self.settings.startup_timeout_s
@@ -273,6 +290,8 @@ class Deploying:
                 deployment_id=record.deployment_id,
                 endpoint_url=record.endpoint_url,
                 framework=record.framework,
+                engine=record.engine,
+                engine_reason=record.engine_reason,
             )
         )
 

@@ -1,20 +1,22 @@
-"""What framework pulled weights are in (`framework: "auto"`), and the command that serves them.
+"""What framework pulled weights are in (`framework: "auto"`), and a command's placeholders;
+node_agent.engines picks what serves them when there is no command.
 
 Detection reads only names, file headers and small JSON files: weights can be hundreds of GB.
 """
 
 import json
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from node_agent.runtime.base import MODEL_HOST
-
 MAX_JSON_BYTES = 8 * 1024 * 1024  # configs and safetensors headers are KBs; more is not a model
 ENTRY_POINTS = ("serve.py", "app.py", "server.py", "main.py")
 CONTAINER_WEIGHTS = "/weights"  # where a container finds the weights (see the README)
+# Where a repo keeps its ONNX export (Hugging Face's `onnx/` folder, or the top), and the
+# tokenizer that goes with it: what the built-in embedding server loads.
+ONNX_EXPORTS = ("onnx/model.onnx", "model.onnx")
+TOKENIZER = "tokenizer.json"
 # In a command, replaced by the agent on either runtime: exec arrays are never shell-expanded.
 WEIGHTS_PLACEHOLDER, PORT_PLACEHOLDER = "{weights}", "{port}"
 
@@ -165,16 +167,6 @@ def detect_framework(weights_dir: Path) -> Detection:
 
 # --- the command ---------------------------------------------------------------------------
 
-# On loopback: the agent's proxy is the way in (both servers listen on every interface unasked).
-_VLLM = ("vllm", "serve", "{weights}", "--host", MODEL_HOST, "--port", "{port}")
-_TGI = ("text-generation-launcher", "--model-id", "{weights}", "--hostname", MODEL_HOST)
-# framework -> built-in server argv; argv[0] must be on PATH for it to count as installed.
-_BUILT_IN: dict[str, tuple[str, ...]] = {
-    "vllm": _VLLM,
-    "transformers": _VLLM,  # vLLM loads most Hugging Face model directories as they are
-    "tgi": (*_TGI, "--port", "{port}"),
-}
-
 
 @dataclass(frozen=True)
 class _Hint:
@@ -185,30 +177,11 @@ class _Hint:
 
 
 _W, _P = WEIGHTS_PLACEHOLDER, PORT_PLACEHOLDER
-_VLLM_HINT = _Hint(
-    ("vllm", "serve", _W, "--port", _P),
-    "run it in an image with vLLM, or install vllm on this node",
-)
+# The kinds of weights no engine serves unasked (node_agent.engines): what command to pass.
 _HINTS: dict[str, _Hint] = {
-    "vllm": _VLLM_HINT,
-    "transformers": _VLLM_HINT,
-    "tgi": _Hint(
-        ("text-generation-launcher", "--model-id", _W, "--port", _P),
-        "Hugging Face text-generation-inference, in its image or installed on this node",
-    ),
-    "sentence-transformers": _Hint(
-        ("text-embeddings-router", "--model-id", _W, "--port", _P),
-        "Hugging Face text-embeddings-inference serves sentence-transformers models",
-    ),
-    "gguf": _Hint(
-        ("llama-server", "-m", "{file}", "--port", _P),
-        "llama.cpp's llama-server",
-        "model.gguf",
-    ),
-    "onnx": _Hint(
-        ("python", "serve.py", "--model", "{file}", "--port", _P),
-        "your onnxruntime-based server, e.g. onnxruntime InferenceSession behind HTTP",
-        "model.onnx",
+    "transformers": _Hint(  # a task head no engine serves (token classification, ...)
+        ("python", "serve.py", "--model", _W, "--port", _P),
+        "your server for this model's task head, e.g. a transformers pipeline behind HTTP",
     ),
     "safetensors": _Hint(
         ("python", "serve.py", "--weights", "{file}", "--port", _P),
@@ -241,37 +214,18 @@ def _detected(framework: str, weights_dir: Path | None) -> tuple[str, str] | Non
     return detection.evidence, detection.evidence if is_file else ""
 
 
-def _no_server(framework: str, weights_dir: Path | None) -> FrameworkError:
+def no_server_error(framework: str, weights_dir: Path | None) -> FrameworkError:
+    """Nothing serves this framework unasked: what command to pass (node_agent.engines)."""
     hint = _HINTS.get(framework, _HINTS["custom"])
     evidence, file = _detected(framework, weights_dir) or ("", "")
     file = f"{_W}/{file or hint.file}"
     example = json.dumps([file if arg == "{file}" else arg for arg in hint.example])
     subject = f"detected framework '{framework}' ({evidence})" if evidence else ""
-    reason = hint.reason or f"no built-in server for {framework} is installed on this node"
+    reason = hint.reason or f"no engine serves {framework} weights without one"
     return FrameworkError(
         f"{subject or f'framework {framework!r}'} but no command was given and {reason}; "
         f"pass command, e.g. {example} ({hint.note})"
     )
-
-
-def resolve_command(
-    framework: str, requested: list[str], weights_dir: Path | None, port: int
-) -> list[str]:
-    """The user's command if given, else a built-in server's, placeholders filled for the
-    process runtime; FrameworkError when there is none."""
-    if requested:
-        return fill_placeholders(requested, weights_dir, port)
-    if framework == "auto" and weights_dir is not None:
-        framework = detect_framework(weights_dir).framework
-    argv = _BUILT_IN.get(framework)
-    if argv is None or shutil.which(argv[0]) is None:
-        raise _no_server(framework, weights_dir)
-    if weights_dir is None:
-        raise FrameworkError(
-            f"framework '{framework}' serves weights but this deployment has none; "
-            "pass weights_source, or a command"
-        )
-    return fill_placeholders(argv, weights_dir, port)
 
 
 def fill_placeholders(command, weights: Path | str | None, port: int) -> list[str]:

@@ -1,7 +1,8 @@
 """The node's own HTTP API (the "Generic Model Deploy" runtime API), for use without a control
 plane or next to one. It drives the same Agent.deploy/stop code path as `deploy_model`.
 
-    POST   /deploy            {deployment_id?, weights_source?, image?, framework, port,
+    POST   /deploy            {deployment_id? (a name: lowercase letters, digits, hyphens),
+                               weights_source?, image?, framework, port,
                                health_path, gpu, gpu_type?, command, env_vars, auth}
                               auth "key" (the default): the 202 carries `endpoint_key`, shown
                               once, which the endpoint then requires (Authorization: Bearer)
@@ -14,15 +15,17 @@ token is in <state dir>/local-token, readable by its owner only).
 
 import json
 import os
+import re
 import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from chalicelib.protocol import (
     ENDPOINT_KEY_PREFIX,
+    LOCAL_NAME,
     DeployConfig,
     DeployModel,
     EndpointAuth,
@@ -33,9 +36,8 @@ from node_agent.agent import Agent
 
 class DeployRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    deployment_id: str = Field(
-        default_factory=lambda: "dep_" + secrets.token_hex(8), pattern=r"^dep_[0-9a-f]{16}$"
-    )
+    # The caller's own name (default: local-<12 hex>); dep_ ids belong to the control plane.
+    deployment_id: str = Field(default_factory=lambda: "local-" + secrets.token_hex(6))
     weights_source: str | None = None
     image: str | None = None
     framework: str = "auto"
@@ -46,6 +48,16 @@ class DeployRequest(BaseModel):
     gpu: bool = False
     gpu_type: str | None = None
     auth: EndpointAuth = "key"
+
+    @field_validator("deployment_id")
+    @classmethod
+    def _a_local_name(cls, value: str) -> str:
+        if not re.fullmatch(LOCAL_NAME, value):
+            raise ValueError(
+                "a name of lowercase letters, digits and hyphens, at most 63 (dep_ ids are the "
+                "control plane's)"
+            )
+        return value
 
     def to_message(self, endpoint_key: str | None) -> DeployModel:
         return DeployModel(

@@ -18,7 +18,9 @@ class Record:
     log_path: str
     handle: Handle | None = None
     endpoint_url: str | None = None
-    framework: str | None = None
+    framework: str | None = None  # what its weights are
+    engine: str | None = None  # what serves them (node_agent.engines), "image" or "command"
+    engine_reason: str | None = None
     gpu_indices: list[int] = field(default_factory=list)
     stop_requested: bool = False
     weights_dir: str | None = None  # a weights cache entry it runs from: never evicted

@@ -127,7 +127,11 @@ def _gpu(gpu: str | None) -> dict:
     help="serve the endpoint without a key (default: an endpoint key is required, shown once)",
 )
 @click.option("--command", "json_command", help='exec array as JSON: \'["python","serve.py"]\'')
-@click.option("--framework", type=click.Choice(["auto", "vllm", "tgi", "transformers", "custom"]))
+@click.option(
+    "--framework",
+    help="auto (default): the node picks the engine for the kind of model; or name one: vllm, "
+    "tgi, tei, llama.cpp, prism-embed (the API lists every value it takes)",
+)
 @click.option("--env", "env_pairs", multiple=True, help="NAME=VALUE (repeatable)")
 @click.option("--allow-http", is_flag=True, help="accept an http:// weights URL")
 @click.option("--allow-pattern", multiple=True, help="hf:// only: pull just files matching a glob")

@@ -57,6 +57,13 @@ def _size(count: float) -> str:
     return f"{count} B"
 
 
+def _engine(d: dict) -> str:
+    """What serves it and why (the node's choice when no command was given)."""
+    if not d.get("engine"):
+        return "-"
+    return escape(f"{d['engine']}: {d['engine_reason']}" if d.get("engine_reason") else d["engine"])
+
+
 def _port(config: dict) -> str:
     return str(config["port"]) if config.get("port") else "any free (the node picks)"
 
@@ -177,6 +184,8 @@ def deployment_detail(d: dict) -> None:
         ("pulled", _pulled(d)),
         ("resource", d["resource_slug"] or "-"),
         ("command", " ".join(d["command"]) or "-"),
+        ("framework", d.get("framework") or "-"),
+        ("engine", _engine(d)),
         ("gpu", (d["gpu_type"] or "any") if d["gpu"] else "none"),
         ("port", _port(d["deploy_config"])),
         ("health path", d["deploy_config"]["health_path"]),

@@ -165,6 +165,8 @@ class NodeMessageHandler:
         }
         if message.framework:
             changes["framework"] = message.framework
+        if message.engine:
+            changes["engine"], changes["engine_reason"] = message.engine, message.engine_reason
         cloud = item.target in CLOUD_TARGETS
         if not cloud:
             changes["endpoint_url"] = message.endpoint_url

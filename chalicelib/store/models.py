@@ -233,7 +233,9 @@ class DeploymentItem(Model):
     # removed when the deployment ends.
     weights_source = UnicodeAttribute(null=True)
     weights_query_sealed = BooleanAttribute(null=True)
-    framework = UnicodeAttribute(default="auto")
+    framework = UnicodeAttribute(default="auto")  # asked for, then what the node detected
+    engine = UnicodeAttribute(null=True)  # what serves it (the node's choice, or image/command)
+    engine_reason = UnicodeAttribute(null=True)
     command = ListAttribute(of=UnicodeAttribute, default=list)
     gpu = BooleanAttribute(default=True)
     gpu_type = UnicodeAttribute(null=True)

@@ -43,6 +43,14 @@ class DockerRuntime:
                 self._client = docker.from_env()
         return self._client
 
+    def available(self) -> bool:
+        """The engine answers: what the node has to run an engine's image (node_agent.engines)."""
+        try:
+            with _engine_errors("reach the Docker engine"):
+                return bool(self._docker.ping())
+        except LaunchError:
+            return False
+
     def start(self, spec: LaunchSpec) -> Handle:
         if not spec.image:
             raise LaunchError(f"deployment {spec.deployment_id} has no image to run")

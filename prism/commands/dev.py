@@ -40,7 +40,10 @@ def _announce(platform: LocalPlatform, user: dict) -> dict:
         "empty); Ctrl-C stops everything"
     )
     if platform.fake_hub:
-        click.echo(f"# fake Hugging Face Hub at {platform.hub_url} (hf://prism/tiny-regressor)")
+        click.echo(
+            f"# fake Hugging Face Hub at {platform.hub_url} (hf://prism/tiny-regressor, "
+            "hf://sentence-transformers/paraphrase-MiniLM-L3-v2)"
+        )
     if platform.fake_clouds:
         host = platform.host
         click.echo(
@@ -107,7 +110,8 @@ def _announce(platform: LocalPlatform, user: dict) -> dict:
 @click.option(
     "--fake-hub",
     is_flag=True,
-    help="run a fake Hugging Face Hub holding hf://prism/tiny-regressor (HF_ENDPOINT is set)",
+    help="run a fake Hugging Face Hub holding hf://prism/tiny-regressor and a tiny "
+    "hf://sentence-transformers/paraphrase-MiniLM-L3-v2 (HF_ENDPOINT is set)",
 )
 @click.option("--hub-port", default=8005, show_default=True, type=click.IntRange(1, 65535))
 @click.option(

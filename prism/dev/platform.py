@@ -56,7 +56,7 @@ class LocalPlatform:
     runpod_port: int = 8003
     lambda_port: int = 8004
     fake_price_per_hour: float | None = None  # every fake GPU at this price (budget demos)
-    fake_hub: bool = False  # a fake Hugging Face Hub with hf://prism/tiny-regressor
+    fake_hub: bool = False  # a fake Hugging Face Hub (prism.dev.fakes: its repos)
     hub_port: int = 8005
     state: LocalState = field(default_factory=lambda: LocalState(REPO_ROOT / ".prism"))
     fresh: bool = False  # start empty: forget the state dir's users, nodes and deployments

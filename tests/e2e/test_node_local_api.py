@@ -2,6 +2,7 @@
 behind the agent's endpoint proxy (a key by default, returned once by POST /deploy)."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,16 +11,17 @@ import time
 import pytest
 import requests
 
+from prism.dev.fakes.hf_hub import FakeHfHub
+from prism.dev.tiny_embedder import tiny_embedder_files
 from tests.e2e.conftest import PRISM, REPO, free_port
 
 pytestmark = pytest.mark.e2e
 MODEL = [sys.executable, str(REPO / "tests" / "fakes" / "model_server.py")]
+EXAMPLE_REPO = "sentence-transformers/paraphrase-MiniLM-L3-v2"
 
 
-@pytest.fixture
-def standalone(tmp_path):
+def start_standalone(state, env=None):
     port = free_port()
-    state = tmp_path / "state"
     process = subprocess.Popen(
         [
             *PRISM,
@@ -34,6 +36,7 @@ def standalone(tmp_path):
             "0.3",
         ],
         cwd=REPO,
+        env=None if env is None else os.environ | env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -46,9 +49,26 @@ def standalone(tmp_path):
         except requests.ConnectionError:
             time.sleep(0.1)
     headers = {"Authorization": f"Bearer {(state / 'local-token').read_text().strip()}"}
+    return process, base, headers
+
+
+@pytest.fixture
+def standalone(tmp_path):
+    process, base, headers = start_standalone(tmp_path / "state")
     yield base, headers
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=15)
+
+
+@pytest.fixture
+def standalone_with_hub(tmp_path):
+    """A standalone node whose hf:// pulls go to a fake Hub holding the product's example."""
+    with FakeHfHub() as hub:
+        hub.add_commit(EXAMPLE_REPO, tiny_embedder_files())
+        process, base, headers = start_standalone(tmp_path / "state", {"HF_ENDPOINT": hub.url})
+        yield base, headers
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
 
 
 def test_the_local_api_deploys_serves_and_stops_a_model(standalone, tmp_path):
@@ -130,3 +150,42 @@ def test_the_local_api_needs_its_token_and_valid_input(standalone):
     )
     assert shell.status_code == 400
     assert json.loads(shell.text)["error"]["message"].startswith("command")
+
+
+def test_the_products_example_body_runs_as_written_under_its_own_name(standalone_with_hub):
+    base, headers = standalone_with_hub
+    body = {
+        "deployment_id": "my-model",
+        "weights_source": f"hf://{EXAMPLE_REPO}",
+        "framework": "auto",
+        "port": free_port(),
+        "health_path": "/health",
+        "gpu": False,
+        "env_vars": {},
+    }
+    accepted = requests.post(base + "/deploy", json=body, headers=headers, timeout=5)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["deployment_id"] == "my-model"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = requests.get(f"{base}/deployments/my-model", headers=headers, timeout=5).json()
+        if found["status"] == "running":
+            break
+        assert found["status"] in ("pulling", "starting"), found
+        time.sleep(0.2)
+    assert (found["framework"], found["engine"]) == ("sentence-transformers", "prism-embed")
+    answer = requests.post(
+        found["endpoint_url"] + "/v1/embeddings",
+        json={"input": "hello world"},
+        headers={"Authorization": f"Bearer {accepted.json()['endpoint_key']}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200 and len(answer.json()["data"][0]["embedding"]) == 32
+    again = requests.post(base + "/deploy", json=body, headers=headers, timeout=5)
+    assert again.status_code == 409  # the name is taken while it runs
+    control_plane_id = body | {"deployment_id": "dep_0123456789abcdef"}
+    refused = requests.post(base + "/deploy", json=control_plane_id, headers=headers, timeout=5)
+    assert refused.status_code == 400
+    assert "dep_ ids are the control plane's" in refused.json()["error"]["message"]
+    gone = requests.delete(f"{base}/deployments/my-model", headers=headers, timeout=5)
+    assert gone.status_code == 202

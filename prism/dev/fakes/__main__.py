@@ -1,6 +1,8 @@
 """`python -m prism.dev.fakes [--runpod-port P --lambda-port Q] [--hub-port H]`: fake RunPod
-and Lambda Cloud (`prism dev up --fake-clouds`) and a fake Hugging Face Hub holding the bundled
-model as hf://prism/tiny-regressor (`--fake-hub`), until SIGTERM."""
+and Lambda Cloud (`prism dev up --fake-clouds`) and a fake Hugging Face Hub (`--fake-hub`)
+holding the bundled model as hf://prism/tiny-regressor and a tiny real embedding model
+(prism.dev.tiny_embedder) as hf://sentence-transformers/paraphrase-MiniLM-L3-v2, the product's
+`framework: "auto"` example, until SIGTERM."""
 
 import argparse
 import signal
@@ -11,9 +13,11 @@ from pathlib import Path
 from prism.dev.fakes.hf_hub import FakeHfHub
 from prism.dev.fakes.lambda_cloud import FakeLambdaCloud, default_instance_types
 from prism.dev.fakes.runpod import DEFAULT_GPU_TYPES, FakeRunPod
+from prism.dev.tiny_embedder import tiny_embedder_files
 
 RUNPOD_KEY, LAMBDA_KEY = "rp_local_fake_key", "lambda_local_fake_key"
 DEMO_REPO = "prism/tiny-regressor"
+EMBEDDING_REPO = "sentence-transformers/paraphrase-MiniLM-L3-v2"  # a stand-in of that name
 DEMO_MODEL = Path(__file__).resolve().parents[3] / "examples" / "models" / "tiny-regressor"
 
 
@@ -38,7 +42,11 @@ def main() -> None:
         if args.hub_port:
             hub = running.enter_context(FakeHfHub(port=args.hub_port))
             hub.add_commit(DEMO_REPO, _demo_files(), tags=("v1",))
-            print(f"fake Hugging Face Hub {hub.url} with hf://{DEMO_REPO}", flush=True)
+            hub.add_commit(EMBEDDING_REPO, tiny_embedder_files())
+            print(
+                f"fake Hugging Face Hub {hub.url} with hf://{DEMO_REPO}, hf://{EMBEDDING_REPO}",
+                flush=True,
+            )
         stop.wait()
 
 
