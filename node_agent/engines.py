@@ -41,15 +41,15 @@ Arguments = Callable[[str, str, int, bool], list[str]]  # (model path, host, por
 class Engine:
     name: str
     title: str
-    program: str | None  # on PATH it runs without docker; None: the agent's own server
+    program: tuple[str, ...]  # its argv's start, the first on PATH; empty: the agent's own
     gpu_image: str | None
     cpu_image: str | None
     container_port: int  # where its image listens
     arguments: Arguments  # after the program, or after the image's entrypoint
 
 
-def _model_and_address(flag: str) -> Arguments:
-    return lambda model, host, port, gpu: [flag, model, "--host", host, "--port", str(port)]
+def _vllm(model: str, host: str, port: int, gpu: bool) -> list[str]:
+    return [model, "--host", host, "--port", str(port)]  # after `vllm serve`, its entrypoint
 
 
 def _hostname_style(model: str, host: str, port: int, gpu: bool) -> list[str]:
@@ -69,25 +69,24 @@ ENGINES: dict[str, Engine] = {
     engine.name: engine
     for engine in (
         Engine(
-            "vllm", "vLLM", "vllm", "vllm/vllm-openai:v0.11.0", None, 8000,
-            _model_and_address("--model"),
+            "vllm", "vLLM", ("vllm", "serve"), "vllm/vllm-openai:v0.11.0", None, 8000, _vllm,
         ),
         Engine(
-            "tgi", "text-generation-inference", "text-generation-launcher",
+            "tgi", "text-generation-inference", ("text-generation-launcher",),
             "ghcr.io/huggingface/text-generation-inference:3.3.5",
             "ghcr.io/huggingface/text-generation-inference:3.3.5-intel-cpu", 80, _hostname_style,
         ),
         Engine(
-            "tei", "text-embeddings-inference", "text-embeddings-router",
+            "tei", "text-embeddings-inference", ("text-embeddings-router",),
             "ghcr.io/huggingface/text-embeddings-inference:1.8",
             "ghcr.io/huggingface/text-embeddings-inference:cpu-1.8", 80, _hostname_style,
         ),
         Engine(
-            "llama.cpp", "llama.cpp's llama-server", "llama-server",
+            "llama.cpp", "llama.cpp's llama-server", ("llama-server",),
             "ghcr.io/ggml-org/llama.cpp:server-cuda-b6800",
             "ghcr.io/ggml-org/llama.cpp:server-b6800", 8080, _llama_server,
         ),
-        Engine(BUILT_IN, "PRISM's built-in CPU embedding server", None, None, None, 0, _built_in),
+        Engine(BUILT_IN, "PRISM's built-in CPU embedding server", (), None, None, 0, _built_in),
     )
 }  # fmt: skip
 
@@ -168,7 +167,7 @@ def _run_as(
     engine: Engine, detection: Detection, weights_dir: Path, node: NodeAbilities, port: int
 ) -> tuple[str, str | None, list[str], int | None] | str:
     """(runtime, image, command, container port) for this engine here, or why it cannot run."""
-    if engine.program is None:
+    if not engine.program:
         missing = built_in_missing(weights_dir)
         if missing:
             return f"{engine.title} needs {missing}"
@@ -180,12 +179,12 @@ def _run_as(
         model = _model_path(engine, detection, CONTAINER_WEIGHTS, weights_dir.is_file())
         arguments = engine.arguments(model, EVERY_INTERFACE, engine.container_port, node.gpu)
         return "docker", image, arguments, engine.container_port
-    if node.installed(engine.program):
+    if node.installed(engine.program[0]):
         model = _model_path(engine, detection, str(weights_dir), weights_dir.is_file())
         arguments = engine.arguments(model, MODEL_HOST, port, node.gpu)
-        return "process", None, [engine.program, *arguments], None
+        return "process", None, [*engine.program, *arguments], None
     docker = f"docker (it runs {image})" if image else "a GPU"
-    return f"{engine.title} needs {docker} or {engine.program} on PATH"
+    return f"{engine.title} needs {docker} or {engine.program[0]} on PATH"
 
 
 def _model_path(engine: Engine, detection: Detection, weights: str, is_file: bool) -> str:

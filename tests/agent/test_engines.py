@@ -131,8 +131,12 @@ def test_the_engine_for_each_kind_of_model_and_node(tmp_path, make, node, engine
 def test_each_engine_gets_its_own_command_line(tmp_path):
     weights = llama(tmp_path / "llama")
     vllm = choose_engine("auto", weights, NodeAbilities(True, True, nothing_installed), 9100)
-    assert vllm.command == ["--model", "/weights", "--host", "0.0.0.0", "--port", "8000"]
+    assert vllm.command == ["/weights", "--host", "0.0.0.0", "--port", "8000"]
     assert vllm.container_port == 8000
+    local_vllm = choose_engine("auto", weights, with_(GPU, ["vllm"]), 9100)
+    assert local_vllm.command == [
+        "vllm", "serve", str(weights), "--host", "127.0.0.1", "--port", "9100",
+    ]  # fmt: skip
     tgi = choose_engine("auto", weights, with_(GPU, ["text-generation-launcher"]), 9100)
     assert tgi.command == [
         "text-generation-launcher", "--model-id", str(weights),
@@ -265,7 +269,11 @@ def deploy_local_weights(agent: Agent, weights: Path, gpu: bool, deployment_id: 
 @pytest.mark.parametrize(
     ("make", "gpu", "image", "arguments"),
     [
-        (llama, True, VLLM, ["--model", "/weights", "--host", "0.0.0.0", "--port", "8000"]),
+        (llama, True, VLLM, ["/weights", "--host", "0.0.0.0", "--port", "8000"]),
+        (
+            llama, False, TGI_CPU,
+            ["--model-id", "/weights", "--hostname", "0.0.0.0", "--port", "80"],
+        ),
         (
             sentence_transformers, True, TEI_GPU,
             ["--model-id", "/weights", "--hostname", "0.0.0.0", "--port", "80"],
