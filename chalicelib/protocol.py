@@ -67,6 +67,7 @@ NodeDeploymentId = Annotated[str, Field(pattern=rf"^(?:{CONTROL_PLANE_ID}|{LOCAL
 def is_local_deployment(deployment_id: str) -> bool:
     return not deployment_id.startswith("dep_")
 
+
 ENGINE_REASON_MAX = 1024  # characters: the engine choice's reason, shown on the detail
 
 

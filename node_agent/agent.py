@@ -60,6 +60,9 @@ class AgentSettings:
     restart_backoff_s: float = 1.0  # the first wait before a restart; doubles each time
     gpu_wait_s: float = 30.0  # how long reserved GPUs an ending deployment holds are waited for
     metrics_interval_s: float = 15.0  # endpoint counts go to the control plane this often
+    # Pull progress of a deployment at most this often (and at the end): each report is a
+    # Lambda invocation and DynamoDB writes on the control plane.
+    pull_progress_every_s: float = 5.0
     weights_cache_max_bytes: int | None = None  # None: 80% of the disk the cache is on
     pull: PullSettings = PullSettings()
 
@@ -68,7 +71,7 @@ class Agent(Deploying, Supervision, Endpoints):
     def __init__(self, settings: AgentSettings, runtimes: dict, send: Callable[[Message], None]):
         self.settings = settings
         self.runtimes = runtimes  # "process" -> ProcessRuntime, "docker" -> DockerRuntime
-        self._send_to_control_plane = send
+        self.send = send
         self.store = StateStore(settings.state_dir / "state.json")
         self.records: dict[str, Record] = {}
         self.trackers: dict[str, HealthTracker] = {}
@@ -123,12 +126,6 @@ class Agent(Deploying, Supervision, Endpoints):
         lines = tail_lines(Path(record.log_path), 20)
         message = "it exited while the node agent was down; last output:\n" + "\n".join(lines)
         self._exited(record, "crash", None, message)
-
-    def send(self, message: Message) -> None:
-        """Reports go to the control plane, but those of the node's own local deployments."""
-        deployment_id = getattr(message, "deployment_id", None)
-        if deployment_id is None or not is_local_deployment(deployment_id):
-            self._send_to_control_plane(message)
 
     def hello(self) -> NodeHello:
         with self.lock:
@@ -302,7 +299,8 @@ class Agent(Deploying, Supervision, Endpoints):
 
         def report(done: int, total: int | None) -> None:
             now = time.monotonic()
-            if now - last[0] >= 1.0 or (total is not None and done >= total):
+            every = self.settings.pull_progress_every_s
+            if now - last[0] >= every or (total is not None and done >= total):
                 last[0] = now
                 self.send(
                     DeploymentProgress(

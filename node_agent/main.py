@@ -9,6 +9,7 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from chalicelib.protocol import is_local_deployment
 from node_agent.agent import Agent, AgentSettings
 from node_agent.connection import Connection
 from node_agent.runtime.docker import DockerRuntime
@@ -66,9 +67,11 @@ def run_agent(
     connection: Connection | None = None
 
     def send(message) -> None:
-        if connection is not None:
+        deployment_id = getattr(message, "deployment_id", None)
+        local = deployment_id is not None and is_local_deployment(deployment_id)
+        if connection is not None and not local:  # the node's own stay off the control plane
             connection.send(message)
-        else:  # standalone: what would have gone to the control plane goes to the log
+        else:  # standalone, or a local deployment: what the agent reports goes to the log
             log.info("%s", message.to_json())
 
     node_id = config.node_id if config else "standalone"

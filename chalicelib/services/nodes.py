@@ -146,3 +146,5 @@ class Sweeper:
                     status_message=note,
                     healthy=False,
                 )
+        if lost:  # all it ran has ended: later sweeps need not read it again
+            self._nodes.forget_silent(node)

@@ -190,9 +190,14 @@ class Placement:
         return freed
 
     def place_waiting(self, owner_id: str | None = None) -> None:
-        for item in self._deployments.unplaced():
-            if owner_id is None or item.owner_id == owner_id:
-                self.place(item)
+        """Try again for deployments waiting for a node: one owner's (their node said hello,
+        or freed GPUs), or every owner's (the sweep)."""
+        if owner_id is None:
+            waiting = self._deployments.unplaced()
+        else:
+            waiting = self._deployments.waiting_for(owner_id)
+        for item in waiting:
+            self.place(item)
 
 
 def _is_online(node: NodeItem) -> bool:

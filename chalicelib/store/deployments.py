@@ -3,7 +3,7 @@ racing writers cannot both win and a late message cannot resurrect a finished de
 
 import heapq
 import re
-import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -19,15 +19,13 @@ from chalicelib.lifecycle import ACTIVE, COMING_UP, Status, check_transition
 from chalicelib.store.models import DeploymentItem, SecretItem, utcnow
 from chalicelib.store.nodes import gpu_claim, release_gpus
 from chalicelib.store.secrets import split_weights_source
+from chalicelib.store.shards import BILLING_SHARDS, CLOUD_SHARDS, UNPLACED_SHARDS, shard_of
 
 MAX_RETRIES = 5
-UNPLACED = "1"
-CLOUD = "1"
 AWAITING_ACK = "1"
 # The billable index's keys. Every charge rewrites a deployment's index entry, so under one
 # shared key they would all land on one index partition (1,000 writes a second at most). Each
 # key costs the tick one Query (a page at least): 8 keep ~200k deployments under that limit.
-BILLING_SHARDS = [str(n) for n in range(8)]
 DEPLOYMENT_ID = re.compile(r"^dep_[0-9a-f]{16}$")  # what new_deployment_id() makes
 
 
@@ -61,7 +59,7 @@ def owner_status_key(owner_id: str, status: str) -> str:
 
 def billing_shard(deployment_id: str) -> str:
     """The billable index key a deployment is filed under while it is billed."""
-    return BILLING_SHARDS[zlib.crc32(deployment_id.encode()) % len(BILLING_SHARDS)]
+    return shard_of(deployment_id, BILLING_SHARDS)
 
 
 def is_condition_failure(exc: Exception) -> bool:
@@ -96,9 +94,9 @@ class DeploymentRepository:
         neither is written without the other."""
         item.owner_status = owner_status_key(item.owner_id, item.status)
         if item.target == "prism_node" and not item.node_id:
-            item.unplaced = UNPLACED
+            item.unplaced = shard_of(item.id, UNPLACED_SHARDS)
         if item.target != "prism_node":
-            item.cloud = CLOUD
+            item.cloud = shard_of(item.id, CLOUD_SHARDS)
         new = DeploymentItem.id.does_not_exist()
         try:
             if secret is None:
@@ -252,7 +250,8 @@ class DeploymentRepository:
         out to be gone, or never answered: `unanswered` counts that). False when it is no
         longer waiting on that node, from that assignment."""
         held = list(item.gpu_indices or [])
-        waiting = [DeploymentItem.unplaced.set(UNPLACED)] if item.target == "prism_node" else []
+        shard = shard_of(item.id, UNPLACED_SHARDS)
+        waiting = [DeploymentItem.unplaced.set(shard)] if item.target == "prism_node" else []
         counted = [DeploymentItem.unacked_deploys.add(1)] if unanswered else []
         condition = (DeploymentItem.status == Status.PROVISIONING.value) & (
             DeploymentItem.node_id == node_id
@@ -292,9 +291,11 @@ class DeploymentRepository:
             )
         )
 
-    def cloud_active(self) -> list[DeploymentItem]:
-        """Cloud deployments that are not over, by Query on their sparse index."""
-        return list(DeploymentItem.cloud_index.query(CLOUD))
+    def cloud_active(self) -> Iterator[DeploymentItem]:
+        """Cloud deployments that are not over, by Query on each shard of their sparse index,
+        page by page (never all of them in memory)."""
+        for shard in CLOUD_SHARDS:
+            yield from DeploymentItem.cloud_index.query(shard)
 
     def record_instance(
         self, item: DeploymentItem, instance_id: str, price, launched_at, region=None
@@ -341,9 +342,19 @@ class DeploymentRepository:
             & DeploymentItem.pinned_node_id.does_not_exist(),
         )
 
-    def unplaced(self, created_before=None) -> list[DeploymentItem]:
+    def unplaced(self, created_before=None) -> Iterator[DeploymentItem]:
+        """prism_node deployments waiting for a node (created before a time: only those), from
+        every shard of their sparse index, page by page."""
         condition = None if created_before is None else (DeploymentItem.created_at < created_before)
-        return list(DeploymentItem.unplaced_index.query(UNPLACED, condition))
+        for shard in UNPLACED_SHARDS:
+            yield from DeploymentItem.unplaced_index.query(shard, condition)
+
+    def waiting_for(self, owner_id: str) -> Iterator[DeploymentItem]:
+        """One owner's deployments waiting for a node: a Query of that owner's provisioning
+        deployments, so a node's hello reads nothing of other owners'."""
+        key = owner_status_key(owner_id, Status.PROVISIONING.value)
+        waiting = DeploymentItem.unplaced.exists()
+        return DeploymentItem.by_owner_status.query(key, filter_condition=waiting)
 
     def list_owned(
         self,

@@ -9,12 +9,13 @@ from decimal import Decimal
 from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.condition import size
 
-from chalicelib.store.deployments import BILLING_SHARDS, is_condition_failure, update_if
+from chalicelib.store.deployments import is_condition_failure, update_if
 from chalicelib.store.models import (
     DeploymentItem,
     LedgerEntry,
     LedgerItem,
 )
+from chalicelib.store.shards import BILLING_SHARDS
 
 LEDGER_PAGE = 25  # charges kept on the deployment before they move to the ledger table
 _TIME = DeploymentItem.last_metered_at  # its serializer gives the stored string

@@ -380,8 +380,9 @@ class NodesByOwnerIndex(GlobalSecondaryIndex):
 
 
 class NodesByLastSeenIndex(GlobalSecondaryIndex):
-    """Every node under one key, ordered by when it was last heard from: the sweep asks for
-    those silent since a cutoff with one Query."""
+    """Nodes by when they were last heard from, under 16 shard keys (store/shards.py: a
+    heartbeat rewrites the entry) and sparse: a node whose silence has been handled leaves it
+    until its next heartbeat. The sweep asks each shard for those silent since a cutoff."""
 
     class Meta:
         index_name = "by-last-seen"
@@ -412,7 +413,7 @@ class NodeItem(Model):
     connection_id = UnicodeAttribute(null=True)
     agent_version = UnicodeAttribute(null=True)
     gpus = ListAttribute(of=GpuAttribute, default=list)
-    fleet = UnicodeAttribute(default="all")
+    fleet = UnicodeAttribute(null=True)  # its by-last-seen shard; none once its silence is handled
     dedicated_to = UnicodeAttribute(null=True)  # the cloud deployment whose instance this is
     # GPU index (as a string) -> the deployment holding it, claimed in the same transaction
     # that assigns the deployment (null on nodes that never said hello since this existed).

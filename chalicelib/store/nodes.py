@@ -7,6 +7,7 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 
 from pynamodb.exceptions import UpdateError
@@ -19,6 +20,7 @@ from chalicelib.store.models import (
     NodeReplyItem,
     utcnow,
 )
+from chalicelib.store.shards import LAST_SEEN_SHARDS, LEGACY_LAST_SEEN, shard_of
 
 CONNECTION_TTL_SECONDS = 3 * 3600  # API Gateway closes a connection after 2 hours
 NODE_ID = re.compile(r"node_[0-9a-f]{16}")
@@ -75,6 +77,7 @@ class NodeRepository:
             name=name,
             token_hash=hash_token(token),
             dedicated_to=dedicated_to,
+            fleet=shard_of(node_id, LAST_SEEN_SHARDS),
         )
         node.save(condition=NodeItem.id.does_not_exist())
         return node, token
@@ -115,8 +118,20 @@ class NodeRepository:
     def online_owned(self, owner_id: str) -> list[NodeItem]:
         return [n for n in self.list_owned(owner_id) if n.status == "online" and n.connection_id]
 
-    def silent_since(self, cutoff: datetime) -> list[NodeItem]:
-        return list(NodeItem.by_last_seen.query("all", NodeItem.last_seen_at < cutoff))
+    def silent_since(self, cutoff: datetime) -> Iterator[NodeItem]:
+        """Nodes silent since the cutoff and not yet forgotten (see `forget_silent`): a Query
+        per shard of the sparse by-last-seen index, so the sweep reads only those."""
+        for shard in (*LAST_SEEN_SHARDS, LEGACY_LAST_SEEN):
+            yield from NodeItem.by_last_seen.query(shard, NodeItem.last_seen_at < cutoff)
+
+    def forget_silent(self, node: NodeItem) -> None:
+        """Out of the by-last-seen index once its silence is handled (its deployments ended):
+        the sweep never reads it again until its next heartbeat files it back."""
+        with contextlib.suppress(UpdateError):  # it was heard from meanwhile: it stays
+            node.update(
+                actions=[NodeItem.fleet.remove()],
+                condition=NodeItem.last_seen_at == node.last_seen_at,
+            )
 
     def mark_connected(self, node: NodeItem, connection_id: str) -> bool:
         """Online on this connection, unless the node was deleted or its token replaced since
@@ -174,12 +189,15 @@ class NodeRepository:
     def touch(self, node_id: str, connection_id: str) -> None:
         """A heartbeat: seen now, and online on this connection unless the node has moved to
         a newer one (a late heartbeat from a dropped socket must not point back at it)."""
-        seen = NodeItem.last_seen_at.set(utcnow())
+        seen = [
+            NodeItem.last_seen_at.set(utcnow()),
+            NodeItem.fleet.set(shard_of(node_id, LAST_SEEN_SHARDS)),
+        ]
         node = NodeItem(id=node_id)
         try:
             node.update(
                 actions=[
-                    seen,
+                    *seen,
                     NodeItem.status.set("online"),
                     NodeItem.connection_id.set(connection_id),
                 ],
@@ -191,7 +209,7 @@ class NodeRepository:
             )
         except UpdateError:
             with contextlib.suppress(UpdateError):
-                node.update(actions=[seen], condition=NodeItem.id.exists())
+                node.update(actions=seen, condition=NodeItem.id.exists())
 
     def mark_offline(self, node: NodeItem, connection_id: str | None = None) -> None:
         """Offline, unless the node already reconnected on another connection."""
