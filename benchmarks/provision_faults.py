@@ -9,7 +9,9 @@ state machines on moto's Step Functions interpreter, their Lambda steps in the C
 the providers over HTTP. After the runs, the reaper runs once, as its schedule would.
 
 Prints: runs, instances launched, instances leaked (goal 0), deployments stuck in a
-non-terminal state after the deadline (goal 0), and max |charged - provider bill|.
+non-terminal state after the deadline (goal 0), and max |charged - provider bill| at a price
+($3,600/h) where one second shows (goal: at most the price of 1 s; a deployment is charged up to
+the moment the provider accepted its terminate, which is when the providers stop billing).
 
     .venv/bin/python benchmarks/provision_faults.py [--runs 200] [--concurrency 20] [--seed 1]
 """
@@ -51,9 +53,14 @@ from chalicelib.providers.base import (  # noqa: E402
 from chalicelib.schemas import CreateDeploymentRequest  # noqa: E402
 from chalicelib.services import registry  # noqa: E402
 from chalicelib.store.users import UserRepository  # noqa: E402
-from prism.dev.fakes.lambda_cloud import FakeLambdaCloud  # noqa: E402
+from prism.dev.cloud_sandbox import (  # noqa: E402
+    PRICE_PER_HOUR,
+    cloud_sandbox,
+    fake_clouds,
+    fast_cloud_settings,
+    wait_for_executions,
+)
 from prism.dev.fakes.runpod import FakeRunPod  # noqa: E402
-from tests.cloud_sandbox import cloud_sandbox, fast_cloud_settings, wait_for_executions  # noqa: E402
 
 ENDINGS = ("stop_when_running", "stop_while_provisioning", "never_boots", "never_healthy")
 RUN_DEADLINE_S = 90.0
@@ -88,7 +95,7 @@ def one_run(index: int, owner_id: str, fakes: dict, seed: int) -> dict:
         target=target,
         image="acme/llm:1",
         gpu_type="A100" if target == "runpod" else rng.choice(("A100", "H100")),
-        budget_max_usd=100,
+        budget_max_usd=10_000,  # never reached in a run at PRICE_PER_HOUR
     )
     item = service.create(owner_id, request, None)
     ending = rng.choice(ENDINGS)
@@ -170,8 +177,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.CRITICAL)  # moto logs every Fail state it runs
     metrics.flush_metrics = lambda *_, **__: metrics.clear_metrics()  # no EMF flood on stdout
-    with FakeRunPod(boot_seconds=0.3) as runpod, FakeLambdaCloud(boot_seconds=0.3) as lam:
-        fakes = {"runpod": runpod, "lambda": lam}
+    with fake_clouds(boot_seconds=0.3, price_per_hour=PRICE_PER_HOUR) as fakes:
+        runpod, lam = fakes["runpod"], fakes["lambda"]
         cloud = fast_cloud_settings(runpod, lam, reaper_grace_seconds=0)
         with cloud_sandbox(cloud):
             owner = UserRepository().create_user_with_key("bench").user_id
@@ -219,7 +226,11 @@ def report(runs: list[dict], fakes: dict, reaped, seconds: float) -> None:
             f"  {deployment_id} {item.status} since {item.updated_at:%H:%M:%S}: "
             f"{item.status_message} / {item.failure_message} (instance {item.provider_instance_id})"
         )
-    print(f"max |charged - bill| ${worst:.6f} (goal < $0.01)")
+    one_second = Decimal(PRICE_PER_HOUR) / 3600
+    print(
+        f"max |charged - bill| ${worst:.6f} at ${PRICE_PER_HOUR:,}/h "
+        f"(goal <= ${one_second:.2f}, the price of 1 s)"
+    )
 
 
 if __name__ == "__main__":

@@ -202,7 +202,13 @@ class CloudService:
         try:
             provider = self._providers(item.target)
             instance_id = instance_id or self._find_by_name(provider, item.id)
-            confirmed = instance_id is None or _terminated(provider, instance_id)
+            if instance_id is not None:
+                provider.terminate(instance_id)  # raises unless the provider accepted it
+                if "billing_ended_at" not in state:  # the provider's bill stops here
+                    ended = self._clock()
+                    self._end_billing(item, ended)
+                    state = state | {"billing_ended_at": ended.isoformat()}
+            confirmed = instance_id is None or _gone(provider, instance_id)
         except ProviderNotConfigured:
             confirmed = instance_id is None  # without a key nothing was ever launched
         except Exception as exc:  # every provider failure is retried on the next round
@@ -217,15 +223,10 @@ class CloudService:
         return state | {"confirmed": confirmed, "give_up": self._clock() > give_up_at}
 
     def finish_teardown(self, state: dict) -> dict:
-        """Termination confirmed: charge up to now, then end (failed when a failure reason was
-        recorded on the way, e.g. budget_exceeded or provision_error)."""
-        item = self._deployments.get(state["deployment_id"])
-        now = self._clock()
-        for _ in range(3):  # a metering worker charging at the same moment wins; then us
-            if not item.billable or item.last_metered_at >= now:
-                break
-            self._meter(BillableEntry.of(item), now)
-            item = self._deployments.get(item.id)
+        """Termination confirmed: end (failed when a failure reason was recorded on the way,
+        e.g. budget_exceeded or provision_error). Billing ended when the provider accepted the
+        terminate; an instance never found is charged up to now."""
+        item = self._end_billing(self._deployments.get(state["deployment_id"]), self._clock())
         target = Status.FAILED if item.failure_reason else Status.STOPPED
         if Status(item.status) is not Status.STOPPING:
             self._deployments.transition_latest(item.id, towards(Status.STOPPING), first=item)
@@ -253,6 +254,18 @@ class CloudService:
         return state
 
     # --- helpers ---------------------------------------------------------------------------
+
+    def _end_billing(self, item: DeploymentItem, ended: datetime) -> DeploymentItem:
+        """Charge up to `ended`, when the provider stopped billing, then take the deployment
+        out of the metering tick: no later charge, whenever the teardown confirms."""
+        for _ in range(3):  # a metering worker charging at the same moment wins; then us
+            if not item.billable or item.last_metered_at >= ended:
+                break
+            self._meter(BillableEntry.of(item), ended)
+            item = self._deployments.get(item.id)
+        if item.billable:
+            item = self._deployments.stop_billing(item)
+        return item
 
     def _provisioning(self, deployment_id: str) -> DeploymentItem:
         item = self._deployments.get(deployment_id)
@@ -383,8 +396,7 @@ class CloudService:
         )
 
 
-def _terminated(provider: Provider, instance_id: str) -> bool:
-    provider.terminate(instance_id)
+def _gone(provider: Provider, instance_id: str) -> bool:
     instance = provider.get(instance_id)
     return instance is None or instance.state is InstanceState.TERMINATED
 

@@ -39,7 +39,7 @@ from chalicelib.schemas import (
 )
 from chalicelib.services.node_requests import NodeRequests, new_request_id
 from chalicelib.services.pagination import decode_cursor, encode_cursor, seal, unseal
-from chalicelib.services.placement import Placement
+from chalicelib.services.placement import Placement, choose_node, waiting_reason
 from chalicelib.store import endpoints
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.metering import MeteringRepository
@@ -196,11 +196,17 @@ class DeploymentService:
         if endpoint_auth(item) == "key":
             item.endpoint_key_hashes = [endpoint_key_hash]
         sealed = self._secrets.seal(item.id, secrets) if secrets else None
-        item = self._deployments.create(item, sealed)
         if item.target in CLOUD_TARGETS:
+            item = self._deployments.create(item, sealed)
             self._start_workflow(self._workflows.start_provision, item)
             return item
-        return self._placement.place(item, secrets)  # known here: this function never opens
+        # The owner's nodes are read first, so a deployment no node can take now is written
+        # once, with why it waits: a create is a key lookup, a Query and a PutItem.
+        candidates = self._placement.online_for(item)
+        if choose_node(item, candidates) is None:
+            item.status_message = waiting_reason(item)
+        item = self._deployments.create(item, sealed)
+        return self._placement.place(item, secrets, candidates)  # secrets: never opened here
 
     def _start_workflow(self, start, item: DeploymentItem) -> None:
         """A workflow that cannot start now never fails the user's request: the reaper fails

@@ -115,14 +115,19 @@ class Placement:
         self._channel = channel
 
     def place(
-        self, item: DeploymentItem, secrets: DeploymentSecrets | None = None
+        self,
+        item: DeploymentItem,
+        secrets: DeploymentSecrets | None = None,
+        candidates: list[NodeItem] | None = None,
     ) -> DeploymentItem:
-        """`secrets`: the deployment's, when the caller has them (create): not opened again."""
+        """`secrets` and `candidates` (online_for): when the caller has them (create), not read
+        again."""
         if item.status != "provisioning" or item.node_id:
             return item
         if item.target != "prism_node" and not item.pinned_node_id:
             return item  # a cloud deployment whose instance does not run our agent
-        candidates = self._online_for(item)
+        if candidates is None:
+            candidates = self.online_for(item)
         reclaimed = False
         for _ in range(MAX_PLACEMENT_ROUNDS):
             choice = choose_node(item, candidates)
@@ -155,7 +160,7 @@ class Placement:
         message = f"sent to node {choice.node.name}"
         return self._deployments.assign_node(item, choice.node.id, message, choice.gpu_indices)
 
-    def _online_for(self, item: DeploymentItem) -> list[NodeItem]:
+    def online_for(self, item: DeploymentItem) -> list[NodeItem]:
         """A pinned deployment's node read consistently (it may have connected a moment ago;
         the owner index lags), else the owner's online nodes: read again consistently when
         the deployment needs a GPU, whose claims the index may not show yet."""

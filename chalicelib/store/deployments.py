@@ -291,6 +291,12 @@ class DeploymentRepository:
             )
         )
 
+    def stop_billing(self, item: DeploymentItem) -> DeploymentItem:
+        """Out of the billable index: the metering tick charges it no more (its provider
+        stopped billing)."""
+        update_if(item, [DeploymentItem.billable.remove()], DeploymentItem.id.exists())
+        return item
+
     def cloud_active(self) -> Iterator[DeploymentItem]:
         """Cloud deployments that are not over, by Query on each shard of their sparse index,
         page by page (never all of them in memory)."""

@@ -25,7 +25,6 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import SimpleNamespace
 
-import requests
 from chalice.config import Config
 from chalice.local import ChaliceRequestHandler, LocalDevServer, LocalGateway
 
@@ -59,7 +58,7 @@ class TemplateRoutes:
                 event["isBase64Encoded"] = True
         try:
             return self.functions.invoke(self.function, event, timeout=INTEGRATION_TIMEOUT_S)
-        except requests.Timeout:  # API Gateway gives up on the integration, the function runs on
+        except TimeoutError:  # API Gateway gives up on the integration, the function runs on
             return self.responses.answer("INTEGRATION_TIMEOUT")
         except FunctionError as exc:  # API Gateway's answer to a failed Lambda integration
             print(f"{self.function} failed: {exc}", flush=True)

@@ -18,6 +18,7 @@ import os
 import random
 import re
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -25,11 +26,11 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.client import HTTPConnection, HTTPException
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-
-import requests
+from urllib.parse import urlsplit
 
 from prism.dev import identities
 from prism.dev.identities import Identity
@@ -74,6 +75,23 @@ class Container:
     process: subprocess.Popen
     port: int
     token: str  # what the service shows it on every call: nothing else may invoke it
+    # One kept-alive connection: the service is the container's only caller, and the
+    # container serves one connection at a time. The lock keeps /stats off a busy one.
+    connection: HTTPConnection = field(init=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def __post_init__(self):
+        self.connection = HTTPConnection("127.0.0.1", self.port)
+
+    def call(self, method: str, path: str, body: bytes | None, timeout: float):
+        """(status, headers, body); TimeoutError, or OSError / HTTPException when the
+        container is gone."""
+        if not self.lock.acquire(timeout=timeout):
+            raise TimeoutError(f"container busy for {timeout:.0f}s")
+        try:
+            return _exchange(self.connection, method, path, body, self.token, timeout)
+        finally:
+            self.lock.release()
 
 
 class FunctionHost:
@@ -107,20 +125,15 @@ class FunctionHost:
         """(the response payload, whether it is a function error)."""
         container = self._acquire(spec)
         try:
-            answer = requests.post(
-                f"http://127.0.0.1:{container.port}/invoke",
-                data=payload,
-                headers={"Content-Type": "application/json", "X-Prism-Token": container.token},
-                timeout=spec.timeout + 1,
-            )
-        except requests.Timeout:  # Lambda stops the container of a function that times out
+            _, headers, body = container.call("POST", "/invoke", payload, spec.timeout + 1)
+        except TimeoutError:  # Lambda stops the container of a function that times out
             self._release(spec, container, keep=False)
             return _error("Sandbox.Timedout", f"Task timed out after {spec.timeout}.00 seconds")
-        except requests.ConnectionError:
+        except (OSError, HTTPException):
             self._release(spec, container, keep=False)
             return _error("Runtime.ExitError", "the function's process exited")
         self._release(spec, container, keep=True)
-        return answer.content, "X-Amz-Function-Error" in answer.headers
+        return body, "X-Amz-Function-Error" in headers
 
     def warm_all(self) -> None:
         """Start a container of every function ahead of its first event, one after another
@@ -139,13 +152,9 @@ class FunctionHost:
             idle = [(name, c) for name, found in self.idle.items() for c in found]
         for name, container in idle:
             try:
-                stats = requests.get(
-                    f"http://127.0.0.1:{container.port}/stats",
-                    headers={"X-Prism-Token": container.token},
-                    timeout=5,
-                )
-                peaks[name] = max(peaks.get(name, 0.0), stats.json()["max_rss_mb"])
-            except requests.RequestException:
+                _, _, stats = container.call("GET", "/stats", None, timeout=5)
+                peaks[name] = max(peaks.get(name, 0.0), json.loads(stats)["max_rss_mb"])
+            except (OSError, HTTPException, ValueError, KeyError):
                 continue
         return peaks
 
@@ -185,6 +194,7 @@ class FunctionHost:
                 self.idle[spec.logical_id].append(container)
             else:
                 container.process.kill()
+                container.connection.close()
                 self.started[spec.logical_id] -= 1
             self.turns.notify_all()
 
@@ -211,18 +221,14 @@ class FunctionHost:
         process.stdin.close()
         # The socket listens already: the first answer comes once the container has imported
         # the app, however long that takes on a busy machine (a cold start).
+        container = Container(process, port, token)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                requests.get(
-                    f"http://127.0.0.1:{port}/stats",
-                    headers={"X-Prism-Token": token},
-                    timeout=max(1.0, deadline - time.monotonic()),
-                )
-                container = Container(process, port, token)
+                container.call("GET", "/stats", None, max(1.0, deadline - time.monotonic()))
                 self.everyone.append(container)
                 return container
-            except requests.RequestException:
+            except (OSError, HTTPException):
                 time.sleep(0.05)
         process.kill()
         raise RuntimeError(
@@ -258,33 +264,56 @@ def _listening() -> socket.socket:
         return sock
 
 
+def _exchange(connection: HTTPConnection, method: str, path: str, body, token: str, timeout: float):
+    """One request on a kept-alive connection: (status, headers, body). On an error the
+    connection is closed, and the next request opens a new one."""
+    if connection.sock is not None and select.select([connection.sock], [], [], 0)[0]:
+        connection.close()  # closed by the other end while idle (or out of step): reconnect
+    connection.timeout = timeout  # for a (re)connect
+    try:
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
+        headers = {"Content-Type": "application/json", "X-Prism-Token": token}
+        connection.request(method, path, body=body, headers=headers)
+        answer = connection.getresponse()
+        return answer.status, answer.headers, answer.read()
+    except (OSError, HTTPException):
+        connection.close()
+        raise
+
+
 def _error(kind: str, message: str) -> tuple[bytes, bool]:
     return json.dumps({"errorType": kind, "errorMessage": message}).encode(), True
 
 
 class LambdaClient:
-    """Invoke a function of the local Lambda service, as AWS's services do."""
+    """Invoke a function of the local Lambda service, as AWS's services do: on one kept-alive
+    connection per thread (the SDKs keep theirs), with the standard library's lean client."""
 
     def __init__(self, url: str, token: str | None = None):
-        self.url = url.rstrip("/")
+        where = urlsplit(url)
+        self.host, self.port = where.hostname, where.port or 80
         self.token = token or os.environ[INVOKE_TOKEN]
-        self.local = threading.local()  # a requests.Session per thread: sessions aren't shared
+        self.local = threading.local()  # a connection per thread: connections aren't shared
 
     def invoke(self, function: str, event: dict, timeout: float = 960):
-        """The function's result; FunctionError if it raised. `timeout`: how long the caller
-        waits (960 s: the longest a function may run, and some)."""
-        if not hasattr(self.local, "http"):
-            self.local.http = requests.Session()
-        answer = self.local.http.post(
-            f"{self.url}/2015-03-31/functions/{function}/invocations",
-            data=json.dumps(event, default=str),
-            headers={"X-Prism-Token": self.token},
-            timeout=timeout,
+        """The function's result; FunctionError if it raised; TimeoutError if it had not
+        answered within `timeout` (how long the caller waits; 960 s: the longest a function
+        may run, and some); OSError or HTTPException if the service could not be reached."""
+        if not hasattr(self.local, "connection"):
+            self.local.connection = HTTPConnection(self.host, self.port)
+        status, headers, body = _exchange(
+            self.local.connection,
+            "POST",
+            f"/2015-03-31/functions/{function}/invocations",
+            json.dumps(event, default=str).encode(),
+            self.token,
+            timeout,
         )
-        if answer.status_code != 200:
-            raise FunctionError({"errorType": "ServiceError", "errorMessage": answer.text})
-        payload = answer.json() if answer.content else None
-        if "X-Amz-Function-Error" in answer.headers:
+        if status != 200:
+            raise FunctionError({"errorType": "ServiceError", "errorMessage": body.decode()})
+        payload = json.loads(body) if body else None
+        if "X-Amz-Function-Error" in headers:
             raise FunctionError(payload)
         return payload
 
@@ -292,6 +321,10 @@ class LambdaClient:
 def serve(host: FunctionHost, port: int, token: str) -> ThreadingHTTPServer:
     class Invoke(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes: with Nagle on, each answer on a kept-alive
+        # connection waits for the caller's delayed ACK (~40 ms). Lambda's Invoke API has no
+        # such stall, so the local one must not either.
+        disable_nagle_algorithm = True
 
         def do_POST(self):  # noqa: N802
             payload = self.rfile.read(int(self.headers.get("Content-Length", "0")))

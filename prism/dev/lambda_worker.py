@@ -50,6 +50,7 @@ def load_handler(runtime: str, handler: str):
 def serve(handler, listening: socket.socket, timeout_s: float, arn: str, token: str) -> None:
     class Invocations(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # the service keeps its connection: no delayed-ACK stall
 
         def do_POST(self):  # noqa: N802
             body = self.rfile.read(int(self.headers["Content-Length"]))

@@ -11,8 +11,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from prism.dev.fakes.hf_hub import FakeHfHub
-from prism.dev.fakes.lambda_cloud import FakeLambdaCloud, default_instance_types
-from prism.dev.fakes.runpod import DEFAULT_GPU_TYPES, FakeRunPod
+from prism.dev.fakes.lambda_cloud import FakeLambdaCloud, priced_instance_types
+from prism.dev.fakes.runpod import FakeRunPod, priced_gpu_types
 from prism.dev.tiny_embedder import tiny_embedder_files
 
 RUNPOD_KEY, LAMBDA_KEY = "rp_local_fake_key", "lambda_local_fake_key"
@@ -55,34 +55,19 @@ def _clouds(args) -> tuple[FakeRunPod, FakeLambdaCloud]:
         api_key=RUNPOD_KEY,
         boot_seconds=args.boot_seconds,
         port=args.runpod_port,
-        gpu_types=_priced_gpu_types(args.price_per_hour),
+        gpu_types=priced_gpu_types(args.price_per_hour),
     )
     lam = FakeLambdaCloud(
         api_key=LAMBDA_KEY,
         boot_seconds=args.boot_seconds,
         port=args.lambda_port,
-        instance_types=_priced_instance_types(args.price_per_hour),
+        instance_types=priced_instance_types(args.price_per_hour),
     )
     return runpod, lam
 
 
 def _demo_files() -> dict[str, Path]:
     return {p.name: p for p in sorted(DEMO_MODEL.iterdir()) if p.is_file()}
-
-
-def _priced_gpu_types(price: float | None) -> list[dict] | None:
-    if price is None:
-        return None
-    return [t | {"securePrice": price, "communityPrice": price} for t in DEFAULT_GPU_TYPES]
-
-
-def _priced_instance_types(price: float | None) -> dict | None:
-    if price is None:
-        return None
-    types = default_instance_types()
-    for entry in types.values():
-        entry["instance_type"]["price_cents_per_hour"] = round(price * 100)
-    return types
 
 
 def local_env(host: str, runpod_port: int, lambda_port: int) -> dict[str, str]:

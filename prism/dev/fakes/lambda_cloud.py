@@ -158,6 +158,16 @@ def _no_capacity() -> _ApiError:
     )
 
 
+def priced_instance_types(price: float | None) -> dict | None:
+    """Every instance type at one price per hour (None: the default prices)."""
+    if price is None:
+        return None
+    types = default_instance_types()
+    for entry in types.values():
+        entry["instance_type"]["price_cents_per_hour"] = round(price * 100)
+    return types
+
+
 class FakeLambdaCloud:
     """In-memory Lambda Cloud on 127.0.0.1; see the module docstring for what it answers."""
 

@@ -109,6 +109,13 @@ _CLOUD_TYPES = ("ALL", "SECURE", "COMMUNITY")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
+def priced_gpu_types(price: float | None) -> list[dict] | None:
+    """Every GPU type at one price per hour (None: the default prices)."""
+    if price is None:
+        return None
+    return [t | {"securePrice": price, "communityPrice": price} for t in DEFAULT_GPU_TYPES]
+
+
 class FakeRunPod:
     def __init__(
         self,
