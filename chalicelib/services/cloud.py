@@ -99,9 +99,10 @@ class CloudService:
         item = self._provisioning(state["deployment_id"])
         provider = self._providers(item.target)
         launched_at = self._clock()
-        if item.launch_requested_at is None:
+        retried = item.launch_requested_at is not None  # an earlier attempt may have launched
+        if not retried:
             self._deployments.mark_launch_requested(item, launched_at)
-        adopted = self._adopt(item, provider)
+        adopted = self._adopt(item, provider, retried)
         if adopted is not None and not item.provider_instance_id and item.launch_requested_at:
             launched_at = item.launch_requested_at  # billed since an earlier attempt made it
         instance = adopted or self._launch_first_offer(item, provider)
@@ -286,14 +287,18 @@ class CloudService:
             return self._adopt(latest, provider)
         raise Cancelled(f"{item.id} was stopped while its instance was launched")
 
-    def _adopt(self, item: DeploymentItem, provider: Provider) -> Instance | None:
+    def _adopt(self, item: DeploymentItem, provider: Provider, retried: bool) -> Instance | None:
         """The instance launched for this deployment by an earlier attempt, if any (a retried
-        launch must never start a second one)."""
+        launch must never start a second one). Only a retry lists the account's instances for
+        its name: a first launch costs the provider two calls (offers, launch), however many
+        instances the account runs."""
         if item.provider_instance_id:
             instance = provider.get(item.provider_instance_id, port=int(item.deploy_config.port))
             if instance is None:
                 raise InstanceLost(f"the recorded instance {item.provider_instance_id} is gone")
             return instance
+        if not retried:
+            return None
         wanted = instance_name(item.id, self._cloud.stage)
         found = next((i for i in provider.list_owned() if i.name == wanted), None)
         if found is not None and runs_agent(item):
