@@ -139,3 +139,18 @@ def test_the_management_api_answers_only_roles_that_may_manage_connections(platf
         assert json.loads(node.recv()) == {"type": "ping"}
     finally:
         node.close()
+
+
+def test_an_invocation_has_no_delayed_ack_stall(platform):
+    """Each answer from the local Lambda service once waited for the caller's delayed ACK
+    (~40 ms, Nagle's algorithm on a kept-alive socket): a request that reaches the API function
+    and is refused there for its key takes a few ms, as on Lambda."""
+    url = f"{platform.api_url}/api/v1/compute/deployments"
+    with requests.Session() as session:
+        timings = []
+        for _ in range(21):
+            started = time.perf_counter()
+            refused = session.get(url, headers={"Authorization": "Bearer prism_nope"}, timeout=10)
+            timings.append(time.perf_counter() - started)
+            assert refused.status_code == 401
+    assert sorted(timings)[10] < 0.025, timings

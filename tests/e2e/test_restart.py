@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from prism.dev.fakes.__main__ import RUNPOD_KEY, _priced_gpu_types
-from prism.dev.fakes.runpod import FakeRunPod
+from prism.dev.fakes.__main__ import RUNPOD_KEY
+from prism.dev.fakes.runpod import FakeRunPod, priced_gpu_types
 from tests.e2e.conftest import (
     STARTED,
     alive,
@@ -42,7 +42,7 @@ def platforms_stopped():
 @pytest.fixture
 def runpod():
     with FakeRunPod(
-        api_key=RUNPOD_KEY, boot_seconds=1, gpu_types=_priced_gpu_types(PRICE_PER_HOUR)
+        api_key=RUNPOD_KEY, boot_seconds=1, gpu_types=priced_gpu_types(PRICE_PER_HOUR)
     ) as fake:
         yield fake
 
