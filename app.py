@@ -46,8 +46,17 @@ def reap_cloud(event):
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))
 def check_cloud_health(event):
-    """Running cloud deployments probed: 3 failures in a row -> unhealthy."""
-    registry.cloud_upkeep().check_running()
+    """Running cloud deployments to probe -> the health queue, a few per message."""
+    registry.cloud_health().enqueue()
+
+
+@app.on_sqs_message(queue=settings.health_queue, batch_size=1)
+def health_worker(event):
+    """Probes a message's deployments at once (3 failures in a row -> unhealthy); one message
+    per invocation, so a round takes one probe's time however many run."""
+    return registry.cloud_health().work_batch(
+        (record.to_dict()["messageId"], record.body) for record in event
+    )
 
 
 # The steps of infra/statemachines/*.asl.json. An exception's class name is the error the

@@ -7,7 +7,8 @@ against a moto server (`python -m prism.dev.moto_server`) seeded with:
 - MeterTick: N billable (+ M stopped) deployments, one tick;
 - MeterWorker: the largest batch the SQS trigger delivers (10 messages of 100 deployments), then
   the rest of the queue in the same warm process (the whole drain, and whether memory grows);
-- CheckCloudHealth / ReapCloud: K running RunPod deployments with their pods on the fake RunPod
+- CheckCloudHealth (the tick) / HealthWorker (one message) / ReapCloud: K running RunPod
+  deployments with their pods on the fake RunPod
   (prism/dev/fakes), their endpoints on one local HTTP server that answers every path;
 - APIHandler: a list page (limit 100) of an owner with L deployments, and a create;
 - SweepNodes with no nodes: what any handler adds to the import by making its AWS clients.
@@ -475,10 +476,19 @@ def measure_cloud_upkeep(runner: Runner, sizes: Sizes, runpod, health) -> list[M
     seed_running_cloud(owner, launched, health_url)
     size = f"{sizes.cloud:,} running cloud deployments"
 
+    from chalicelib.config import settings
+    from chalicelib.services.cloud_health import HEALTH_CHECKS_PER_MESSAGE
+
     report = runner.invoke("check-cloud-health", "check_cloud_health", [scheduled_event("chk")])
-    if health.probes != sizes.cloud:
-        raise SystemExit(f"CheckCloudHealth probed {health.probes} of {sizes.cloud} endpoints")
-    rows = [measured("CheckCloudHealth", f"{size}, all healthy", report)]
+    rows = [measured("CheckCloudHealth", f"{size} queued for their probes", report)]
+    expected = math.ceil(sizes.cloud / HEALTH_CHECKS_PER_MESSAGE)
+    batches = take_queue(expected, settings.health_queue, batch_size=1)
+    report = runner.invoke("health-worker", "health_worker", batches)
+    if health.probes != sizes.cloud or any(o["failed"] for o in report["outcomes"]):
+        raise SystemExit(f"HealthWorker probed {health.probes} of {sizes.cloud} endpoints")
+    rows.append(
+        measured("HealthWorker", f"one message: {HEALTH_CHECKS_PER_MESSAGE} of {size}", report)
+    )
 
     report = runner.invoke("reap-cloud", "reap_cloud", [scheduled_event("reap")])
     if len(runpod.live_pods()) != sizes.cloud:
@@ -497,14 +507,13 @@ def seed_metering(billable: int, stopped: int) -> None:
     seeding.billing_deployments(billable, stopped)
 
 
-def take_queue(expected: int) -> list[dict]:
-    """Every message the tick sent, as SQS events of 10 (the trigger's batch size), hidden
+def take_queue(expected: int, queue: str, batch_size: int = 10) -> list[dict]:
+    """Every message the tick sent, as SQS events of `batch_size` (the trigger's), hidden
     from other receivers for the rest of the run."""
     from chalicelib import aws
-    from chalicelib.config import settings
 
     sqs = aws.client("sqs")
-    url = sqs.get_queue_url(QueueName=settings.metering_queue)["QueueUrl"]
+    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
     arn = attributes["Attributes"]["QueueArn"]
     messages: list[dict] = []
@@ -518,7 +527,7 @@ def take_queue(expected: int) -> list[dict]:
     if len(messages) != expected:
         raise SystemExit(f"the tick queued {len(messages)} messages, expected {expected}")
     records = [sqs_record(m, arn) for m in messages]
-    return [{"Records": records[i : i + 10]} for i in range(0, len(records), 10)]
+    return [{"Records": records[i : i + batch_size]} for i in range(0, len(records), batch_size)]
 
 
 def sqs_record(message: dict, arn: str) -> dict:
@@ -549,7 +558,9 @@ def measure_metering(runner: Runner, sizes: Sizes) -> list[Measurement]:
     report = runner.invoke("meter-tick", "meter_tick", [scheduled_event("tick")])
     rows = [measured("MeterTick", size, report)]
 
-    batches = take_queue(math.ceil(sizes.billable / ENTRIES_PER_MESSAGE))
+    from chalicelib.config import settings
+
+    batches = take_queue(math.ceil(sizes.billable / ENTRIES_PER_MESSAGE), settings.metering_queue)
     report = runner.invoke("meter-worker", "meter_worker", batches)
     failed = sum(o["failed"] for o in report["outcomes"])
     if failed:

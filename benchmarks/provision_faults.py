@@ -97,7 +97,7 @@ def one_run(index: int, owner_id: str, fakes: dict, seed: int) -> dict:
         gpu_type="A100" if target == "runpod" else rng.choice(("A100", "H100")),
         budget_max_usd=10_000,  # never reached in a run at PRICE_PER_HOUR
     )
-    item = service.create(owner_id, request, None)
+    item = service.create(owner_id, request, None).item
     ending = rng.choice(ENDINGS)
     name = instance_name(item.id, STAGE)
     if ending == "never_boots":
@@ -198,7 +198,7 @@ def report(runs: list[dict], fakes: dict, reaped, seconds: float) -> None:
     deployments = {r["deployment_id"]: r for r in runs if r["deployment_id"]}
     stuck = [d for d in deployments if not Status(repo.get(d).status).is_terminal()]
     leaked = []
-    worst = Decimal(0)
+    worst, worst_run, unrecorded = Decimal(0), None, Decimal(0)
     for fake in fakes.values():
         for record in live_of(fake):
             item = deployment_named(repo, record["name"])
@@ -208,7 +208,12 @@ def report(runs: list[dict], fakes: dict, reaped, seconds: float) -> None:
             item = deployment_named(repo, record["name"])
             if item is None or not Status(item.status).is_terminal():
                 continue  # an orphan (nobody is charged), or still running (charged by ticks)
-            worst = max(worst, abs(Decimal(item.cost_accrued_usd) - fake.bill(instance_id)))
+            if item.provider_instance_id != instance_id:
+                unrecorded += fake.bill(instance_id)  # a second launch, reaped: nobody's charge
+                continue
+            gap = abs(Decimal(item.cost_accrued_usd) - fake.bill(instance_id))
+            if gap > worst:
+                worst, worst_run = gap, deployments.get(item.id, {}).get("ending")
     endings = {}
     for run in runs:
         key = (run["ending"], str(run["final"]))
@@ -229,8 +234,9 @@ def report(runs: list[dict], fakes: dict, reaped, seconds: float) -> None:
     one_second = Decimal(PRICE_PER_HOUR) / 3600
     print(
         f"max |charged - bill| ${worst:.6f} at ${PRICE_PER_HOUR:,}/h "
-        f"(goal <= ${one_second:.2f}, the price of 1 s)"
+        f"(goal <= ${one_second:.2f}, the price of 1 s; worst: a {worst_run} run)"
     )
+    print(f"billed for instances no deployment recorded (reaped): ${unrecorded:.2f}")
 
 
 if __name__ == "__main__":

@@ -105,6 +105,7 @@ class Settings:
     secrets_table: str
     secrets_key_id: str
     metering_queue: str  # the queue's name; its URL is looked up once
+    health_queue: str  # cloud health checks fanned out (chalicelib/services/cloud_health.py)
     metering_interval_seconds: int  # how often the tick runs (the schedule's rate)
     idempotency_ttl_seconds: int
     # Where the API Gateway management API (post_to_connection) is; locally the gateway's URL.
@@ -142,6 +143,7 @@ class Settings:
             secrets_table=table("secrets"),
             secrets_key_id=env.get("PRISM_SECRETS_KEY_ID", f"alias/prism-{stage}-secrets"),
             metering_queue=env.get("PRISM_METERING_QUEUE", f"prism-{stage}-metering"),
+            health_queue=env.get("PRISM_HEALTH_QUEUE", f"prism-{stage}-health"),
             metering_interval_seconds=int(env.get("PRISM_METERING_INTERVAL_SECONDS", "60")),
             idempotency_ttl_seconds=int(env.get("PRISM_IDEMPOTENCY_TTL_SECONDS", "86400")),
             websocket_management_url=env.get("PRISM_WS_MANAGEMENT_URL") or None,

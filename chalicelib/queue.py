@@ -25,7 +25,7 @@ class WorkQueue:
             self.requests += 1
             if result.get("Failed"):
                 failed = [chunk[int(f["Id"])] for f in result["Failed"]]
-                raise RuntimeError(f"SQS refused {len(failed)} metering messages")
+                raise RuntimeError(f"SQS refused {len(failed)} messages to {self._name}")
 
     def send_later(self, body: dict, delay_seconds: int) -> None:
         self._sqs.send_message(

@@ -19,8 +19,10 @@ worker thread (node_agent.embedding_model.Batcher) runs them through onnxruntime
 import argparse
 import base64
 import json
+import re
 import signal
 import sys
+import threading
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +44,8 @@ from node_agent.embedding_model import (
 
 MAX_INPUTS = 2048  # texts in one request
 MAX_BODY = 16 * 1024 * 1024
+MAX_CONCURRENT_REQUESTS = 16  # beyond this, requests wait their turn (the batcher is one)
+CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")  # ASCII digits only (not "²"), int() never refuses
 MAX_DRAIN = 64 * 1024 * 1024  # a bigger body is refused unread, closing the connection
 ERROR_CODES = {413: "payload_too_large", 500: "internal_error"}  # others: the status phrase
 
@@ -209,7 +213,8 @@ class EmbeddingHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         try:
             body = self._read_body()  # even for a 404: the next request must start clean
-            status, payload, headers = 200, self._route(body), {}
+            with self.server.working:  # a bounded number of requests parsed and embedded
+                status, payload, headers = 200, self._route(body), {}
         except RequestError as exc:
             status, payload, headers = exc.status, error_body(exc.status, exc.message), exc.headers
         except Exception as exc:
@@ -239,7 +244,7 @@ class EmbeddingHandler(BaseHTTPRequestHandler):
         declared = self.headers.get("Content-Length")
         if declared is None:
             return b""
-        if not declared.strip().isdigit():
+        if not CONTENT_LENGTH.fullmatch(declared.strip()):
             self.close_connection = True
             raise RequestError(400, f"bad Content-Length {declared!r}")
         length = int(declared)
@@ -295,6 +300,9 @@ class EmbeddingHTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], service: EmbeddingService):
         self.service = service
+        # Requests parsed, tokenized and answered at once (~36 MB for a full 16 MiB one):
+        # memory stays bounded however many clients send at the same time.
+        self.working = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
         super().__init__(address, EmbeddingHandler)
 
     def handle_error(self, request, client_address) -> None:

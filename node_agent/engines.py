@@ -12,7 +12,6 @@ when none can, the error names what to install. ENGINES is the one table of imag
 and command lines.
 """
 
-import json
 import shutil
 import sys
 from collections.abc import Callable
@@ -26,7 +25,9 @@ from node_agent.frameworks import (
     Detection,
     FrameworkError,
     detect_framework,
+    is_gguf,
     no_server_error,
+    read_json,
 )
 from node_agent.runtime.base import MODEL_HOST
 
@@ -142,7 +143,7 @@ def choose_engine(
         kind = f"{detection.framework} {task} model ({detection.evidence})"
     refusals = []
     for name in candidates:
-        choice = _run_as(ENGINES[name], detection, weights_dir, node, model_port)
+        choice = _run_as(ENGINES[name], weights_dir, node, model_port)
         if isinstance(choice, str):
             refusals.append(choice)
             continue
@@ -164,7 +165,7 @@ def _detection(framework: str, weights_dir: Path) -> Detection:
 
 
 def _run_as(
-    engine: Engine, detection: Detection, weights_dir: Path, node: NodeAbilities, port: int
+    engine: Engine, weights_dir: Path, node: NodeAbilities, port: int
 ) -> tuple[str, str | None, list[str], int | None] | str:
     """(runtime, image, command, container port) for this engine here, or why it cannot run."""
     if not engine.program:
@@ -174,24 +175,27 @@ def _run_as(
         model = str(weights_dir)
         argv = [sys.executable, "-m", "node_agent.embedding_server"]
         return "process", None, argv + engine.arguments(model, MODEL_HOST, port, False), None
+    if engine.name == "llama.cpp" and _gguf_file(weights_dir) is None:
+        return f"{engine.title} needs a .gguf file, and there is none in {weights_dir.name}"
     image = engine.gpu_image if node.gpu else engine.cpu_image
     if node.docker and image:
-        model = _model_path(engine, detection, CONTAINER_WEIGHTS, weights_dir.is_file())
+        model = _model_path(engine, weights_dir, CONTAINER_WEIGHTS)
         arguments = engine.arguments(model, EVERY_INTERFACE, engine.container_port, node.gpu)
         return "docker", image, arguments, engine.container_port
     if node.installed(engine.program[0]):
-        model = _model_path(engine, detection, str(weights_dir), weights_dir.is_file())
+        model = _model_path(engine, weights_dir, str(weights_dir))
         arguments = engine.arguments(model, MODEL_HOST, port, node.gpu)
         return "process", None, [*engine.program, *arguments], None
     docker = f"docker (it runs {image})" if image else "a GPU"
     return f"{engine.title} needs {docker} or {engine.program[0]} on PATH"
 
 
-def _model_path(engine: Engine, detection: Detection, weights: str, is_file: bool) -> str:
-    """llama.cpp takes the .gguf file itself; the others take the model directory."""
-    if engine.name != "llama.cpp" or is_file:
+def _model_path(engine: Engine, weights_dir: Path, weights: str) -> str:
+    """llama.cpp takes the .gguf file itself; the others take the model directory (both as
+    the runtime sees them: `weights` is the host's path or /weights)."""
+    if engine.name != "llama.cpp" or weights_dir.is_file():
         return weights
-    return f"{weights}/{detection.evidence}"
+    return f"{weights}/{_gguf_file(weights_dir).name}"
 
 
 def built_in_missing(weights_dir: Path) -> str | None:
@@ -225,9 +229,14 @@ def model_task(detection: Detection, weights_dir: Path) -> str | None:
 
 
 def _architectures(weights_dir: Path) -> list[str]:
-    config = weights_dir / "config.json" if weights_dir.is_dir() else None
-    try:
-        names = json.loads(config.read_text()).get("architectures") if config else None
-    except (OSError, ValueError, AttributeError):
-        return []
-    return [name for name in names or () if isinstance(name, str)]
+    config = read_json(weights_dir / "config.json") if weights_dir.is_dir() else None
+    names = config.get("architectures") if isinstance(config, dict) else None
+    return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
+
+
+def _gguf_file(weights_dir: Path) -> Path | None:
+    """What llama-server loads: the weights file itself, or the first GGUF file in the dir."""
+    if weights_dir.is_file():
+        return weights_dir if is_gguf(weights_dir) else None
+    found = sorted(p for p in weights_dir.glob("*.gguf") if p.is_file() and is_gguf(p))
+    return found[0] if found else None

@@ -51,14 +51,14 @@ def _json(data: bytes) -> object:
         return None
 
 
-def _read_json(path: Path) -> object:
+def read_json(path: Path) -> object:
     """The parsed file, or None when unreadable, not JSON or too big to be a config."""
     data = _head(path, MAX_JSON_BYTES + 1)
     return None if len(data) > MAX_JSON_BYTES else _json(data)
 
 
 def _is_json_object(path: Path) -> bool:
-    return isinstance(_read_json(path), dict)
+    return isinstance(read_json(path), dict)
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -72,7 +72,7 @@ def _is_safetensors(path: Path) -> bool:
     return len(header) == length and isinstance(_json(header), dict)
 
 
-def _is_gguf(path: Path) -> bool:
+def is_gguf(path: Path) -> bool:
     return _head(path, 4) == b"GGUF"
 
 
@@ -103,7 +103,7 @@ def _first(files: Files, patterns: tuple[str, ...], check: Check) -> str | None:
 
 def _sentence_transformers(files: Files) -> str | None:
     for name, kind in (("modules.json", list), ("config_sentence_transformers.json", dict)):
-        if name in files and isinstance(_read_json(files[name]), kind):
+        if name in files and isinstance(read_json(files[name]), kind):
             return name
     return None
 
@@ -116,7 +116,7 @@ _TRANSFORMERS_WEIGHTS: tuple[tuple[str, Check], ...] = (
 
 
 def _transformers(files: Files) -> str | None:
-    config = _read_json(files["config.json"]) if "config.json" in files else None
+    config = read_json(files["config.json"]) if "config.json" in files else None
     if not (isinstance(config, dict) and {"architectures", "model_type"} & config.keys()):
         return None
     for pattern, check in _TRANSFORMERS_WEIGHTS:
@@ -133,7 +133,7 @@ def _file_format(patterns: tuple[str, ...], check: Check) -> Callable[[Files], s
 _DETECTORS: tuple[tuple[str, Callable[[Files], str | None]], ...] = (
     ("sentence-transformers", _sentence_transformers),
     ("transformers", _transformers),
-    ("gguf", _file_format(("*.gguf",), _is_gguf)),
+    ("gguf", _file_format(("*.gguf",), is_gguf)),
     ("onnx", _file_format(("*.onnx",), _is_nonempty)),
     ("safetensors", _file_format(("*.safetensors",), _is_safetensors)),
     ("torch", _file_format(("*.pt", "*.pth", "*.bin"), _is_torch)),

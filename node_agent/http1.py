@@ -11,6 +11,7 @@ from http import HTTPStatus
 
 MAX_LINE_BYTES = 64 * 1024  # a request line, a chunk size line
 MAX_HEAD_BYTES = 256 * 1024  # all of a head's lines together
+MAX_LENGTH_DIGITS = 18  # a Content-Length of up to an exabyte
 HEAD_END = b"\r\n\r\n"
 CRLF = b"\r\n"
 # The Connection options this proxy acts on; any other the client names is a header meant for
@@ -263,7 +264,7 @@ def _request_body(watched: dict, version: bool) -> Length | Chunked | None:
             raise BadMessage(501, "the only Transfer-Encoding served is chunked")
         return Chunked()
     if lengths:
-        if len(set(lengths)) != 1 or not lengths[0].isdigit():
+        if len(set(lengths)) != 1 or not _is_length(lengths[0]):
             raise BadMessage(400, "malformed Content-Length")
         length = int(lengths[0])
         return Length(length) if length else None
@@ -296,11 +297,16 @@ def parse_response(head: bytes, request_method: bytes) -> ResponseHead:
         chunked = encodings[-1].rsplit(b",", 1)[-1].strip() == b"chunked"
         return ResponseHead(status, Chunked(), keep_alive) if chunked else _until_close(status)
     if lengths:
-        if len(set(lengths)) != 1 or not lengths[0].isdigit():
+        if len(set(lengths)) != 1 or not _is_length(lengths[0]):
             raise BadMessage(502, "the model sent a malformed Content-Length")
         length = int(lengths[0])
         return ResponseHead(status, Length(length) if length else None, keep_alive)
     return _until_close(status)
+
+
+def _is_length(value: bytes) -> bool:
+    """ASCII digits, at most 18 of them: any real body fits, and int() never refuses it."""
+    return 0 < len(value) <= MAX_LENGTH_DIGITS and value.isdigit()
 
 
 def _until_close(status: int) -> ResponseHead:

@@ -100,8 +100,11 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._client_eof = True
-        # A client that half-closed after its request still gets the answer.
-        return bool(self._exchanges) and not (self._tunnel or self._ignoring)
+        if self._tunnel or self._request_body is not None:
+            return False  # a request cut short can never end: both connections close
+        # A client that half-closed after its requests still gets the answers it is owed
+        # (and a refusal after them).
+        return bool(self._exchanges)
 
     def pause_writing(self) -> None:
         self.full = True
@@ -185,7 +188,9 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def _request_sent(self) -> None:
-        if self._exchanges[-1].upgrade:  # nothing more goes until the model says what follows
+        # The model may have answered before the body was all sent: then nothing is waited for.
+        upgrading = bool(self._exchanges) and self._exchanges[-1].upgrade
+        if upgrading:  # nothing more goes until the model says what follows
             self._held = bytearray()
             self.pause("upgrade")
 
@@ -225,10 +230,21 @@ class ClientConnection(asyncio.Protocol):
         if self._tunnel:
             self.transport.write(data)
             return
+        if not self._exchanges:  # bytes for no request: the model broke HTTP; never passed on
+            log.warning("the model sent %d bytes no request asked for", len(data))
+            self._drop_model()
+            return
         try:
             ended = self._read_responses(data)
         except http1.BadMessage as exc:
             return self._model_broke(exc)
+        if ended is not None and ended < len(data) and not self._exchanges and not self._tunnel:
+            # Bytes after the last answer, for no request: the model broke HTTP. The client
+            # gets its answers, never bytes that would read as the start of the next one.
+            self.transport.write(data[:ended])
+            self._drop_model()
+            self._answering = False
+            return self._settle()
         self.transport.write(data)  # every byte as the model sent it
         self._answering = bool(self._exchanges) and (ended is None or ended < len(data))
         self._settle()
@@ -256,13 +272,13 @@ class ClientConnection(asyncio.Protocol):
             raise http1.BadMessage(502, "the model answered a request that was not sent")
         exchange = self._exchanges[0]
         response = http1.parse_response(head, exchange.method)
+        if response.status == 101 and not exchange.upgrade:
+            raise http1.BadMessage(502, "the model switched protocols unasked")
         self._model.answered = True
         if response.status < 200 and response.status != 101:
             return  # interim (100 Continue, 103 Early Hints): the answer follows
         self._metrics.answered(response.status, (time.monotonic() - exchange.started) * 1000)
         if response.status == 101:
-            if not exchange.upgrade:
-                raise http1.BadMessage(502, "the model switched protocols unasked")
             self._tunnel = True  # the exchange stays in flight until the connection closes
             return
         self._response_keep_alive = response.keep_alive
@@ -328,7 +344,7 @@ class ClientConnection(asyncio.Protocol):
         if answered:
             return self.abort()
         self._metrics.answered(502)
-        self._answer_and_close(_error(502, f"the model's answer is not HTTP/1.x: {exc}"))
+        self._answer_and_close(_error(502, f"the model broke HTTP/1.1: {exc}"))
 
     # -- the connection -----------------------------------------------------------------------
 
@@ -347,6 +363,7 @@ class ClientConnection(asyncio.Protocol):
         if self._model is not None:
             self._model.close()
             self._model = None
+        self._responses = http1.HeadReader()  # what the old one sent never starts an answer
         self.resume("connecting")
         self.resume("model_full")
 

@@ -105,7 +105,9 @@ class CloudService:
         adopted = self._adopt(item, provider, retried)
         if adopted is not None and not item.provider_instance_id and item.launch_requested_at:
             launched_at = item.launch_requested_at  # billed since an earlier attempt made it
-        instance = adopted or self._launch_first_offer(item, provider)
+        if adopted is None:  # billed from the launch call that made it, as the provider bills
+            adopted, launched_at = self._launch_first_offer(item, provider)
+        instance = adopted
         price = instance.price_per_hour
         if not item.provider_instance_id and not self._deployments.record_instance(
             item, instance.id, price, launched_at, instance.region
@@ -204,9 +206,10 @@ class CloudService:
             provider = self._providers(item.target)
             instance_id = instance_id or self._find_by_name(provider, item.id)
             if instance_id is not None:
+                asked_at = self._clock()
                 provider.terminate(instance_id)  # raises unless the provider accepted it
                 if "billing_ended_at" not in state:  # the provider's bill stops here
-                    ended = self._clock()
+                    ended = _midpoint(asked_at, self._clock())  # as the launch's start
                     self._end_billing(item, ended)
                     state = state | {"billing_ended_at": ended.isoformat()}
             confirmed = instance_id is None or _gone(provider, instance_id)
@@ -374,23 +377,35 @@ class CloudService:
             )
         return state | {"healthy": False}
 
-    def _launch_first_offer(self, item: DeploymentItem, provider: Provider) -> Instance:
+    def _launch_first_offer(
+        self, item: DeploymentItem, provider: Provider
+    ) -> tuple[Instance, datetime]:
+        """The first offer with capacity, launched; and when the call that launched it began."""
         offers = provider.offers(item.gpu_type or "")[: self._cloud.max_offers]
         bootstrap = self._bootstrap(item)
         # An image gets the deployment's env at launch; our agent gets it over the protocol.
         env = self._secrets.open(item).env if bootstrap is None else {}
         spec = _launch_spec(item, self._cloud.stage, bootstrap, env)
         tried = []
+        called_at = self._clock()
+
+        def launch(offer):  # the call that made the instance, after any 429 wait
+            nonlocal called_at
+            started = self._clock()
+            instance = provider.launch(spec, offer)
+            called_at = _midpoint(started, self._clock())  # when the provider acted, best guess
+            return instance
+
         for offer in offers:
             try:
-                instance = _with_short_rate_limit(lambda offer=offer: provider.launch(spec, offer))
+                instance = _with_short_rate_limit(lambda offer=offer: launch(offer))
             except CapacityError as exc:
                 tried.append(f"{offer.gpu_type}{' in ' + offer.region if offer.region else ''}")
                 logger.info("no capacity", extra={"offer": tried[-1], "why": str(exc)})
                 continue
             if instance.price_per_hour is None:  # not reported yet: the offer's price
                 instance = replace(instance, price_per_hour=offer.price_per_hour)
-            return instance
+            return instance, called_at
         raise NoCapacity(
             f"no {item.gpu_type or 'GPU'} capacity at {item.target}"
             + (
@@ -399,6 +414,11 @@ class CloudService:
                 else ": none is offered with capacity right now (or no such GPU type there)"
             )
         )
+
+
+def _midpoint(started: datetime, returned: datetime) -> datetime:
+    """When a provider call took effect, best guessed: between its start and its answer."""
+    return started + (returned - started) / 2
 
 
 def _gone(provider: Provider, instance_id: str) -> bool:

@@ -1,17 +1,15 @@
-"""Upkeep of cloud deployments, on schedules: the orphan reaper (every 5 minutes) and the health
-of running cloud deployments (every minute). Both read the sparse `cloud` index, never a Scan."""
+"""The orphan reaper of cloud deployments (every 5 minutes): reads the sparse `cloud` index,
+never a Scan. Their health is chalicelib/services/cloud_health.py."""
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
 from chalicelib.config import CloudSettings
-from chalicelib.lifecycle import COMING_UP, Status, towards
+from chalicelib.lifecycle import COMING_UP, Status
 from chalicelib.logs import Unit, logger, metrics
-from chalicelib.protocol import UNHEALTHY_AFTER
-from chalicelib.providers.base import Instance, InstanceState, Provider, owned_by_stage
+from chalicelib.providers.base import Instance, Provider, owned_by_stage
 from chalicelib.services.cloud import probe, runs_agent
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import DeploymentItem
@@ -125,64 +123,6 @@ class CloudUpkeep:
         elif status is Status.STOPPING and age > self._cloud.terminate_give_up_seconds:
             self._workflows.start_teardown(item.id, attempt=int(time.time()) // 300)
             report.restarted_teardowns.append(item.id)
-
-    # --- health of running cloud deployments ----------------------------------------------
-
-    def check_running(self) -> int:
-        """Probe every running cloud deployment's health path: 3 failures in a row make it
-        unhealthy, a success running again. Returns how many were probed."""
-        watched = [
-            item
-            for item in self._deployments.cloud_active()
-            if item.status in (Status.RUNNING, Status.UNHEALTHY)
-            and item.endpoint_url
-            and not runs_agent(item)  # the agent on the instance reports its health itself
-        ]
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(self._check_one, watched))
-        return len(watched)
-
-    def _check_one(self, item: DeploymentItem) -> None:
-        healthy = self._probe(item.endpoint_url + item.deploy_config.health_path)
-        if not healthy and self._instance_gone(item):
-            self._instance_died(item)
-            return
-        failures = 0 if healthy else int(item.health_consecutive_failures or 0) + 1
-        changes = {
-            "healthy": healthy,
-            "health_consecutive_failures": failures,
-            "health_checked_at": self._clock(),
-        }
-        if healthy and item.status == Status.UNHEALTHY:
-            self._deployments.transition_latest(item.id, towards(Status.RUNNING), **changes)
-        elif failures >= UNHEALTHY_AFTER and item.status == Status.RUNNING:
-            self._deployments.transition_latest(item.id, towards(Status.UNHEALTHY), **changes)
-        else:
-            self._deployments.record(item, **changes)
-
-    def _instance_gone(self, item: DeploymentItem) -> bool:
-        try:
-            instance = self._providers(item.target).get(
-                item.provider_instance_id, port=int(item.deploy_config.port)
-            )
-        except Exception:  # cannot tell now: the next check asks again
-            return False
-        return instance is None or instance.state in (
-            InstanceState.TERMINATED,
-            InstanceState.FAILED,
-        )
-
-    def _instance_died(self, item: DeploymentItem) -> None:
-        """The provider ended a running instance: fail the deployment (billing stops once the
-        teardown confirms the instance is gone)."""
-        item, _ = self._deployments.transition_latest(
-            item.id,
-            towards(Status.STOPPING),
-            failure_reason="crash",
-            failure_message=f"the {item.target} instance {item.provider_instance_id} stopped",
-        )
-        if item.status == Status.STOPPING:
-            self._workflows.start_teardown(item.id)
 
 
 def _isolated(what: str, action: Callable[[], None]) -> None:

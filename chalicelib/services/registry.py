@@ -11,6 +11,7 @@ from chalicelib.queue import WorkQueue
 from chalicelib.services.auth import AuthService
 from chalicelib.services.catalog import CatalogService
 from chalicelib.services.cloud import CloudService
+from chalicelib.services.cloud_health import CloudHealth
 from chalicelib.services.cloud_upkeep import CloudUpkeep
 from chalicelib.services.deployments import DeploymentService
 from chalicelib.services.ending import Ending
@@ -87,6 +88,17 @@ def cloud() -> CloudService:
 
 
 @cache
+def cloud_health() -> CloudHealth:
+    return CloudHealth(
+        DeploymentRepository(),
+        lambda name: providers.provider_for(name, settings.cloud),
+        workflows(),
+        utcnow,
+        WorkQueue(aws.client("sqs"), settings.health_queue),
+    )
+
+
+@cache
 def cloud_upkeep() -> CloudUpkeep:
     return CloudUpkeep(
         DeploymentRepository(),
@@ -153,6 +165,7 @@ FACTORIES = (
     ending,
     cloud,
     cloud_upkeep,
+    cloud_health,
     auth_service,
     catalog_service,
     placement,

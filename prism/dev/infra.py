@@ -225,7 +225,7 @@ STARTS_WORKFLOWS = (
     "APIHandler",
     "MeterWorker",
     "ReapCloud",
-    "CheckCloudHealth",
+    "HealthWorker",  # an instance the provider ended: its teardown
     "CloudProvisionFailed",
     # A node agent on a cloud instance reporting a crash, or going silent, ends its deployment
     # through teardown.

@@ -8,6 +8,7 @@ import base64
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -429,3 +430,13 @@ def test_a_request_that_breaks_its_batch_fails_alone():
     assert {token: rows.tolist() for token, rows in results.items()} == {
         t: [[float(t)]] for t in (0, 1, 2, 3)
     }
+
+
+@pytest.mark.parametrize("declared", ["\u00b2", "1" * 4301])
+def test_a_content_length_that_is_not_ascii_digits_or_too_long_is_a_400(served, declared):
+    server, _ = served
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        head = f"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n"
+        sock.sendall(head.encode())
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400") and b"Connection: close" in answer

@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -173,3 +174,101 @@ def test_a_model_that_does_not_speak_http_is_a_502(proxy):
         raw = send(endpoint(proxy, server.getsockname()[1]), get("/echo"))
     assert raw.startswith(b"HTTP/1.1 502 Bad Gateway")
     assert b"not HTTP/1.x" in raw
+
+
+# --- found by a hostile pass ----------------------------------------------------------------
+
+
+REQUEST_LINE = re.compile(rb"[A-Z]+ /\S* HTTP/1\.[01]\r\n")
+
+
+class RawModel:
+    """A model that answers each request head with `answer(head)` (bytes), at once, without
+    reading any body: the misbehaving servers the proxy must survive."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        with conn:
+            pending = b""
+            while chunk := conn.recv(65536):
+                pending += chunk
+                # Each request line answered; body bytes before it skipped, never read.
+                while (line := REQUEST_LINE.search(pending)) and b"\r\n\r\n" in pending:
+                    head, pending = pending[line.start() :].split(b"\r\n\r\n", 1)
+                    conn.sendall(self.answer(head))
+
+    def close(self):
+        self.server.close()
+
+
+def test_a_client_gone_mid_body_frees_both_connections(proxy, model_port):
+    port = endpoint(proxy, model_port)
+    listener = proxy._listeners["dep_00000000000000e1"]
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(get("/digest", KEY, "Content-Length: 1000000", method="POST"))
+            sock.sendall(b"x" * 1000)  # then a normal close, the body never finished
+    deadline = time.monotonic() + 5
+    while listener.clients or proxy.metrics("dep_00000000000000e1").in_flight:
+        assert time.monotonic() < deadline, (len(listener.clients), "connections kept")
+        time.sleep(0.05)
+
+
+def test_a_content_length_too_long_for_a_number_is_a_400(proxy, model_port):
+    raw = send(endpoint(proxy, model_port), get("/digest", KEY, "Content-Length: " + "9" * 5000))
+    assert raw.startswith(b"HTTP/1.1 400 Bad Request")
+
+
+def test_a_model_that_answers_before_the_body_is_sent_keeps_the_connection_usable(proxy):
+    model = RawModel(lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    try:
+        port = endpoint(proxy, model.port)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(get("/upload", KEY, "Content-Length: 10", method="POST"))
+            assert sock.recv(4096).endswith(b"ok")  # answered before the body
+            sock.sendall(b"0123456789" + get("/again"))
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        model.close()
+
+
+def test_a_half_closed_client_gets_its_answers_before_the_refusal(proxy, model_port):
+    raw = send(endpoint(proxy, model_port), get("/echo") + get("/echo", OTHER_KEY), half_close=True)
+    assert raw.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 401 Unauthorized" in raw
+
+
+def test_a_model_that_switches_protocols_unasked_is_a_502(proxy):
+    model = RawModel(lambda head: b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")
+    try:
+        raw = send(endpoint(proxy, model.port), get("/plain"))
+        assert raw.startswith(b"HTTP/1.1 502 Bad Gateway"), raw
+    finally:
+        model.close()
+
+
+def test_bytes_after_an_answer_for_no_request_never_reach_the_client(proxy):
+    model = RawModel(lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiXXX")
+    try:
+        with socket.create_connection(("127.0.0.1", endpoint(proxy, model.port)), timeout=5) as s:
+            s.sendall(get("/one"))
+            first = s.recv(4096)
+            s.sendall(get("/two", KEY, "Connection: close"))
+            rest = b""
+            while chunk := s.recv(4096):
+                rest += chunk
+        assert first.endswith(b"\r\n\r\nhi") and rest.startswith(b"HTTP/1.1 200 OK"), (first, rest)
+    finally:
+        model.close()

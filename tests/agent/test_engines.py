@@ -301,3 +301,29 @@ def test_the_agent_runs_the_engines_official_image(
     requests = body["HostConfig"].get("DeviceRequests") or []
     assert [r["DeviceIDs"] for r in requests] == ([["1"]] if gpu else [])
     assert record.engine_reason.endswith(f"as {image}")
+
+
+@pytest.mark.parametrize("architectures", [5, True, "LlamaForCausalLM", [3, None]])
+def test_odd_architectures_never_raise_anything_but_a_framework_error(tmp_path, architectures):
+    weights = tmp_path / "m"
+    weights.mkdir()
+    write_json(weights / "config.json", {"architectures": architectures, "model_type": "x"})
+    write_safetensors(weights / "model.safetensors")
+    write_json(weights / "modules.json", [])
+    with pytest.raises(FrameworkError, match="needs an ONNX export"):  # read, then refused
+        choose_engine("auto", weights, with_(CPU), 9100)
+    deep = weights / "config.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(FrameworkError):
+        choose_engine("auto", weights, with_(CPU), 9100)  # modules.json: no ONNX export
+
+
+def test_llama_cpp_is_given_the_gguf_file_whatever_the_framework_named(tmp_path):
+    weights = llama(tmp_path / "mixed")  # config.json + safetensors: detected transformers
+    write_gguf(weights / "model-q4.gguf")
+    for framework in ("gguf", "llama.cpp"):
+        choice = choose_engine(framework, weights, with_(CPU, ["llama-server"]), 9100)
+        assert choice.command[:3] == ["llama-server", "-m", f"{weights}/model-q4.gguf"]
+    none = llama(tmp_path / "no-gguf")
+    with pytest.raises(FrameworkError, match="needs a .gguf file"):
+        choose_engine("llama.cpp", none, with_(CPU, ["llama-server"]), 9100)

@@ -171,10 +171,10 @@ def test_running_cloud_deployments_turn_unhealthy_after_three_failed_probes(api,
     (instance_id,) = [i["id"] for i in fakes["lambda"].live_instances()]
     fakes["lambda"].unhealthy.add(instance_id)
     for expected in ("running", "running", "unhealthy"):
-        registry.cloud_upkeep().check_running()
+        registry.cloud_health().check_all()
         assert detail(api, deployment_id)["status"] == expected
     fakes["lambda"].unhealthy.discard(instance_id)
-    registry.cloud_upkeep().check_running()
+    registry.cloud_health().check_all()
     assert detail(api, deployment_id)["status"] == "running"
     api.delete(f"{DEPLOYMENTS}/{deployment_id}")
     reaches(api, deployment_id, TERMINAL)
@@ -213,7 +213,7 @@ def test_an_instance_the_provider_ends_while_running_fails_the_deployment(api, f
     reaches(api, deployment_id, {"running"})
     (pod_id,) = [p["id"] for p in fakes["runpod"].live_pods()]
     registry.providers.provider_for("runpod", registry.settings.cloud).terminate(pod_id)
-    registry.cloud_upkeep().check_running()
+    registry.cloud_health().check_all()
     failed = reaches(api, deployment_id, TERMINAL)
     assert (failed["status"], failed["failure_reason"]) == ("failed", "crash")
     assert_nothing_leaked_and_billed_exactly(fakes["runpod"], api, [deployment_id])
@@ -270,3 +270,36 @@ def test_an_instance_launched_just_before_the_control_plane_died_is_billed_from_
     api.delete(f"{DEPLOYMENTS}/{deployment_id}")
     reaches(api, deployment_id, TERMINAL)
     assert_nothing_leaked_and_billed_exactly(fakes["runpod"], api, [deployment_id])
+
+
+def test_health_checks_fan_out_over_the_queue_one_message_per_worker(api, fakes, client):
+    """The minute tick queues the running deployments' ids, HEALTH_CHECKS_PER_MESSAGE to a
+    message; each message is one worker invocation probing its deployments at once."""
+    from chalicelib import aws
+    from chalicelib.services.cloud_health import HEALTH_CHECKS_PER_MESSAGE
+
+    running = [create(api, "lambda", name=f"m{i}") for i in range(HEALTH_CHECKS_PER_MESSAGE + 2)]
+    for deployment_id in running:
+        reaches(api, deployment_id, {"running"})
+    unhealthy = fakes["lambda"].live_instances()[0]["id"]
+    fakes["lambda"].unhealthy.add(unhealthy)
+    sqs = aws.client("sqs")
+    url = sqs.get_queue_url(QueueName=registry.settings.health_queue)["QueueUrl"]
+    repository = registry.cloud()._deployments
+
+    def checked(deployment_id):
+        return repository.get(deployment_id).health_checked_at
+
+    checked_before = {d: checked(d) for d in running}
+    for _ in range(3):  # three minutes: three failed probes make it unhealthy
+        assert registry.cloud_health().enqueue() == len(running)
+        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+        assert len(messages) == 2  # 12 deployments: 10 + 2
+        for message in messages:
+            event = client.events.generate_sqs_event(message_bodies=[message["Body"]])
+            answer = client.lambda_.invoke("health_worker", event).payload
+            assert answer == {"batchItemFailures": []}
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    assert all(checked(d) != checked_before[d] for d in running)  # every one probed
+    statuses = [detail(api, d)["status"] for d in running]
+    assert statuses.count("unhealthy") == 1 and statuses.count("running") == len(running) - 1

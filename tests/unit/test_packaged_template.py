@@ -63,7 +63,10 @@ def test_the_packaged_template_wires_queues_workflows_and_urls(packaged):
         "stateMachine:prism-${Stage}-teardown"
         in api_env["PRISM_TEARDOWN_STATE_MACHINE_ARN"]["Fn::Sub"]
     )
-    for ends_deployments in ("WebsocketMessage", "SweepNodes", "CheckCloudHealth"):
+    health = resources["HealthWorker"]["Properties"]["Events"]["HealthWorkerSqsEventSource"]
+    assert health["Properties"]["Queue"] == {"Fn::Sub": "${HealthQueue.Arn}"}
+    assert health["Properties"]["BatchSize"] == 1  # one message per invocation: all in parallel
+    for ends_deployments in ("WebsocketMessage", "SweepNodes", "HealthWorker"):
         variables = resources[ends_deployments]["Properties"]["Environment"]["Variables"]
         assert "PRISM_TEARDOWN_STATE_MACHINE_ARN" in variables, ends_deployments
     launch_env = resources["CloudLaunch"]["Properties"]["Environment"]["Variables"]
