@@ -440,8 +440,9 @@ def seed_running_cloud(owner_id: str, launched: list, health_url: str) -> None:
     """Running image deployments on those pods (probed by CheckCloudHealth, not by an agent),
     their endpoints on the health server. Not billable, so the metering figures count exactly
     the billable deployments asked for."""
-    from chalicelib.store.deployments import CLOUD, owner_status_key
+    from chalicelib.store.deployments import owner_status_key
     from chalicelib.store.models import DeployConfigAttribute, DeploymentItem
+    from chalicelib.store.shards import CLOUD_SHARDS, shard_of
 
     launched_at = datetime.now(UTC) - timedelta(hours=1)
     with DeploymentItem.batch_write() as batch:
@@ -462,7 +463,7 @@ def seed_running_cloud(owner_id: str, launched: list, health_url: str) -> None:
                     launched_at=launched_at,
                     endpoint_url=f"{health_url}/{deployment_id}",
                     healthy=True,
-                    cloud=CLOUD,
+                    cloud=shard_of(deployment_id, CLOUD_SHARDS),
                 )
             )
 
