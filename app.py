@@ -88,17 +88,17 @@ def cloud_provision_failed(event, context):
 
 @app.lambda_function(name="cloud_terminate")
 def cloud_terminate(event, context):
-    return registry.cloud().terminate(event)
+    return registry.cloud_teardown().terminate(event)
 
 
 @app.lambda_function(name="cloud_finish_teardown")
 def cloud_finish_teardown(event, context):
-    return registry.cloud().finish_teardown(event)
+    return registry.cloud_teardown().finish_teardown(event)
 
 
 @app.lambda_function(name="cloud_teardown_unconfirmed")
 def cloud_teardown_unconfirmed(event, context):
-    return registry.cloud().teardown_unconfirmed(event)
+    return registry.cloud_teardown().teardown_unconfirmed(event)
 
 
 @app.middleware("http")

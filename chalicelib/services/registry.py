@@ -12,6 +12,7 @@ from chalicelib.services.auth import AuthService
 from chalicelib.services.catalog import CatalogService
 from chalicelib.services.cloud import CloudService
 from chalicelib.services.cloud_health import CloudHealth
+from chalicelib.services.cloud_teardown import CloudTeardown
 from chalicelib.services.cloud_upkeep import CloudUpkeep
 from chalicelib.services.deployments import DeploymentService
 from chalicelib.services.ending import Ending
@@ -79,11 +80,22 @@ def cloud() -> CloudService:
         DeploymentRepository(),
         NodeRepository(),
         lambda name: providers.provider_for(name, settings.cloud),
-        metering().meter,
         workflows(),
         settings.cloud,
         utcnow,
         place=placement().place,
+    )
+
+
+@cache
+def cloud_teardown() -> CloudTeardown:
+    return CloudTeardown(
+        DeploymentRepository(),
+        NodeRepository(),
+        lambda name: providers.provider_for(name, settings.cloud),
+        metering().meter,
+        settings.cloud,
+        utcnow,
     )
 
 
@@ -166,6 +178,7 @@ FACTORIES = (
     cloud,
     cloud_upkeep,
     cloud_health,
+    cloud_teardown,
     auth_service,
     catalog_service,
     placement,

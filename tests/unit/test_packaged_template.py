@@ -176,13 +176,13 @@ def test_the_alarms_watch_the_dead_letter_queue_and_unconfirmed_teardowns(packag
 def test_the_teardown_alarm_names_the_metric_exactly_as_the_code_emits_it(capsys):
     """CloudWatch matches a metric by namespace, name and the full set of dimensions: one
     dimension more or less and the alarm never fires."""
-    from chalicelib.services.cloud import CloudService
+    from chalicelib.services.cloud_teardown import CloudTeardown
 
     deployments = SimpleNamespace(
         get=lambda deployment_id: SimpleNamespace(id=deployment_id, provider_instance_id="i-1"),
         record=lambda item, **changes: None,
     )
-    service = CloudService(deployments, None, None, None, None, None, None)
+    service = CloudTeardown(deployments, None, None, None, None, None)
     capsys.readouterr()
     service.teardown_unconfirmed({"deployment_id": "dep_1"})
     [emf] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
