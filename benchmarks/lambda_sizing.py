@@ -438,8 +438,8 @@ def launch_pods(runpod, total: int) -> list[tuple[str, object]]:
 
 def seed_running_cloud(owner_id: str, launched: list, health_url: str) -> None:
     """Running image deployments on those pods (probed by CheckCloudHealth, not by an agent),
-    their endpoints on the health server. Not billable, so the metering figures count exactly
-    the billable deployments asked for."""
+    their endpoints on the health server. No meter (not billable), so the metering figures
+    count exactly the billable deployments asked for."""
     from chalicelib.store.deployments import owner_status_key
     from chalicelib.store.models import DeployConfigAttribute, DeploymentItem
     from chalicelib.store.shards import CLOUD_SHARDS, shard_of
@@ -458,7 +458,6 @@ def seed_running_cloud(owner_id: str, launched: list, health_url: str) -> None:
                     image="acme/llm:1",
                     gpu_type="A100",
                     deploy_config=DeployConfigAttribute(port=8000, health_path="/health"),
-                    price_per_hour_usd=instance.price_per_hour,
                     provider_instance_id=instance.id,
                     launched_at=launched_at,
                     endpoint_url=f"{health_url}/{deployment_id}",

@@ -1,17 +1,19 @@
-"""One metering tick + drain on a moto server, beside the bare DynamoDB writes it needs.
+"""One metering tick + drain on a moto server, beside the bare DynamoDB calls it needs.
 
-10,000 billable and 50,000 stopped deployments are batch-written to a moto server. We time one
-tick + drain as it runs: the tick Queries the sparse `billable` index (one Query per key) and
-sends SendMessageBatch calls (100 deployments a message) as the pages come in, while the worker
-drains the queue (as the SQS trigger starts invocations as soon as messages land); a message's
-deployments are charged METER_THREADS at a time, each with one conditional UpdateItem (the
-running total, the time and its ledger entry on the deployment; every 25th charge of a
-deployment first moves its entries to the ledger table: one GetItem, one BatchWriteItem, one
-UpdateItem). Beside it, the same server does the bare conditional UpdateItem calls (boto3) for
-the same deployments, one at a time (the goal's baseline) and METER_THREADS at a time (like for
-like with the worker); --diagnose adds the worker's own UpdateItem issued bare. Every AWS call
-the server receives is counted.
-Goals: tick + drain <= 1.5x the bare updates; <= 1 write call per deployment per tick; 0 items
+10,000 billable and 50,000 stopped deployments are batch-written to a moto server, the billable
+ones with their meters (the meters table: a deployment's billing state, apart from its item).
+We time one tick + drain as it runs: the tick Queries the meters' sparse `billable` index (keys
+only, one Query per key), reads those meters with consistent BatchGetItem (100 a call) and sends
+SendMessageBatch calls (100 deployments a message) as the pages come in, while the worker drains
+the queue (as the SQS trigger starts invocations as soon as messages land); a message's
+deployments are charged METER_THREADS at a time, each with one conditional UpdateItem of its
+meter (the running total, the time and its ledger entry; every 8th charge of a deployment first
+writes its page of entries to the ledger table, one BatchWriteItem). Beside it, the same server
+does the bare calls for the same deployments: the BatchGetItem reads, then the conditional
+UpdateItem calls (boto3) one at a time (the goal's baseline) and METER_THREADS at a time (like
+for like with the worker); --diagnose adds the worker's own UpdateItem issued bare. Every AWS
+call the server receives is counted.
+Goals: tick + drain <= 1.5x the bare calls; <= 1 write call per deployment per tick; 0 items
 read that were not billable; <= 0.1 SQS requests per deployment.
 
     .venv/bin/python benchmarks/metering.py [--billable 10000] [--stopped 50000] [--rounds 3]
@@ -20,26 +22,25 @@ Rounds alternate one tick + drain with the bare passes on the same server (each 
 carry the ledger entries of the rounds before); the ratios reported are medians.
 
 On AWS, the same design for 100,000 billable deployments: the tick's Queries read only the sparse
-`billable` index, which projects just the four attributes the tick needs (~130 bytes an entry,
-~13 MB in ~16 pages of up to 1 MB, ~1,600 read units, a few seconds; never a ledger tail) and sends
-1,000 messages in 100 SendMessageBatch calls while it pages. The SQS trigger spreads them over
-Lambda invocations (batch 10 = 1,000 deployments an invocation, ~100 invocations; a concurrency
-of a few tens, capped with the event source's maximum concurrency); an invocation issues its
-writes 8 at a time, so at ~5-10 ms a write it charges 1,000 deployments in ~1 s, not 5-10 s of
-billed Lambda time. The writes are 100,000 conditional UpdateItems a minute plus 4,000 ledger
-pages (25 rows each). An update is billed on the item's size: ~1 KB plus the tail (up to 25 x
-~95 B), ~2-3 write units, plus 1 for the small index entry: ~6,000 write units a second if the
-minute's burst drains in one minute, inside on-demand table limits (40,000 WCU) and SQS standard
-throughput (unlimited). Each charge also rewrites the deployment's index entry (the projected
-total and time change): ~1,700 index writes a second at that scale, which is why the index key
-is one of 8 (billing_shard): ~210 a second per key, under the 1,000 write units a second one
-partition takes up to ~250,000 billable deployments; under a single key the index would
-throttle, and the table's writes with it. The tick runs one Query per key (8, ~2 pages each).
-Conditional writes keep it exactly-once under any redelivery or concurrency.
+`billable` index of the meters table, keys only (~60 bytes an entry, ~6 MB in ~8 pages, ~800
+read units), then the meters themselves (100,000 consistent reads of < 1 KB items: 100,000 read
+units, 1,000 BatchGetItem calls as the pages come in), and sends 1,000 messages in 100
+SendMessageBatch calls. The SQS trigger spreads them over Lambda invocations (batch 10 = 1,000
+deployments an invocation, ~100 invocations; a concurrency of a few tens, capped with the event
+source's maximum concurrency); an invocation issues its writes 8 at a time, so at ~5-10 ms a
+write it charges 1,000 deployments in ~1 s. The writes are 100,000 conditional UpdateItems a
+minute of items under 1 KB (1 write unit each: the meter stays under 1 KB with its tail of 8)
+that rewrite no index entry (the index projects only keys, and a charge never changes its key),
+plus 100,000 ledger rows a minute written 8 at a time: 2 write units per charge, ~3,300 write
+units a second if the minute's burst drains in one minute, inside on-demand table limits (40,000
+WCU) and SQS standard throughput (unlimited). Each meter is its own partition key, so no key is
+hot however many deployments are billed. Conditional writes keep it exactly-once under any
+redelivery or concurrency.
 """
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -58,6 +59,8 @@ sys.path.insert(0, str(REPO))
 import seeding  # noqa: E402 - benchmarks/seeding.py, beside this script
 
 from prism.dev.awsenv import local_aws_env  # noqa: E402
+
+WRITE_CALLS = ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems")
 
 
 def start_moto(call_log: Path) -> tuple[subprocess.Popen, str]:
@@ -141,8 +144,18 @@ def run(args, log: Path) -> None:
         worker.join()
         return report, tick_s, time.perf_counter() - started
 
+    def timed_reads() -> float:
+        """What the tick reads beyond its index Queries: the meters, 100 a BatchGetItem."""
+        started = time.perf_counter()
+        for start in range(0, len(billable_ids), 100):
+            keys = [{"deployment_id": {"S": d}} for d in billable_ids[start : start + 100]]
+            request = {settings.meters_table: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                request = ddb.batch_get_item(RequestItems=request).get("UnprocessedKeys")
+        return time.perf_counter() - started
+
     def timed_updates(request, threads: int) -> float:
-        """One UpdateItem per billable deployment, the same items, `threads` at a time."""
+        """One UpdateItem per billable deployment's meter, the same items, `threads` at a time."""
         now = datetime.now(UTC)
         started = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
@@ -151,8 +164,8 @@ def run(args, log: Path) -> None:
 
     def bare(deployment_id, now) -> dict:
         return dict(
-            TableName=settings.deployments_table,
-            Key={"id": {"S": deployment_id}},
+            TableName=settings.meters_table,
+            Key={"deployment_id": {"S": deployment_id}},
             UpdateExpression="ADD cost_accrued_usd :a SET last_metered_at = :now",
             ConditionExpression="attribute_exists(billable)",
             ExpressionAttributeValues={":a": {"N": "0.06"}, ":now": {"S": stamp(now)}},
@@ -162,8 +175,8 @@ def run(args, log: Path) -> None:
         """The UpdateItem the worker sends (ledger entry appended, three-clause condition)."""
         entry = "|".join([stamp(now), stamp(now), "0.06", "3.6", "1"])
         return dict(
-            TableName=settings.deployments_table,
-            Key={"id": {"S": deployment_id}},
+            TableName=settings.meters_table,
+            Key={"deployment_id": {"S": deployment_id}},
             UpdateExpression="ADD #c :a SET #m = :now, #t = list_append(#t, :entry)",
             ConditionExpression="#m < :now AND attribute_exists(#b) AND size(#t) < :page",
             ExpressionAttributeNames={
@@ -186,18 +199,20 @@ def run(args, log: Path) -> None:
         report, tick_s, tick_drain = tick_and_drain()
         if round_ == 1:
             used = calls(log) - before
+        reads = timed_reads()
         times = {
-            "bare": timed_updates(bare, 1),
-            "bare_parallel": timed_updates(bare, METER_THREADS),
+            "bare": reads + timed_updates(bare, 1),
+            "bare_parallel": reads + timed_updates(bare, METER_THREADS),
         }
         if args.diagnose:
-            times["worker_write"] = timed_updates(worker_shaped, METER_THREADS)
+            times["worker_write"] = reads + timed_updates(worker_shaped, METER_THREADS)
         for name, seconds in times.items():
             ratios[name].append(tick_drain / seconds)
         print(
             f"round {round_}: tick + drain {tick_drain:.1f}s (the tick alone {tick_s:.1f}s) "
             f"for {report.deployments:,} deployments in {report.messages} messages; "
-            f"bare conditional UpdateItem x{len(billable_ids):,}: one at a time "
+            f"bare BatchGetItem x{math.ceil(len(billable_ids) / 100)} ({reads:.1f}s) + "
+            f"conditional UpdateItem x{len(billable_ids):,}: one at a time "
             f"{times['bare']:.1f}s (ratio {ratios['bare'][-1]:.2f}x), {METER_THREADS} at a time "
             f"{times['bare_parallel']:.1f}s (ratio {ratios['bare_parallel'][-1]:.2f}x)"
             + (
@@ -210,7 +225,7 @@ def run(args, log: Path) -> None:
         )
 
     n = report.deployments
-    writes = used["DynamoHandler TransactWriteItems"] + used["DynamoHandler UpdateItem"]
+    writes = sum(used[f"DynamoHandler {w}"] for w in WRITE_CALLS)
     ddb_calls = sum(v for k, v in used.items() if k.startswith("DynamoHandler"))
     sqs_calls = sum(v for k, v in used.items() if k.startswith("SQSResponse"))
     # What the tick's Queries returned, beyond the deployments that really are billable (the

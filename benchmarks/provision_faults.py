@@ -52,6 +52,7 @@ from chalicelib.providers.base import (  # noqa: E402
 )
 from chalicelib.schemas import CreateDeploymentRequest  # noqa: E402
 from chalicelib.services import registry  # noqa: E402
+from chalicelib.store.metering import MeteringRepository  # noqa: E402
 from chalicelib.store.users import UserRepository  # noqa: E402
 from prism.dev.cloud_sandbox import (  # noqa: E402
     PRICE_PER_HOUR,
@@ -211,7 +212,8 @@ def report(runs: list[dict], fakes: dict, reaped, seconds: float) -> None:
             if item.provider_instance_id != instance_id:
                 unrecorded += fake.bill(instance_id)  # a second launch, reaped: nobody's charge
                 continue
-            gap = abs(Decimal(item.cost_accrued_usd) - fake.bill(instance_id))
+            meter = MeteringRepository().meter(item.id)  # a recorded instance has one
+            gap = abs(meter.cost_accrued_usd - fake.bill(instance_id))
             if gap > worst:
                 worst, worst_run = gap, deployments.get(item.id, {}).get("ending")
     endings = {}

@@ -41,15 +41,15 @@ def start_moto(env: dict | None = None) -> tuple[subprocess.Popen, str]:
 
 
 def billing_deployments(billable: int, stopped: int) -> list[str]:
-    """`billable` running cloud deployments last metered a minute ago (as billing starts: see
-    DeploymentRepository.record_instance) and `stopped` ones that only make the table bigger.
-    Returns the billable ones' ids."""
+    """`billable` running cloud deployments, each with its meter last metered a minute ago (as
+    billing starts: see DeploymentRepository.record_instance), and `stopped` ones (no meter)
+    that only make the deployments table bigger. Returns the billable ones' ids."""
     from chalicelib.store.deployments import billing_shard
-    from chalicelib.store.models import DeployConfigAttribute, DeploymentItem
+    from chalicelib.store.models import DeployConfigAttribute, DeploymentItem, MeterItem
 
     start = datetime.now(UTC) - timedelta(minutes=1)
     billable_ids = []
-    with DeploymentItem.batch_write() as batch:
+    with DeploymentItem.batch_write() as batch, MeterItem.batch_write() as meters:
         for i in range(billable + stopped):
             is_billable = i < billable
             item = DeploymentItem(
@@ -62,12 +62,18 @@ def billing_deployments(billable: int, stopped: int) -> list[str]:
                 image="acme/llm:1",
                 budget_max_usd=1000,
                 deploy_config=DeployConfigAttribute(port=8000, health_path="/health"),
-                price_per_hour_usd=Decimal("3.6"),
-                last_metered_at=start,
             )
-            item.billable = billing_shard(item.id) if is_billable else None
-            item.ledger_tail = [] if is_billable else None
             batch.save(item)
             if is_billable:
+                meters.save(
+                    MeterItem(
+                        deployment_id=item.id,
+                        billable=billing_shard(item.id),
+                        price_per_hour_usd=Decimal("3.6"),
+                        budget_max_usd=item.budget_max_usd,
+                        last_metered_at=start,
+                        ledger_tail=[],
+                    )
+                )
                 billable_ids.append(item.id)
     return billable_ids

@@ -100,6 +100,7 @@ class Settings:
     connections_table: str
     node_replies_table: str
     ledger_table: str
+    meters_table: str  # each cloud deployment's billing state (store/models.py MeterItem)
     # A deployment's secrets, sealed (store/secrets.py) under this KMS key (an alias, a key id
     # or an ARN): infra/resources.json's SecretsKey, named by its alias.
     secrets_table: str
@@ -140,6 +141,7 @@ class Settings:
             connections_table=table("connections"),
             node_replies_table=table("node_replies"),
             ledger_table=table("ledger"),
+            meters_table=table("meters"),
             secrets_table=table("secrets"),
             secrets_key_id=env.get("PRISM_SECRETS_KEY_ID", f"alias/prism-{stage}-secrets"),
             metering_queue=env.get("PRISM_METERING_QUEUE", f"prism-{stage}-metering"),

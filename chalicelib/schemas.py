@@ -426,7 +426,10 @@ class DeploymentOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def from_item(cls, item) -> "DeploymentOut":
+    def from_item(cls, item, meter=None) -> "DeploymentOut":
+        """`meter`: the deployment's MeterItem, which holds its cost (None: free or not billed
+        yet, or billed on the item from before meters: the item's own figures)."""
+        billing = item if meter is None else meter
         return cls(
             id=item.id,
             name=item.name,
@@ -445,9 +448,9 @@ class DeploymentOut(BaseModel):
             deploy_config=DeployConfig.of(item.deploy_config),
             env_var_names=item.env_names(),
             budget_max_usd=item.budget_max_usd,
-            cost_accrued_usd=item.cost_accrued_usd,
-            price_per_hour_usd=item.price_per_hour_usd,
-            **_budget_view(item),
+            cost_accrued_usd=billing.cost_accrued_usd,
+            price_per_hour_usd=billing.price_per_hour_usd,
+            **_budget_view(item.budget_max_usd, billing),
             endpoint_url=item.endpoint_url,
             endpoint_auth=endpoint_auth(item),
             request_metrics=RequestMetricsOut.of(item.request_metrics),
@@ -464,18 +467,16 @@ class DeploymentOut(BaseModel):
         )
 
 
-def _budget_view(item) -> dict:
-    if item.budget_max_usd is None:
+def _budget_view(budget: Decimal | None, billing) -> dict:
+    """What is left of the budget, and for how long while billed; `billing`: the meter (or the
+    item) with the cost, the price and whether it is billed now."""
+    if budget is None:
         return {"budget_remaining_usd": None, "budget_seconds_left": None}
-    remaining = max(Decimal(0), item.budget_max_usd - (item.cost_accrued_usd or 0))
+    cost = billing.cost_accrued_usd or Decimal(0)
+    remaining = max(Decimal(0), budget - cost)
     left = None
-    if item.billable and item.price_per_hour_usd:
-        left = round(
-            seconds_until_exhausted(
-                item.cost_accrued_usd or Decimal(0), item.budget_max_usd, item.price_per_hour_usd
-            ),
-            1,
-        )
+    if billing.billable and billing.price_per_hour_usd:
+        left = round(seconds_until_exhausted(cost, budget, billing.price_per_hour_usd), 1)
     return {"budget_remaining_usd": remaining, "budget_seconds_left": left}
 
 

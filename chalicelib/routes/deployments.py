@@ -10,7 +10,6 @@ from chalicelib.schemas import (
     CreateDeploymentRequest,
     DeploymentCreated,
     DeploymentList,
-    DeploymentOut,
     EndpointKeyOut,
     ListDeploymentsQuery,
     LogsQuery,
@@ -53,8 +52,9 @@ def list_deployments():
     request = bp.current_request
     owner_id = authenticate(request)
     query = parse_query(request, ListDeploymentsQuery)
-    items, token = registry.deployment_service().list(owner_id, query)
-    return ok(DeploymentList(items=[DeploymentOut.from_item(i) for i in items], next_token=token))
+    service = registry.deployment_service()
+    items, token = service.list(owner_id, query)
+    return ok(DeploymentList(items=service.shown_all(items), next_token=token))
 
 
 @bp.route(BASE + "/{deployment_id}", methods=["GET"])
@@ -62,8 +62,8 @@ def list_deployments():
 def get_deployment(deployment_id):
     owner_id = authenticate(bp.current_request)
     logger.append_keys(deployment_id=deployment_id)
-    item = registry.deployment_service().get(owner_id, deployment_id)
-    return ok(DeploymentOut.from_item(item))
+    service = registry.deployment_service()
+    return ok(service.shown(service.get(owner_id, deployment_id)))
 
 
 @bp.route(BASE + "/{deployment_id}", methods=["DELETE"])
@@ -71,10 +71,11 @@ def get_deployment(deployment_id):
 def stop_deployment(deployment_id):
     owner_id = authenticate(bp.current_request)
     logger.append_keys(deployment_id=deployment_id)
-    item = registry.deployment_service().stop(owner_id, deployment_id)
+    service = registry.deployment_service()
+    item = service.stop(owner_id, deployment_id)
     logger.info("deployment stop requested", extra={"status": item.status})
     # 202 while the node or provider still has to confirm; 200 once it is over.
-    return ok(DeploymentOut.from_item(item), status=202 if item.status == "stopping" else 200)
+    return ok(service.shown(item), status=202 if item.status == "stopping" else 200)
 
 
 @bp.route(BASE + "/{deployment_id}/health", methods=["GET"])

@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 import requests
 
 from chalicelib.config import CloudSettings
 from chalicelib.lifecycle import COMING_UP, Status, can_transition, towards
 from chalicelib.logs import logger
+from chalicelib.metering import charge
 from chalicelib.providers.base import (
     CapacityError,
     Instance,
@@ -32,6 +34,7 @@ from chalicelib.providers.base import (
 )
 from chalicelib.services.node_bootstrap import AgentBootstrap
 from chalicelib.store.deployments import DeploymentRepository
+from chalicelib.store.metering import MeteringRepository
 from chalicelib.store.models import DeploymentItem
 from chalicelib.store.nodes import NodeRepository
 from chalicelib.store.secrets import SecretStore
@@ -78,6 +81,7 @@ class CloudService:
         probe: Callable[[str], bool] = probe,
         place: Callable[[DeploymentItem], object] = lambda item: item,
         secrets: SecretStore | None = None,
+        meters: MeteringRepository | None = None,
     ):
         self._deployments = deployments
         self._nodes = nodes
@@ -88,6 +92,7 @@ class CloudService:
         self._probe = probe
         self._place = place
         self._secrets = secrets or SecretStore()
+        self._meters = meters or MeteringRepository()
 
     # --- provision ----------------------------------------------------------------------
 
@@ -108,7 +113,7 @@ class CloudService:
         if not item.provider_instance_id and not self._deployments.record_instance(
             item, instance.id, price, launched_at, instance.region
         ):
-            instance = self._after_lost_record(item, provider, instance)
+            instance = self._after_lost_record(item, provider, instance, launched_at)
         logger.info(
             "instance launched",
             extra={"deployment_id": item.id, "instance_id": instance.id, "price_per_hour": price},
@@ -199,17 +204,27 @@ class CloudService:
         return item
 
     def _after_lost_record(
-        self, item: DeploymentItem, provider: Provider, instance: Instance
+        self, item: DeploymentItem, provider: Provider, instance: Instance, launched_at: datetime
     ) -> Instance:
         """record_instance's condition failed: our write may have landed (a retried request),
         another launch recorded its instance, or the deployment was stopped meanwhile."""
         latest = self._deployments.get(item.id)
         if latest.provider_instance_id == instance.id:
             return instance  # it was ours after all
-        provider.terminate(instance.id)  # nobody will ever own this one
-        if latest.provider_instance_id and Status(latest.status) in COMING_UP:
-            return self._adopt(latest, provider)
+        if latest.provider_instance_id:  # a duplicate of another attempt's: ours to pay
+            provider.terminate(instance.id)
+            if Status(latest.status) in COMING_UP:
+                return self._adopt(latest, provider)
+        else:  # stopped while it launched: charged as the provider bills it, to the terminate
+            asked_at = self._clock()
+            provider.terminate(instance.id)
+            ended = midpoint(asked_at, self._clock())
+            self._charge_once(latest, instance.price_per_hour, launched_at, ended)
         raise Cancelled(f"{item.id} was stopped while its instance was launched")
+
+    def _charge_once(self, item: DeploymentItem, price, since: datetime, until: datetime) -> None:
+        price = Decimal(price or 0)
+        self._meters.charge_once(item.id, since, until, price, charge(price, since, until))
 
     def _adopt(self, item: DeploymentItem, provider: Provider, retried: bool) -> Instance | None:
         """The instance launched for this deployment by an earlier attempt, if any (a retried

@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
+from chalicelib.batches import chunked
 from chalicelib.lifecycle import Status, towards
 from chalicelib.logs import logger
 from chalicelib.protocol import UNHEALTHY_AFTER
 from chalicelib.providers.base import InstanceState, Provider
 from chalicelib.queue import MAX_BATCH, WorkQueue
 from chalicelib.services.cloud import probe, runs_agent
-from chalicelib.services.metering import chunked
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import DeploymentItem
 

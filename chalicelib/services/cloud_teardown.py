@@ -11,8 +11,9 @@ from chalicelib.logs import Unit, logger, metrics
 from chalicelib.providers import ProviderNotConfigured
 from chalicelib.providers.base import InstanceState, Provider, instance_name
 from chalicelib.services.cloud import midpoint, runs_agent
+from chalicelib.store import legacy_billing
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.metering import BillableEntry
+from chalicelib.store.metering import BillableEntry, MeteringRepository
 from chalicelib.store.models import DeploymentItem
 from chalicelib.store.nodes import NodeRepository
 
@@ -26,8 +27,10 @@ class CloudTeardown:
         meter: Callable[[BillableEntry, datetime], object],
         cloud: CloudSettings,
         clock: Callable[[], datetime],
+        meters: MeteringRepository | None = None,
     ):
         self._deployments = deployments
+        self._meters = meters or MeteringRepository()
         self._nodes = nodes
         self._providers = providers
         self._meter = meter
@@ -48,7 +51,7 @@ class CloudTeardown:
                 provider.terminate(instance_id)  # raises unless the provider accepted it
                 if "billing_ended_at" not in state:  # the provider's bill stops here
                     ended = midpoint(asked_at, self._clock())  # as the launch's start
-                    self._end_billing(item, ended)
+                    self.end_billing(item, ended)
                     state = state | {"billing_ended_at": ended.isoformat()}
             confirmed = instance_id is None or _gone(provider, instance_id)
         except ProviderNotConfigured:
@@ -68,7 +71,7 @@ class CloudTeardown:
         """Termination confirmed: end (failed when a failure reason was recorded on the way,
         e.g. budget_exceeded or provision_error). Billing ended when the provider accepted the
         terminate; an instance never found is charged up to now."""
-        item = self._end_billing(self._deployments.get(state["deployment_id"]), self._clock())
+        item = self.end_billing(self._deployments.get(state["deployment_id"]), self._clock())
         target = Status.FAILED if item.failure_reason else Status.STOPPED
         if Status(item.status) is not Status.STOPPING:
             self._deployments.transition_latest(item.id, towards(Status.STOPPING), first=item)
@@ -95,15 +98,18 @@ class CloudTeardown:
         )
         return state
 
-    def _end_billing(self, item: DeploymentItem, ended: datetime) -> DeploymentItem:
-        """Charge up to `ended`, when the provider stopped billing, then take the deployment
-        out of the metering tick: no later charge, whenever the teardown confirms."""
+    def end_billing(self, item: DeploymentItem, ended: datetime) -> DeploymentItem:
+        """Charge its meter up to `ended`, when the provider stopped billing, then take it out
+        of the metering tick: no later charge, whenever the teardown confirms."""
+        if item.billable:  # still billed on its item (from before meters): moved first
+            legacy_billing.move(item.id)
+        meter = self._meters.meter(item.id)
         for _ in range(3):  # a metering worker charging at the same moment wins; then us
-            if not item.billable or item.last_metered_at >= ended:
+            if meter is None or not meter.billable or meter.last_metered_at >= ended:
                 break
-            self._meter(BillableEntry.of(item), ended)
-            item = self._deployments.get(item.id)
-        if item.billable:
+            self._meter(BillableEntry.of(meter), ended)
+            meter = self._meters.meter(item.id)
+        if item.billable or (meter is not None and meter.billable):
             item = self._deployments.stop_billing(item)
         return item
 

@@ -32,6 +32,7 @@ from chalicelib.schemas import (
     CostsQuery,
     CreateDeploymentRequest,
     DeployConfig,
+    DeploymentOut,
     HealthOut,
     ListDeploymentsQuery,
     LogsOut,
@@ -89,9 +90,11 @@ class DeploymentService:
         workflows,
         idempotency_ttl_seconds: int = 86400,
         secrets: SecretStore | None = None,
+        meters: MeteringRepository | None = None,
     ):
         self._deployments = deployments
         self._secrets = secrets or SecretStore()
+        self._meters = meters or MeteringRepository()
         self._resources = resources
         self._nodes = nodes
         self._placement = placement
@@ -267,6 +270,18 @@ class DeploymentService:
     def get(self, owner_id: str, deployment_id: str) -> DeploymentItem:
         return self._deployments.get_owned(owner_id, deployment_id)
 
+    def shown(self, item: DeploymentItem) -> DeploymentOut:
+        """A deployment as the API shows it, its cost from its meter: one GetItem for a cloud
+        deployment; a prism_node one is free and has none."""
+        meter = self._meters.meter(item.id) if item.target in CLOUD_TARGETS else None
+        return DeploymentOut.from_item(item, meter)
+
+    def shown_all(self, items: list[DeploymentItem]) -> list[DeploymentOut]:
+        """A page of deployments as the API shows them: their meters in one BatchGetItem (a
+        page holds at most 100), none when the page has no cloud deployment."""
+        meters = self._meters.meters(i.id for i in items if i.target in CLOUD_TARGETS)
+        return [DeploymentOut.from_item(item, meters.get(item.id)) for item in items]
+
     def list(
         self, owner_id: str, query: ListDeploymentsQuery
     ) -> tuple[list[DeploymentItem], str | None]:
@@ -307,10 +322,13 @@ class DeploymentService:
         item = self._deployments.get_owned(owner_id, deployment_id)
         binding = f"{owner_id}/{item.id}/costs"  # another deployment's token is a 400
         after = _decode_period(unseal(query.next_token, binding)) if query.next_token else None
-        entries, last = MeteringRepository().ledger(item, query.limit, after)
+        meter = self._meters.meter(item.id) if item.target in CLOUD_TARGETS else None
+        billing = item if meter is None else meter  # an item billed before meters: its own
+        tail = list(billing.ledger_tail or [])
+        entries, last = self._meters.ledger(item.id, tail, query.limit, after)
         return CostList(
             deployment_id=item.id,
-            cost_accrued_usd=item.cost_accrued_usd,
+            cost_accrued_usd=billing.cost_accrued_usd,
             items=[
                 CostEntry(
                     period_start=e.period_start,

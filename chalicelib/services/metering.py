@@ -3,16 +3,17 @@ exactly once per period and stops it when its budget is spent."""
 
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from itertools import islice
 
+from chalicelib.batches import chunked
 from chalicelib.logs import Unit, logger, metrics
 from chalicelib.metering import charge, seconds_until_exhausted
 from chalicelib.queue import MAX_BATCH, WorkQueue
+from chalicelib.store import legacy_billing
 from chalicelib.store.metering import BillableEntry, MeteringRepository, stamp
 
 ENTRIES_PER_MESSAGE = 100  # many deployments per message: fewer SQS requests and invocations
@@ -50,11 +51,15 @@ class MeteringService:
         self._interval = interval_seconds
 
     def tick(self) -> TickReport:
-        """Messages go out as the index pages in, so workers start before the Query ends."""
+        """Messages go out as the meters page in, so workers start before the reads end.
+        Deployments still billed on their own item (an upgraded stack) move to meters first."""
+        moved = legacy_billing.move_all()
+        if moved:
+            logger.info("billing moved to meters", extra={"deployments": moved})
         deployments = messages = 0
         batch_of_entries = ENTRIES_PER_MESSAGE * MAX_BATCH
         for chunk in chunked(self._repo.billable(), batch_of_entries):
-            entries = [BillableEntry.of(item).to_dict() for item in chunk]
+            entries = [BillableEntry.of(meter).to_dict() for meter in chunk]
             bodies = [{"entries": part} for part in chunked(entries, ENTRIES_PER_MESSAGE)]
             self._queue.send_all(bodies)
             deployments, messages = deployments + len(entries), messages + len(bodies)
@@ -139,9 +144,3 @@ def _record(bills: Iterable[Bill]) -> None:
     stops = sum(1 for b in bills if b.budget_spent)
     if stops:
         metrics.add_metric(name="BudgetStops", unit=Unit.Count, value=stops)
-
-
-def chunked(items: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk

@@ -29,6 +29,7 @@ from chalicelib.protocol import (
 from chalicelib.schemas import CLOUD_TARGETS, DeployConfig, endpoint_auth
 from chalicelib.services.ending import Ending
 from chalicelib.services.placement import Placement, deploy_message
+from chalicelib.store.connections import ConnectionRepository, needs_node
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.endpoints import record_request_metrics
 from chalicelib.store.models import (
@@ -59,17 +60,19 @@ class NodeMessageHandler:
         replies: ReplyRepository,
         placement: Placement,
         ending: Ending,
+        connections: ConnectionRepository | None = None,
     ):
         self._deployments = deployments
         self._nodes = nodes
         self._replies = replies
         self._placement = placement
         self._ending = ending
+        self._connections = connections or ConnectionRepository()
 
     def handle(self, connection_id: str, raw: str) -> list[Message]:
         """Returns the messages to send back on the same connection."""
-        conn = self._nodes.connection(connection_id)
-        if conn is None:
+        conn = self._connections.live(connection_id)
+        if conn is None:  # forgotten (its node revoked) or closed
             return [
                 Error(code="unknown_connection", message="connection not registered; reconnect")
             ]
@@ -86,7 +89,12 @@ class NodeMessageHandler:
     # --- one method per message type ------------------------------------------------------
 
     def _on_heartbeat(self, conn: ConnectionItem, message: Heartbeat):
-        self._nodes.touch(conn.node_id, conn.connection_id)
+        # The connection item only; the node item just when it was marked offline meanwhile.
+        before = self._connections.heartbeat(conn.connection_id)
+        if before is not None and needs_node(before):
+            back = self._nodes.touch(conn.node_id, conn.connection_id)
+            if back and before.marked_offline is not None:
+                self._connections.clear_offline_mark(before)
 
     def _on_error(self, conn: ConnectionItem, message: Error):
         logger.warning(

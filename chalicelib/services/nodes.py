@@ -8,8 +8,9 @@ from chalicelib.lifecycle import FailureReason, Status, towards
 from chalicelib.logs import logger
 from chalicelib.services.ending import Ending
 from chalicelib.services.placement import Placement
+from chalicelib.store.connections import ConnectionRepository
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.models import DeploymentItem, NodeItem, utcnow
+from chalicelib.store.models import ConnectionItem, DeploymentItem, NodeItem, utcnow
 from chalicelib.store.nodes import NodeRepository
 
 # deploy_model messages sent without an answer before the deployment fails: a node that took
@@ -20,17 +21,31 @@ MAX_UNANSWERED_DEPLOYS = 3
 
 class NodeService:
     def __init__(
-        self, nodes: NodeRepository, deployments: DeploymentRepository, placement: Placement
+        self,
+        nodes: NodeRepository,
+        deployments: DeploymentRepository,
+        placement: Placement,
+        connections: ConnectionRepository | None = None,
     ):
         self._nodes = nodes
         self._deployments = deployments
         self._placement = placement
+        self._connections = connections or ConnectionRepository()
 
     def register(self, owner_id: str, name: str) -> tuple[NodeItem, str]:
         return self._nodes.register(owner_id, name)
 
     def list(self, owner_id: str) -> list[NodeItem]:
-        return self._nodes.list_owned(owner_id)
+        """The owner's nodes, an online one last seen at its connection's last heartbeat
+        (heartbeats write only the connection): one BatchGetItem for the page."""
+        nodes = self._nodes.list_owned(owner_id)
+        online = [n.connection_id for n in nodes if n.status == "online" and n.connection_id]
+        seen = self._connections.last_seen(online) if online else {}
+        for node in nodes:
+            heartbeat = seen.get(node.connection_id)
+            if heartbeat is not None and heartbeat > node.last_seen_at:
+                node.last_seen_at = heartbeat  # shown only, never saved
+        return nodes
 
     def require_owned(self, owner_id: str, node_id: str) -> NodeItem:
         node = self._nodes.get(node_id)
@@ -48,11 +63,11 @@ class NodeService:
         return node
 
     def disconnect(self, connection_id: str) -> None:
-        conn = self._nodes.forget_connection(connection_id)
+        """The connection is closed, not deleted: the sweep reads its silence to fail the
+        node's deployments if the node does not come back (see Sweeper)."""
+        conn = self._connections.close(connection_id)
         if conn is not None:
-            node = self._nodes.get(conn.node_id)
-            if node is not None:
-                self._nodes.mark_offline(node, connection_id)
+            self._nodes.mark_disconnected(conn.node_id, connection_id)
             logger.info("node disconnected", extra={"node_id": conn.node_id})
 
 
@@ -70,8 +85,10 @@ class Sweeper:
         no_node_timeout_s: int,
         ending: Ending,
         deploy_ack_s: int,
+        connections: ConnectionRepository | None = None,
     ):
         self._nodes = nodes
+        self._connections = connections or ConnectionRepository()
         self._deployments = deployments
         self._placement = placement
         self._ending = ending
@@ -83,8 +100,13 @@ class Sweeper:
 
     def sweep(self) -> None:
         now = utcnow()
-        for node in self._nodes.silent_since(now - self._node_timeout):
-            self._silent_node(node, now - node.last_seen_at)
+        for connection in self._connections.silent_since(now - self._node_timeout):
+            self._silent_connection(connection, now)
+        for node in self._nodes.silent_since(now - self._node_timeout):  # legacy (see there)
+            if node.status == "online" and node.connection_id:
+                self._nodes.mark_offline(node, node.connection_id)
+            if self._silent_node(node, now - node.last_seen_at):
+                self._nodes.forget_silent(node)
         for item in self._deployments.unplaced(created_before=now - self._no_node_timeout):
             self._deployments.transition_latest(
                 item.id,
@@ -125,9 +147,28 @@ class Sweeper:
             only_if=still_unanswered,
         )
 
-    def _silent_node(self, node: NodeItem, silence: timedelta) -> None:
-        if node.status == "online":
-            self._nodes.mark_offline(node)
+    def _silent_connection(self, connection: ConnectionItem, now) -> None:
+        """A connection not heard from since the cutoff (its socket closed, or quiet). Its
+        node's silence counts from the later of its last heartbeat and the node's own
+        last_seen_at (connect, hello, disconnect), so every dead connection of a node gives
+        the same silence."""
+        node = self._nodes.get(connection.node_id)
+        if node is None or node.connection_id not in (None, connection.connection_id):
+            # its node is gone, or online on a newer connection: this one is history
+            self._connections.forget(connection)
+            return
+        seen_at = max(connection.last_seen_at, node.last_seen_at)
+        if now - seen_at < self._node_timeout:
+            return  # heard from since, through the node item
+        on_it = node.status == "online" and node.connection_id == connection.connection_id
+        if on_it and not self._nodes.mark_silent(node, connection, seen_at):
+            return  # a heartbeat landed since the index was read: it is alive
+        if self._silent_node(node, now - seen_at):
+            self._connections.forget(connection)
+
+    def _silent_node(self, node: NodeItem, silence: timedelta) -> bool:
+        """Its deployments after `silence` (the node already marked offline). True once it is
+        lost and all it ran has ended: later sweeps need not read it again."""
         lost = silence >= self._node_lost
         note = f"node {node.name} silent for {int(silence.total_seconds())} s"
         for item in self._deployments.on_node(node.id):
@@ -146,5 +187,4 @@ class Sweeper:
                     status_message=note,
                     healthy=False,
                 )
-        if lost:  # all it ran has ended: later sweeps need not read it again
-            self._nodes.forget_silent(node)
+        return lost

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import Enum
 from itertools import islice
 
@@ -16,16 +17,18 @@ from pynamodb.transactions import TransactWrite
 from chalicelib.config import settings
 from chalicelib.errors import Conflict, NotFound
 from chalicelib.lifecycle import ACTIVE, COMING_UP, Status, check_transition
-from chalicelib.store.models import DeploymentItem, SecretItem, utcnow
+from chalicelib.store.models import DeploymentItem, MeterItem, SecretItem, utcnow
 from chalicelib.store.nodes import gpu_claim, release_gpus
 from chalicelib.store.secrets import split_weights_source
-from chalicelib.store.shards import BILLING_SHARDS, CLOUD_SHARDS, UNPLACED_SHARDS, shard_of
+from chalicelib.store.shards import (
+    AWAITING_ACK_SHARDS,
+    BILLING_SHARDS,
+    CLOUD_SHARDS,
+    UNPLACED_SHARDS,
+    shard_of,
+)
 
 MAX_RETRIES = 5
-AWAITING_ACK = "1"
-# The billable index's keys. Every charge rewrites a deployment's index entry, so under one
-# shared key they would all land on one index partition (1,000 writes a second at most). Each
-# key costs the tick one Query (a page at least): 8 keep ~200k deployments under that limit.
 DEPLOYMENT_ID = re.compile(r"^dep_[0-9a-f]{16}$")  # what new_deployment_id() makes
 
 
@@ -58,7 +61,9 @@ def owner_status_key(owner_id: str, status: str) -> str:
 
 
 def billing_shard(deployment_id: str) -> str:
-    """The billable index key a deployment is filed under while it is billed."""
+    """The billable index key a deployment's meter is filed under while it is billed: one
+    shared key would put every billed deployment on one index partition (1,000 writes a second
+    at most); each key costs the tick one Query a page."""
     return shard_of(deployment_id, BILLING_SHARDS)
 
 
@@ -139,9 +144,12 @@ class DeploymentRepository:
         }
         if item.unplaced:  # any status change ends the wait for a node
             values["unplaced"] = None
-        if item.billable and target.is_terminal():  # termination confirmed: billing ends
+        if item.billable and target.is_terminal():  # billed from before meters: it ends here
             values["billable"] = None
-        if item.cloud and target.is_terminal():
+        # A cloud deployment's end also ends its meter's billing (read before the write
+        # clears `cloud`). Teardown has ended it already, unless the end did not pass there.
+        ends_billing = bool(item.cloud) and target.is_terminal()
+        if ends_billing:
             values["cloud"] = None
         if item.awaiting_ack:  # any status change is the node's answer (or makes it moot)
             values["awaiting_ack"] = None
@@ -166,6 +174,8 @@ class DeploymentRepository:
             # Every end passes here, so no path can keep a GPU. A crash before this leaves a
             # stale claim, which placement reclaims when it finds the node full.
             release_gpus(item.node_id, item.id, list(item.gpu_indices))
+        if ends_billing:
+            _stop_meter(item.id)
         return item
 
     @staticmethod
@@ -211,14 +221,14 @@ class DeploymentRepository:
         """Place a waiting deployment on a node and claim its GPUs there, in one transaction:
         both happen or neither (a DynamoDB transaction is all-or-nothing), so no crash or race
         can leave a deployment on a GPU it does not hold, or a claim nobody was assigned."""
-        now = utcnow()
+        now, awaiting = utcnow(), shard_of(item.id, AWAITING_ACK_SHARDS)
         actions = [
             DeploymentItem.node_id.set(node_id),
             DeploymentItem.unplaced.remove(),
             DeploymentItem.status_message.set(message),
             DeploymentItem.updated_at.set(now),
             DeploymentItem.assigned_at.set(now),
-            DeploymentItem.awaiting_ack.set(AWAITING_ACK),
+            DeploymentItem.awaiting_ack.set(awaiting),
         ]
         waiting = (DeploymentItem.status == Status.PROVISIONING.value) & (
             DeploymentItem.node_id.does_not_exist()
@@ -240,7 +250,7 @@ class DeploymentRepository:
             # (TransactionConflict) won: either way another placement got there first.
             return Assignment.MOVED if moved else Assignment.GPU_TAKEN
         item.node_id, item.gpu_indices, item.status_message = node_id, gpu_indices, message
-        item.unplaced, item.assigned_at, item.awaiting_ack = None, now, AWAITING_ACK
+        item.unplaced, item.assigned_at, item.awaiting_ack = None, now, awaiting
         return Assignment.ASSIGNED
 
     def unassign(
@@ -272,10 +282,12 @@ class DeploymentRepository:
         release_gpus(node_id, item.id, held)
         return True
 
-    def awaiting_ack(self, assigned_before) -> list[DeploymentItem]:
-        """Deployments sent to a node before then that the node has not reported on."""
+    def awaiting_ack(self, assigned_before) -> Iterator[DeploymentItem]:
+        """Deployments sent to a node before then that the node has not reported on: a Query
+        per shard of the sparse index, page by page."""
         condition = DeploymentItem.assigned_at < assigned_before
-        return list(DeploymentItem.awaiting_ack_index.query(AWAITING_ACK, condition))
+        for shard in AWAITING_ACK_SHARDS:
+            yield from DeploymentItem.awaiting_ack_index.query(shard, condition)
 
     def get_many(self, deployment_ids) -> dict[str, DeploymentItem]:
         """Consistent reads of several deployments, by id (missing ones left out)."""
@@ -292,9 +304,11 @@ class DeploymentRepository:
         )
 
     def stop_billing(self, item: DeploymentItem) -> DeploymentItem:
-        """Out of the billable index: the metering tick charges it no more (its provider
-        stopped billing)."""
-        update_if(item, [DeploymentItem.billable.remove()], DeploymentItem.id.exists())
+        """Its meter out of the billable index: the metering tick charges it no more (its
+        provider stopped billing). The meter stays, with the final total."""
+        _stop_meter(item.id)
+        if item.billable:  # billed from before meters, and not moved to one
+            update_if(item, [DeploymentItem.billable.remove()], DeploymentItem.id.exists())
         return item
 
     def cloud_active(self) -> Iterator[DeploymentItem]:
@@ -306,27 +320,39 @@ class DeploymentRepository:
     def record_instance(
         self, item: DeploymentItem, instance_id: str, price, launched_at, region=None
     ) -> bool:
-        """Remember the provider instance and start billing it, in one write that holds only
-        while the deployment is still coming up without an instance (False: it was stopped
-        meanwhile, and the caller must terminate what it launched). An agent on the instance
+        """Remember the provider instance and start billing it on its meter, in one
+        transaction that holds only while the deployment is still coming up without an
+        instance (False: it was stopped meanwhile, and the caller must terminate what it
+        launched): an instance is recorded exactly when it is billed. An agent on the instance
         can already have reported pulling or starting by then."""
-        region_action = [DeploymentItem.provider_region.set(region)] if region else []
-        return update_if(
-            item,
-            region_action
-            + [
-                DeploymentItem.provider_instance_id.set(instance_id),
-                DeploymentItem.launched_at.set(launched_at),
-                DeploymentItem.billable.set(billing_shard(item.id)),
-                DeploymentItem.price_per_hour_usd.set(price),
-                DeploymentItem.last_metered_at.set(launched_at),
-                # the charge's condition measures the tail: it must exist before the first
-                DeploymentItem.ledger_tail.set(DeploymentItem.ledger_tail | []),
-                DeploymentItem.status_message.set(f"instance {instance_id} launched"),
-            ],
+        changes = {
+            "provider_instance_id": instance_id,
+            "launched_at": launched_at,
+            "status_message": f"instance {instance_id} launched",
+        } | ({"provider_region": region} if region else {})
+        coming_up = (
             DeploymentItem.status.is_in(*(s.value for s in COMING_UP))
-            & DeploymentItem.provider_instance_id.does_not_exist(),
+            & DeploymentItem.provider_instance_id.does_not_exist()
         )
+        meter = MeterItem(deployment_id=item.id)
+        for _ in range(MAX_RETRIES):
+            try:
+                with TransactWrite(connection=_connection()) as transaction:
+                    transaction.update(
+                        item, _set_actions(changes), coming_up, add_version_condition=False
+                    )
+                    transaction.update(meter, _start_billing(item, price, launched_at))
+            except TransactWriteError as exc:
+                reasons = exc.cancellation_reasons  # the deployment's first
+                if exc.cause_response_code != "TransactionCanceledException" or not reasons:
+                    raise
+                if reasons[0] is not None and reasons[0].code == "ConditionalCheckFailed":
+                    return False
+                continue  # another transaction on the same items (TransactionConflict)
+            for name, value in changes.items():  # what the update wrote, as item.update() does
+                setattr(item, name, value)
+            return True
+        raise Conflict(f"deployment {item.id} is changing too fast; try again")
 
     def mark_launch_requested(self, item: DeploymentItem, at) -> None:
         """The first time launch asks a provider for an instance (kept by later attempts)."""
@@ -422,6 +448,32 @@ class DeploymentRepository:
             )
         items = [item for _, _, item in page]
         return Page(items=items, cursor=PageCursor(next_positions) if next_positions else None)
+
+
+def _start_billing(item: DeploymentItem, price, since) -> list:
+    """The meter's update that starts billing at `since`: created with a total of 0, or kept
+    with its total and newest charges if it exists (billed before, under an earlier instance)."""
+    budget = (
+        [] if item.budget_max_usd is None else [MeterItem.budget_max_usd.set(item.budget_max_usd)]
+    )
+    return [
+        MeterItem.billable.set(billing_shard(item.id)),
+        MeterItem.price_per_hour_usd.set(price),
+        MeterItem.last_metered_at.set(since),
+        MeterItem.cost_accrued_usd.set(MeterItem.cost_accrued_usd | Decimal(0)),
+        # the charge's condition measures the tail: it must exist before the first
+        MeterItem.ledger_tail.set(MeterItem.ledger_tail | []),
+        *budget,
+    ]
+
+
+def _stop_meter(deployment_id: str) -> None:
+    """Out of the meters' billable index (a deployment without a meter is left without one)."""
+    update_if(
+        MeterItem(deployment_id=deployment_id),
+        [MeterItem.billable.remove()],
+        MeterItem.billable.exists(),
+    )
 
 
 def _connection() -> Connection:

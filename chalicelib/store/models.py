@@ -17,7 +17,12 @@ from pynamodb.attributes import (
     VersionAttribute,
 )
 from pynamodb.constants import STRING
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
+from pynamodb.indexes import (
+    AllProjection,
+    GlobalSecondaryIndex,
+    IncludeProjection,
+    KeysOnlyProjection,
+)
 from pynamodb.models import Model
 
 from chalicelib.config import settings
@@ -119,24 +124,17 @@ class CloudIndex(GlobalSecondaryIndex):
     id = UnicodeAttribute(range_key=True)
 
 
-# What the metering tick needs of a billable deployment, and nothing more: the tick reads every
-# billable deployment every minute, so the index carries only these (never the ledger tail).
-METERED_ATTRIBUTES = [
-    "last_metered_at",
-    "price_per_hour_usd",
-    "cost_accrued_usd",
-    "budget_max_usd",
-]
-
-
 class BillableIndex(GlobalSecondaryIndex):
-    """Deployments a provider is charging for (sparse: `billable` is set only then, to one of
-    8 keys, see billing_shard). The metering tick reads this and nothing else: stopped
-    deployments are never read."""
+    """Legacy: deployments billed on their own item, before billing moved to meters
+    (MeterItem). Only the metering tick reads it, to move each one to a meter
+    (store/legacy_billing.py); nothing files a deployment here any more, and it can be deleted
+    in the release after every stack has run one tick of this version."""
 
     class Meta:
         index_name = "billable"
-        projection = IncludeProjection(METERED_ATTRIBUTES)
+        projection = IncludeProjection(
+            ["last_metered_at", "price_per_hour_usd", "cost_accrued_usd", "budget_max_usd"]
+        )
 
     billable = UnicodeAttribute(hash_key=True)
     id = UnicodeAttribute(range_key=True)
@@ -144,7 +142,7 @@ class BillableIndex(GlobalSecondaryIndex):
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One charge, kept on the deployment until a page of them moves to the ledger table."""
+    """One charge, kept on its meter until a page of them moves to the ledger table."""
 
     period_start: datetime
     period_end: datetime
@@ -158,8 +156,8 @@ _TIME_FORMAT = UTCDateTimeAttribute()  # how every time is stored
 
 class LedgerEntryAttribute(Attribute[LedgerEntry]):
     """A charge as one compact string, "start|end|amount|price|total": every charge rewrites the
-    deployment item, tail included, so each entry is one small value (not a map of five named
-    attributes: half the bytes, fewer write units)."""
+    meter, tail included, which must stay under 1 KB, so each entry is one small value (not a
+    map of five named attributes: half the bytes)."""
 
     attr_type = STRING
 
@@ -255,7 +253,7 @@ class DeploymentItem(Model):
     # The GPUs of node_id reserved for it (NodeItem.gpu_claims holds the other side).
     gpu_indices = ListAttribute(of=NumberAttribute, null=True)
     assigned_at = UTCDateTimeAttribute(null=True)  # when placement sent it to node_id
-    awaiting_ack = UnicodeAttribute(null=True)  # "1" from assignment until the node reports
+    awaiting_ack = UnicodeAttribute(null=True)  # its shard, from assignment until the node reports
     unacked_deploys = NumberAttribute(null=True)  # deploy_models no node ever answered
     provider_instance_id = UnicodeAttribute(null=True)
     failure_reason = UnicodeAttribute(null=True)
@@ -380,9 +378,10 @@ class NodesByOwnerIndex(GlobalSecondaryIndex):
 
 
 class NodesByLastSeenIndex(GlobalSecondaryIndex):
-    """Nodes by when they were last heard from, under 16 shard keys (store/shards.py: a
-    heartbeat rewrites the entry) and sparse: a node whose silence has been handled leaves it
-    until its next heartbeat. The sweep asks each shard for those silent since a cutoff."""
+    """Legacy: nodes by when they were last heard from, as heartbeats filed them before
+    liveness moved to the connection item (ConnectionsLivenessIndex). Nothing writes a `fleet`
+    any more; the sweep still reads it for node items from before, which leave it once
+    handled. It can be deleted once no node item holds a `fleet`."""
 
     class Meta:
         index_name = "by-last-seen"
@@ -413,7 +412,7 @@ class NodeItem(Model):
     connection_id = UnicodeAttribute(null=True)
     agent_version = UnicodeAttribute(null=True)
     gpus = ListAttribute(of=GpuAttribute, default=list)
-    fleet = UnicodeAttribute(null=True)  # its by-last-seen shard; none once its silence is handled
+    fleet = UnicodeAttribute(null=True)  # legacy by-last-seen shard (see NodesByLastSeenIndex)
     dedicated_to = UnicodeAttribute(null=True)  # the cloud deployment whose instance this is
     # GPU index (as a string) -> the deployment holding it, claimed in the same transaction
     # that assigns the deployment (null on nodes that never said hello since this existed).
@@ -431,8 +430,26 @@ class NodeItem(Model):
         return {int(index): holder for index, holder in raw.items()}
 
 
+class ConnectionsLivenessIndex(GlobalSecondaryIndex):
+    """Connections the sweep must watch, under 16 shard keys (store/shards.py) and sparse:
+    `fleet` is set at connect (and by each heartbeat) and removed once the sweep has handled
+    the connection's silence. Sorted by the minute of the last heartbeat, not its time: an
+    index key that changes costs two index writes (delete and put), so with heartbeats every
+    15 s only one in four moves the entry, and the others write no index at all (the exact
+    time is not projected). The sweep reads only the minutes before its cutoff."""
+
+    class Meta:
+        index_name = "liveness"
+        projection = IncludeProjection(["node_id", "closed"])
+
+    fleet = UnicodeAttribute(hash_key=True)
+    seen_minute = UnicodeAttribute(range_key=True)
+
+
 class ConnectionItem(Model):
-    """A live WebSocket connection -> the node on it (messages carry only the connection id)."""
+    """A WebSocket connection -> the node on it (messages carry only the connection id), and
+    the node's liveness: a heartbeat writes only this small item (and its index entry). Kept
+    after $disconnect, `closed`, until the sweep has handled the silence it began."""
 
     class Meta(_Meta):
         table_name = settings.connections_table
@@ -440,7 +457,16 @@ class ConnectionItem(Model):
     connection_id = UnicodeAttribute(hash_key=True)
     node_id = UnicodeAttribute()
     owner_id = UnicodeAttribute()
-    expires_at = NumberAttribute()  # TTL: API Gateway connections live at most 2 hours
+    expires_at = NumberAttribute()  # TTL: 3 h from connect (API Gateway: 2 h), 1 day once closed
+    last_seen_at = UTCDateTimeAttribute(null=True)  # connect, then each heartbeat
+    seen_minute = UnicodeAttribute(null=True)  # last_seen_at to the minute: the index's sort key
+    fleet = UnicodeAttribute(null=True)  # its liveness shard; none once its silence is handled
+    closed = BooleanAttribute(null=True)  # its socket closed: its messages are refused
+    # When its node was marked offline (or moved to a newer connection) while this socket
+    # might live on: its next heartbeat tries to bring the node back online on it.
+    marked_offline = UTCDateTimeAttribute(null=True)
+
+    liveness = ConnectionsLivenessIndex()
 
 
 class NodeReplyItem(Model):
@@ -469,3 +495,38 @@ class LedgerItem(Model):
     amount_usd = DecimalAttribute()
     price_per_hour_usd = DecimalAttribute()
     cost_after_usd = DecimalAttribute()
+
+
+class BillableMetersIndex(GlobalSecondaryIndex):
+    """Meters a provider is charging for (sparse: `billable` is set only then, to one of 8
+    keys, see store.deployments.billing_shard). Keys only: a charge changes no key, so it
+    rewrites no entry here; the tick reads the meters themselves with BatchGetItem."""
+
+    class Meta:
+        index_name = "billable"
+        projection = KeysOnlyProjection()
+
+    billable = UnicodeAttribute(hash_key=True)
+    deployment_id = UnicodeAttribute(range_key=True)
+
+
+class MeterItem(Model):
+    """A cloud deployment's billing state, apart from the deployment: every charge rewrites it,
+    and an item under 1 KB with no index entry to rewrite costs one write unit (the deployment
+    item is several KB and projected into five indexes). Created when billing starts, kept
+    after it ends (the final total and the newest charges)."""
+
+    class Meta(_Meta):
+        table_name = settings.meters_table
+
+    deployment_id = UnicodeAttribute(hash_key=True)
+    billable = UnicodeAttribute(null=True)  # its index shard while the provider charges
+    price_per_hour_usd = DecimalAttribute()
+    budget_max_usd = DecimalAttribute(null=True)
+    cost_accrued_usd = DecimalAttribute(default=lambda: Decimal(0))
+    last_metered_at = UTCDateTimeAttribute()
+    # The newest charges, written with the total in one conditional update (exactly once, one
+    # item write); a full page moves to the ledger table.
+    ledger_tail = ListAttribute(of=LedgerEntryAttribute, default=list)
+
+    billable_index = BillableMetersIndex()

@@ -1,4 +1,5 @@
-"""Nodes, their live connections, and the replies they send to API requests."""
+"""Nodes, their liveness as the node item records it (online on which connection), and the
+replies they send to API requests. Connections themselves: store/connections.py."""
 
 import contextlib
 import hashlib
@@ -10,9 +11,13 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 
-from pynamodb.exceptions import UpdateError
+from pynamodb.connection import Connection
+from pynamodb.exceptions import TransactWriteError, UpdateError
+from pynamodb.transactions import TransactWrite
 
+from chalicelib.config import settings
 from chalicelib.protocol import NODE_TOKEN_PREFIX, node_id_of_token
+from chalicelib.store.connections import ConnectionRepository
 from chalicelib.store.models import (
     ConnectionItem,
     GpuAttribute,
@@ -20,9 +25,8 @@ from chalicelib.store.models import (
     NodeReplyItem,
     utcnow,
 )
-from chalicelib.store.shards import LAST_SEEN_SHARDS, LEGACY_LAST_SEEN, shard_of
+from chalicelib.store.shards import LAST_SEEN_SHARDS, LEGACY_LAST_SEEN
 
-CONNECTION_TTL_SECONDS = 3 * 3600  # API Gateway closes a connection after 2 hours
 NODE_ID = re.compile(r"node_[0-9a-f]{16}")
 MAX_TOKEN_LENGTH = 256  # ours are about 80 characters
 REPLY_TTL_SECONDS = 600
@@ -63,7 +67,14 @@ def release_gpus(node_id: str, deployment_id: str, indices: list[int]) -> int:
     return freed
 
 
+def _condition_failed(exc: Exception) -> bool:
+    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
 class NodeRepository:
+    def __init__(self, connections: ConnectionRepository | None = None):
+        self._connections = connections or ConnectionRepository()
+
     def register(
         self, owner_id: str, name: str, dedicated_to: str | None = None
     ) -> tuple[NodeItem, str]:
@@ -77,7 +88,6 @@ class NodeRepository:
             name=name,
             token_hash=hash_token(token),
             dedicated_to=dedicated_to,
-            fleet=shard_of(node_id, LAST_SEEN_SHARDS),
         )
         node.save(condition=NodeItem.id.does_not_exist())
         return node, token
@@ -119,14 +129,16 @@ class NodeRepository:
         return [n for n in self.list_owned(owner_id) if n.status == "online" and n.connection_id]
 
     def silent_since(self, cutoff: datetime) -> Iterator[NodeItem]:
-        """Nodes silent since the cutoff and not yet forgotten (see `forget_silent`): a Query
-        per shard of the sparse by-last-seen index, so the sweep reads only those."""
+        """Legacy: nodes filed in the nodes table's by-last-seen index (`fleet` on the node
+        item, written by heartbeats before liveness moved to the connection item), silent since
+        the cutoff and not yet forgotten (see `forget_silent`). Nothing files a node there any
+        more: a connect or a heartbeat takes it out (see `mark_connected`, `touch`)."""
         for shard in (*LAST_SEEN_SHARDS, LEGACY_LAST_SEEN):
             yield from NodeItem.by_last_seen.query(shard, NodeItem.last_seen_at < cutoff)
 
     def forget_silent(self, node: NodeItem) -> None:
-        """Out of the by-last-seen index once its silence is handled (its deployments ended):
-        the sweep never reads it again until its next heartbeat files it back."""
+        """Legacy: out of the by-last-seen index once its silence is handled (its deployments
+        ended), for good."""
         with contextlib.suppress(UpdateError):  # it was heard from meanwhile: it stays
             node.update(
                 actions=[NodeItem.fleet.remove()],
@@ -136,28 +148,29 @@ class NodeRepository:
     def mark_connected(self, node: NodeItem, connection_id: str) -> bool:
         """Online on this connection, unless the node was deleted or its token replaced since
         it was authenticated (False: refuse the connection). The connection is recorded
-        first, so whoever revokes the node after this finds it and closes it."""
-        connection = ConnectionItem(
-            connection_id=connection_id,
-            node_id=node.id,
-            owner_id=node.owner_id,
-            expires_at=int(time.time()) + CONNECTION_TTL_SECONDS,
-        )
-        connection.save()
+        first, so whoever revokes the node after this finds it and closes it. Its liveness is
+        the connection's from now on: the node leaves the legacy by-last-seen index."""
+        connection = self._connections.open(node, connection_id)
+        previous = node.connection_id
         try:
             node.update(
                 actions=[
                     NodeItem.status.set("online"),
                     NodeItem.connection_id.set(connection_id),
                     NodeItem.last_seen_at.set(utcnow()),
+                    NodeItem.fleet.remove(),
                 ],
                 condition=NodeItem.token_hash == node.token_hash,
             )
         except UpdateError as exc:
-            if getattr(exc, "cause_response_code", None) != "ConditionalCheckFailedException":
+            if not _condition_failed(exc):
                 raise
             connection.delete()
             return False
+        if previous and previous != connection_id:
+            # Usually a dead socket; if it lives on (another agent with this token), its
+            # heartbeats bring the node back once this newer connection closes.
+            self._connections.mark_offline(previous)
         return True
 
     def record_hello(self, node: NodeItem, gpus: list[dict], agent_version: str) -> None:
@@ -186,18 +199,17 @@ class NodeRepository:
         """A claim whose holder no longer holds the GPU (ended, gone, moved): freed."""
         return release_gpus(node_id, holder, [index]) == 1
 
-    def touch(self, node_id: str, connection_id: str) -> None:
-        """A heartbeat: seen now, and online on this connection unless the node has moved to
-        a newer one (a late heartbeat from a dropped socket must not point back at it)."""
-        seen = [
-            NodeItem.last_seen_at.set(utcnow()),
-            NodeItem.fleet.set(shard_of(node_id, LAST_SEEN_SHARDS)),
-        ]
-        node = NodeItem(id=node_id)
+    def touch(self, node_id: str, connection_id: str) -> bool:
+        """A heartbeat after the node was marked offline while its socket lived (or on a
+        connection not filed for liveness): seen now, online on this connection unless the
+        node has moved to a newer one (a late heartbeat from a dropped socket must not point
+        back at it), and out of the legacy by-last-seen index. Rare: other heartbeats write
+        only their connection (store/connections.py). False: deleted, or moved on."""
         try:
-            node.update(
+            NodeItem(id=node_id).update(
                 actions=[
-                    *seen,
+                    NodeItem.last_seen_at.set(utcnow()),
+                    NodeItem.fleet.remove(),
                     NodeItem.status.set("online"),
                     NodeItem.connection_id.set(connection_id),
                 ],
@@ -207,33 +219,70 @@ class NodeRepository:
                     | (NodeItem.connection_id == connection_id)
                 ),
             )
-        except UpdateError:
-            with contextlib.suppress(UpdateError):
-                node.update(actions=seen, condition=NodeItem.id.exists())
+        except UpdateError as exc:
+            if not _condition_failed(exc):
+                raise
+            return False
+        return True
 
-    def mark_offline(self, node: NodeItem, connection_id: str | None = None) -> None:
-        """Offline, unless the node already reconnected on another connection."""
-        condition = NodeItem.id.exists()  # a deleted node stays deleted
-        if connection_id is not None:
-            condition = NodeItem.connection_id == connection_id
-        with contextlib.suppress(UpdateError):  # it reconnected meanwhile: the newer one wins
-            node.update(
-                actions=[NodeItem.status.set("offline"), NodeItem.connection_id.remove()],
-                condition=condition,
-            )
+    def mark_offline(self, node: NodeItem, connection_id: str) -> None:
+        """Offline after a message could not be posted to its connection, unless the node
+        already reconnected on another one. The socket may still be alive (the management API
+        failed, not the socket), so the connection is marked in the same transaction: its next
+        heartbeat brings the node back."""
+        codes = self._offline_and_marked(
+            node.id, connection_id, ConnectionItem.connection_id.exists()
+        )
+        if codes is not None and codes[1] == "ConditionalCheckFailed":  # connection forgotten
+            self.mark_disconnected(node.id, connection_id)
 
-    def connection(self, connection_id: str) -> ConnectionItem | None:
-        # Consistent: a connection forgotten when its node was revoked must not still be seen.
+    def mark_silent(self, node: NodeItem, connection: ConnectionItem, seen_at: datetime) -> bool:
+        """The sweep: offline for the silence of its connection, last seen when it last was,
+        with the connection marked (see `mark_offline`), only while the connection's
+        `last_seen_at` is what the sweep read: False when a heartbeat landed meanwhile (it is
+        alive) or the node moved to another connection."""
+        unchanged = ConnectionItem.last_seen_at == connection.last_seen_at
+        refused = self._offline_and_marked(node.id, connection.connection_id, unchanged, seen_at)
+        return refused is None
+
+    def _offline_and_marked(
+        self, node_id: str, connection_id: str, connection_condition, seen_at=None
+    ) -> list[str | None] | None:
+        """The node offline (only while online on this connection) and the connection marked
+        `marked_offline`, both or neither. None when done, else the reason each was refused
+        (node, connection; None where its condition held)."""
+        actions = [NodeItem.status.set("offline"), NodeItem.connection_id.remove()]
+        if seen_at is not None:
+            actions.append(NodeItem.last_seen_at.set(seen_at))
         try:
-            return ConnectionItem.get(connection_id, consistent_read=True)
-        except ConnectionItem.DoesNotExist:
-            return None
+            with TransactWrite(connection=_transactions()) as transaction:
+                transaction.update(
+                    NodeItem(id=node_id), actions, NodeItem.connection_id == connection_id
+                )
+                transaction.update(
+                    ConnectionItem(connection_id=connection_id),
+                    [ConnectionItem.marked_offline.set(utcnow())],
+                    connection_condition,
+                )
+        except TransactWriteError as exc:
+            reasons = exc.cancellation_reasons
+            if exc.cause_response_code != "TransactionCanceledException" or not reasons:
+                raise
+            return [reason.code if reason is not None else None for reason in reasons]
+        return None
 
-    def forget_connection(self, connection_id: str) -> ConnectionItem | None:
-        item = self.connection(connection_id)
-        if item is not None:
-            item.delete()
-        return item
+    def mark_disconnected(self, node_id: str, connection_id: str) -> None:
+        """Offline and last seen now, its socket closed, unless it already reconnected on
+        another connection (the newer one wins)."""
+        with contextlib.suppress(UpdateError):
+            NodeItem(id=node_id).update(
+                actions=[
+                    NodeItem.status.set("offline"),
+                    NodeItem.connection_id.remove(),
+                    NodeItem.last_seen_at.set(utcnow()),
+                ],
+                condition=NodeItem.connection_id == connection_id,
+            )
 
     # --- revocation (prism admin delete-user) ---------------------------------------------
 
@@ -241,17 +290,21 @@ class NodeRepository:
         """Every node of an owner deleted with its token, and every connection recorded for
         them forgotten, so each further message on one is answered `unknown_connection` and
         changes nothing, and a reconnect is refused. Returns the nodes and the connection ids
-        to close. The connections come from a Scan (they have no owner index; the table holds
-        only live connections): operator commands only."""
+        to close (those not closed already)."""
         nodes = self.list_owned(owner_id)
         for node in nodes:
             NodeItem(id=node.id).delete()
         connection_ids = {node.connection_id for node in nodes if node.connection_id}
-        owned = ConnectionItem.scan(ConnectionItem.owner_id == owner_id, consistent_read=True)
-        for connection in owned:
-            connection.delete()
-            connection_ids.add(connection.connection_id)
+        for connection in self._connections.owned(owner_id):
+            self._connections.delete(connection.connection_id)
+            if not connection.closed:
+                connection_ids.add(connection.connection_id)
         return nodes, connection_ids
+
+
+def _transactions() -> Connection:
+    """For transactions, which span tables (the models each keep their own connection)."""
+    return Connection(region=settings.region, host=settings.aws_endpoint_url)
 
 
 class ReplyRepository:

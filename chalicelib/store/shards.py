@@ -18,7 +18,10 @@ def _keys(count: int) -> tuple[str, ...]:
 BILLING_SHARDS = _keys(8)  # deployments table, index "billable"
 CLOUD_SHARDS = _keys(8)  # deployments table, index "cloud"
 UNPLACED_SHARDS = _keys(8)  # deployments table, index "unplaced"
-LAST_SEEN_SHARDS = _keys(16)  # nodes table, index "by-last-seen": a heartbeat rewrites it
+AWAITING_ACK_SHARDS = _keys(8)  # deployments table, index "awaiting-ack" (items from before: "1")
+# connections table, index "liveness" (a heartbeat moves its entry once a minute); also the
+# keys of the nodes table's legacy "by-last-seen", still read for node items from before
+LAST_SEEN_SHARDS = _keys(16)
 # What items written before the shards were keyed under, still read until they move.
 LEGACY_LAST_SEEN = "all"
 

@@ -439,8 +439,13 @@ def test_a_node_cannot_touch_another_owners_deployment(stack, weights, tmp_path)
 
 
 def _connection_ids(platform) -> list[str]:
-    """The node's live connection ids, read straight from the local connections table."""
-    items = platform.aws("dynamodb", "operator").scan(TableName="prism-dev-connections")
+    """The node's live connection ids, read straight from the local connections table (a
+    closed one stays there until the sweep has handled its silence)."""
+    items = platform.aws("dynamodb", "operator").scan(
+        TableName="prism-dev-connections",
+        FilterExpression="attribute_not_exists(#closed)",
+        ExpressionAttributeNames={"#closed": "closed"},
+    )
     return [item["connection_id"]["S"] for item in items["Items"]]
 
 

@@ -2,6 +2,10 @@
 events, as the gateway would deliver them."""
 
 import json
+from datetime import timedelta
+
+from chalicelib.store.connections import minute_of
+from chalicelib.store.models import ConnectionItem, NodeItem, utcnow
 
 
 def ws_event(route: str, connection_id: str, body=None, headers=None) -> dict:
@@ -44,3 +48,20 @@ class NodeSim:
 
     def hello(self, running=()):
         self.say(type="node_hello", node_id=self.node_id, running=list(running))
+
+    def disconnect(self):
+        self.app.handler_map["node_disconnect"](ws_event("$disconnect", self.connection_id), None)
+
+
+def age_node(node_id: str, seconds: float) -> None:
+    """As if the node had not been heard from for `seconds`: its item and every connection of
+    it (a heartbeat writes only the connection) last seen then."""
+    then = utcnow() - timedelta(seconds=seconds)
+    NodeItem(id=node_id).update(actions=[NodeItem.last_seen_at.set(then)])
+    for connection in ConnectionItem.scan(ConnectionItem.node_id == node_id):
+        connection.update(
+            actions=[
+                ConnectionItem.last_seen_at.set(then),
+                ConnectionItem.seen_minute.set(minute_of(then)),
+            ]
+        )

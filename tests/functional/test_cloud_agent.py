@@ -5,14 +5,12 @@ agent on a fake instance: tests/e2e/test_cloud_agent_local.py)."""
 
 import dataclasses
 import time
-from datetime import timedelta
 
 import pytest
 
 from chalicelib.config import settings
 from chalicelib.providers.base import instance_name
 from chalicelib.services import registry
-from chalicelib.store.models import NodeItem, utcnow
 from tests.cloud_sandbox import (
     AGENT_IMAGE,
     DEPLOYMENTS,
@@ -25,7 +23,7 @@ from tests.cloud_sandbox import (
     fake_clouds,
     reaches,
 )
-from tests.functional.node_sim import NodeSim
+from tests.functional.node_sim import NodeSim, age_node
 
 NODES = "/api/v1/compute/nodes"
 
@@ -201,8 +199,7 @@ def test_a_silent_instance_agent_is_lost_through_teardown(api, app, client, fake
     agent = agent_of(app, fakes, "runpod", deployment_id, api)
     brought_up(agent, deployment_id)
     reaches(api, deployment_id, {"running"})
-    node = NodeItem.get(agent.node_id)
-    node.update(actions=[NodeItem.last_seen_at.set(utcnow() - timedelta(seconds=400))])
+    age_node(agent.node_id, 400)
     client.lambda_.invoke(
         "sweep_nodes",
         client.events.generate_cw_event(

@@ -126,6 +126,28 @@ def test_delete_while_provisioning_leaves_nothing_behind(api, fakes):
     assert_nothing_leaked_and_billed_exactly(fakes["lambda"], api, [deployment_id])
 
 
+@pytest.mark.parametrize("target", ["runpod", "lambda"])
+def test_a_stop_between_launch_and_record_is_charged_as_the_provider_bills(
+    api, fakes, target, monkeypatch
+):
+    """The user stops it after the provider made the instance but before the control plane
+    recorded it: the instance is terminated at once and its seconds are charged, launch call
+    to accepted terminate, as the provider bills them (not left free, nor running)."""
+    from chalicelib.store.deployments import DeploymentRepository
+
+    record = DeploymentRepository.record_instance
+
+    def stopped_first(self, item, *args, **kwargs):
+        assert api.delete(f"{DEPLOYMENTS}/{item.id}").status_code == 202
+        return record(self, item, *args, **kwargs)
+
+    monkeypatch.setattr(DeploymentRepository, "record_instance", stopped_first)
+    deployment_id = create(api, target)
+    assert reaches(api, deployment_id, TERMINAL)["status"] == "stopped"
+    assert_nothing_leaked_and_billed_exactly(fakes[target], api, [deployment_id])  # waits
+    assert fakes[target].total_bill() > 0 and detail(api, deployment_id)["cost_accrued_usd"] > 0
+
+
 def test_the_reaper_terminates_an_instance_the_control_plane_never_recorded(api, fakes):
     """The control plane died between launch and recording the instance."""
     from chalicelib.providers import provider_for

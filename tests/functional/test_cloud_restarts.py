@@ -7,7 +7,6 @@ from decimal import Decimal
 import pytest
 
 from chalicelib.services import registry
-from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.metering import BillableEntry, MeteringRepository
 from chalicelib.store.models import utcnow
 from tests.cloud_sandbox import (
@@ -47,8 +46,8 @@ def aws_backend(fakes, monkeypatch):
 
 
 def charge_now(deployment_id) -> Decimal | None:
-    item = DeploymentRepository().get(deployment_id)
-    return registry.metering().meter(BillableEntry.of(item), utcnow())
+    meter = MeteringRepository().meter(deployment_id)
+    return registry.metering().meter(BillableEntry.of(meter), utcnow())
 
 
 def test_a_restarting_cloud_deployment_stays_billed_and_fails_only_when_the_agent_gives_up(
@@ -70,7 +69,7 @@ def test_a_restarting_cloud_deployment_stays_billed_and_fails_only_when_the_agen
     )
     restarting = detail(api, deployment_id)
     assert (restarting["status"], restarting["restarts"]) == ("starting", 1)
-    assert deployment_id in {item.id for item in MeteringRepository().billable()}
+    assert deployment_id in {meter.deployment_id for meter in MeteringRepository().billable()}
     charged = charge_now(deployment_id)
     assert charged is not None and charged > Decimal(str(restarting["cost_accrued_usd"]))
 

@@ -3,7 +3,6 @@ leaves its node, reclaimed when stale; and deploy_model messages a node never an
 the real handlers and services on moto."""
 
 import threading
-from datetime import timedelta
 
 import pytest
 
@@ -12,10 +11,10 @@ from chalicelib.services import placement as placement_module
 from chalicelib.services import registry
 from chalicelib.services.nodes import MAX_UNANSWERED_DEPLOYS, Sweeper
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.models import DeploymentItem, NodeItem, utcnow
+from chalicelib.store.models import DeploymentItem, NodeItem
 from chalicelib.store.nodes import NodeRepository
 from chalicelib.store.shards import UNPLACED_SHARDS
-from tests.functional.node_sim import NodeSim
+from tests.functional.node_sim import NodeSim, age_node
 
 NODES = "/api/v1/compute/nodes"
 DEPLOYMENTS = "/api/v1/compute/deployments"
@@ -162,12 +161,6 @@ def test_each_gpu_of_a_node_goes_to_one_deployment(api, app, sent):
 # --- release on every way out -----------------------------------------------------------------
 
 
-def _age_node(node_id, seconds):
-    NodeItem(id=node_id).update(
-        actions=[NodeItem.last_seen_at.set(utcnow() - timedelta(seconds=seconds))]
-    )
-
-
 def _crash(api, node, d):
     ready(node, d)
     node.say(type="deployment_stopped", deployment_id=d, reason="crash", exit_code=137)
@@ -201,14 +194,14 @@ def _stop_before_the_node_answered(api, node, d):
 
 def _node_lost(api, node, d):
     ready(node, d)
-    _age_node(node.node_id, 400)
+    age_node(node.node_id, 400)
     registry.sweeper().sweep()
 
 
 def _node_lost_while_stopping(api, node, d):
     ready(node, d)
     api.delete(f"{DEPLOYMENTS}/{d}")
-    _age_node(node.node_id, 400)
+    age_node(node.node_id, 400)
     registry.sweeper().sweep()
 
 

@@ -19,7 +19,7 @@ from chalicelib.services import registry
 from chalicelib.services.metering import METER_THREADS, MeteringService
 from chalicelib.store.deployments import BILLING_SHARDS, DeploymentRepository
 from chalicelib.store.metering import LEDGER_PAGE, BillableEntry, MeteringRepository
-from chalicelib.store.models import LedgerItem
+from chalicelib.store.models import LedgerItem, MeterItem
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 DEPLOYMENTS = "/api/v1/compute/deployments"
@@ -104,14 +104,18 @@ def drain(metering, queue) -> int:
             handled += 1
 
 
+def meter(deployment_id) -> MeterItem:
+    return MeteringRepository().meter(deployment_id)
+
+
 def cost(deployment_id) -> Decimal:
-    return DeploymentRepository().get(deployment_id).cost_accrued_usd
+    return meter(deployment_id).cost_accrued_usd
 
 
 def ledger(deployment_id) -> list[Decimal]:
-    """Every charge, oldest first (on the deployment and in the ledger table)."""
-    item = DeploymentRepository().get(deployment_id)
-    entries, _ = MeteringRepository().ledger(item, limit=10_000)
+    """Every charge, oldest first (on the meter and in the ledger table)."""
+    tail = list(meter(deployment_id).ledger_tail)
+    entries, _ = MeteringRepository().ledger(deployment_id, tail, limit=10_000)
     return [e.amount_usd for e in reversed(entries)]
 
 
@@ -257,10 +261,10 @@ def test_a_broken_entry_fails_its_message_but_the_rest_are_charged_once(
 def test_billable_deployments_spread_over_the_index_keys_and_the_tick_reads_them_all(
     api, metering, queue, clock
 ):
-    """Every charge rewrites the deployment's index entry: under one key they would all hit
-    one index partition."""
+    """A meter's index entry is written when billing starts and ends: under one key those
+    writes would all hit one index partition."""
     ids = [billable(api) for _ in range(40)]
-    keys = {DeploymentRepository().get(d).billable for d in ids}
+    keys = {meter(d).billable for d in ids}
     assert len(keys) >= 6 and keys <= set(BILLING_SHARDS)
     clock.at(60)
     assert metering.tick().deployments == 40
@@ -336,11 +340,11 @@ def test_detail_and_ledger_show_cost_budget_and_time_left(api, metering, queue, 
 def test_a_charge_for_a_period_already_charged_changes_neither_total_nor_ledger(api, clock):
     d = billable(api)
     until = clock.at(60)
-    entry = BillableEntry.of(DeploymentRepository().get(d))
+    entry = BillableEntry.of(meter(d))
     repo = MeteringRepository()
     assert repo.charge(entry, until, Decimal("0.06"), Decimal("3.6")) == Decimal("0.06")
     assert repo.charge(entry, until, Decimal("0.06"), Decimal("3.6")) is None
-    after = DeploymentRepository().get(d)
+    after = meter(d)
     assert after.cost_accrued_usd == Decimal("0.06") and after.last_metered_at == until
     assert ledger(d) == [Decimal("0.06")]
 
@@ -353,14 +357,14 @@ def test_a_charge_for_a_deployment_that_does_not_exist_charges_nothing(api, cloc
 
 
 def test_pages_of_charges_move_to_the_ledger_table_and_read_back_once_each(api, clock):
-    """The newest charges live on the deployment (one write per charge); every LEDGER_PAGE
-    they move to the ledger table. The costs API reads both, without gaps or repeats."""
+    """The newest charges live on the meter (one write per charge); every LEDGER_PAGE they
+    move to the ledger table. The costs API reads both, without gaps or repeats."""
     d = billable(api, price="3.60")
     repo = MeteringRepository()
     for minute in range(1, LEDGER_PAGE + 6):
-        entry = BillableEntry.of(DeploymentRepository().get(d))
+        entry = BillableEntry.of(meter(d))
         repo.charge(entry, clock.at(60 * minute), Decimal("0.06"), Decimal("3.6"))
-    after = DeploymentRepository().get(d)
+    after = meter(d)
     assert len(after.ledger_tail) == 5
     assert len(list(LedgerItem.query(d))) == LEDGER_PAGE
     pages, token = [], None

@@ -8,7 +8,7 @@ import pytest
 
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import DeploymentItem, NodeItem, utcnow
-from tests.functional.node_sim import NodeSim, ws_event
+from tests.functional.node_sim import NodeSim, age_node, ws_event
 
 NODES = "/api/v1/compute/nodes"
 DEPLOYMENTS = "/api/v1/compute/deployments"
@@ -183,11 +183,6 @@ def test_a_hello_reporting_a_deployment_on_its_way_up_counts_as_the_nodes_answer
     assert get(api, pulling)["status"] == "pulling"
 
 
-def _age_node(node_id, seconds):
-    item = NodeItem.get(node_id)
-    item.update(actions=[NodeItem.last_seen_at.set(utcnow() - timedelta(seconds=seconds))])
-
-
 def sweep(client):
     client.lambda_.invoke(
         "sweep_nodes",
@@ -200,11 +195,11 @@ def sweep(client):
 def test_a_silent_node_makes_its_deployments_unhealthy_then_lost(api, node, client):
     d = create(api)["id"]
     node.say(type="deployment_ready", deployment_id=d, endpoint_url="http://n:1")
-    _age_node(node.node_id, 90)  # past the 60 s node timeout
+    age_node(node.node_id, 90)  # past the 60 s node timeout
     sweep(client)
     assert get(api, d)["status"] == "unhealthy"
     assert api.get(NODES).data["items"][0]["status"] == "offline"
-    _age_node(node.node_id, 400)  # past the 300 s lost timeout
+    age_node(node.node_id, 400)  # past the 300 s lost timeout
     sweep(client)
     lost = get(api, d)
     assert (lost["status"], lost["failure_reason"]) == ("failed", "node_lost")

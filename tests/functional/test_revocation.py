@@ -10,6 +10,7 @@ import pytest
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
 from chalicelib.services import registry
 from chalicelib.services.auth import Accounts
+from chalicelib.store.connections import ConnectionRepository
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import ApiKeyItem, ConnectionItem, NodeItem, UserItem
 from chalicelib.store.nodes import NodeRepository
@@ -189,13 +190,31 @@ def test_delete_user_cuts_off_its_keys_nodes_and_connections_and_stops_its_deplo
     assert not again.found_anything
 
 
+def test_delete_user_forgets_a_closed_connection_without_trying_to_close_it(api, users, app):
+    """A connection whose socket closed stays recorded until the sweep has handled its
+    silence: a deleted user's is forgotten with the rest, but there is nothing to close."""
+    owner = users.owner_of_key(api.key)
+    created = api.post(NODES, {"name": "box"}).data
+    gone = NodeSim(app, created["token"], created["id"], connection_id="conn-gone")
+    assert gone.connect()["statusCode"] == 200
+    gone.disconnect()
+    live = NodeSim(app, created["token"], created["id"], connection_id="conn-live")
+    assert live.connect()["statusCode"] == 200
+    closed: list[str] = []
+    report = accounts(closed).delete_user(owner)
+    assert closed == ["conn-live"] and report.connections_not_closed == []
+    for connection_id in ("conn-gone", "conn-live"):
+        with pytest.raises(ConnectionItem.DoesNotExist):
+            ConnectionItem.get(connection_id)
+
+
 def test_a_node_deleted_or_given_a_new_token_while_connecting_is_refused(api):
     created = api.post(NODES, {"name": "box"}).data
     nodes = NodeRepository()
     node = nodes.authenticate(created["token"])
     NodeItem(id=node.id).delete()  # its owner deleted meanwhile
     assert not nodes.mark_connected(node, "c1")
-    assert nodes.connection("c1") is None
+    assert ConnectionRepository().live("c1") is None
     with pytest.raises(NodeItem.DoesNotExist):  # not recreated by the online mark
         NodeItem.get(node.id)
 
@@ -203,7 +222,8 @@ def test_a_node_deleted_or_given_a_new_token_while_connecting_is_refused(api):
     node = nodes.authenticate(created["token"])
     nodes.new_token(NodeItem.get(node.id))
     assert not nodes.mark_connected(node, "c2")
-    assert nodes.connection("c2") is None and NodeItem.get(node.id).status == "offline"
+    assert ConnectionRepository().live("c2") is None
+    assert NodeItem.get(node.id).status == "offline"
 
 
 @pytest.mark.parametrize(

@@ -3,12 +3,12 @@ against the fake providers: nothing keeps running, nothing keeps billing, and wh
 charged exactly."""
 
 import time
-from decimal import Decimal
 
 import pytest
 
 from chalicelib.services import registry
 from chalicelib.store.deployments import DeploymentRepository
+from chalicelib.store.metering import MeteringRepository
 from tests.cloud_sandbox import (
     BILLING_TOLERANCE,
     TERMINAL,
@@ -66,8 +66,7 @@ def test_a_deleted_users_cloud_deployments_are_torn_down_and_billed_exactly(
     fake = fakes[target]
     live = fake.live_pods() if target == "runpod" else fake.live_instances()
     assert live == []
-    charged = sum(
-        DeploymentRepository().get(d).cost_accrued_usd or Decimal(0) for d in (running, coming_up)
-    )
+    meters = MeteringRepository().meters([running, coming_up])
+    charged = sum(meter.cost_accrued_usd for meter in meters.values())
     billed = fake.total_bill()
     assert billed > 0 and abs(charged - billed) <= 2 * BILLING_TOLERANCE, (charged, billed)

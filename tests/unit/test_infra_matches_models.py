@@ -5,6 +5,7 @@ from chalicelib.store.models import (
     ConnectionItem,
     DeploymentItem,
     LedgerItem,
+    MeterItem,
     NodeItem,
     NodeReplyItem,
     ResourceItem,
@@ -22,6 +23,7 @@ MODELS = {
     "PRISM_CONNECTIONS_TABLE": ConnectionItem,
     "PRISM_NODE_REPLIES_TABLE": NodeReplyItem,
     "PRISM_LEDGER_TABLE": LedgerItem,
+    "PRISM_METERS_TABLE": MeterItem,
     "PRISM_SECRETS_TABLE": SecretItem,
 }
 

@@ -22,8 +22,16 @@ from prism.dev.stack import chalice_package
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-# Tables whose loss loses money (charges, the ledger) or users (accounts, keys, their nodes).
-RETAINED = ("DeploymentsTable", "LedgerTable", "UsersTable", "ApiKeysTable", "NodesTable")
+# Tables whose loss loses money (charges, the ledger, the meters' totals) or users (accounts,
+# keys, their nodes).
+RETAINED = (
+    "DeploymentsTable",
+    "LedgerTable",
+    "MetersTable",
+    "UsersTable",
+    "ApiKeysTable",
+    "NodesTable",
+)
 # prod is packaged with a sizing file of its own: the merge must override what chalice gives.
 TEST_SIZING = {"MeterTick": {"MemorySize": 512, "Timeout": 45, "measured": "peak 300 MB, 9 s"}}
 
