@@ -7,31 +7,55 @@ model endpoints on a local HTTP server) runs one simulated minute of a fleet 1/F
 target (10,000 deployments, 1,000 nodes, 100 cloud running, 1,000 billable, 100 pulls at
 FACTOR 10), and every DynamoDB call it makes is counted (benchmarks/capacity.py: table, index,
 partition key, and the units DynamoDB bills from the items' real sizes and the indexes'
-projections). The minute:
-- every node sends 4 heartbeats (every 15 s);
+projections). The fleet is seeded in its steady state: meters hold 1 to 8 charges in their
+tails (one in 8 moves a page to the ledger this minute), connections were last heard from 15 s
+before the minute. The minute:
+- every node sends 4 heartbeats, at 0, 15, 30 and 45 s of a whole minute on the connections'
+  clock (the simulated minute takes seconds of real time, which must not cross a minute's end
+  more often than a real minute does);
 - every pulling deployment reports progress 12 times (at most every 5 s);
-- every running node deployment reports request metrics 4 times (every 15 s, with traffic);
+- every running node deployment reports request metrics at the agent's default interval (once
+  a minute; every one has traffic);
 - one metering tick, its queue drained by the real worker (every billable deployment charged);
-- one cloud health tick, its queue drained by the real worker (every running cloud image
-  deployment probed; 1 in 50 endpoints hangs, so a message waits for the probe timeout);
+- one cloud health tick, its queue drained by the real worker, each message by its own
+  invocation (every running cloud image deployment probed; 1 in 50 endpoints hangs, so its
+  message waits for the probe timeout);
 - one node sweep;
 - API calls: 50 creates, 200 lists and 200 details, spread over the owners.
-Owners: one tenant holds 10% of the deployments and nodes, 99 share the rest.
+Owners: one tenant holds 10% of the deployments and nodes, 99 share the rest. Then, apart from
+the minute: node_hello's calls for an owner with waiting deployments, with none and with 1,000
+of other owners' waiting; and 3 whole lives on each fake provider, counting the provider
+requests of each launch and terminate step.
 
 Extrapolation: a partition key whose entries belong to one entity (a deployment's own item, a
 connection's, a deployment's ledger rows) carries the same load at any fleet size; a key shared
 by many entities (an index shard, a tenant's index key) grows linearly, by FACTOR. Rates are
-the minute's units / 60 s: the metering and health bursts are spread by their SQS queues.
+the minute's units / 60 s: the metering and health bursts are spread by their SQS queues. The
+health round at 1,000 running is the tick's time times FACTOR plus the slowest message (the
+messages run in parallel, one invocation each).
 
-AWS arithmetic at the target sizes is printed after the goals, from the counted units and calls
-(on-demand prices, us-east-1): write and read units a second and a month, Lambda invocations and
-GB-seconds a minute (memory sizes from infra/sizing.json), SQS requests a minute, WebSocket
-messages, and the monthly cost. README ("Scale") summarises a run.
+AWS arithmetic at the target sizes (printed after the goals, from the counted units and calls;
+on-demand prices, us-east-1: $0.625 a million write units, $0.125 a million read units, Lambda
+$0.20 a million requests and $0.0000166667 a GB-second, WebSocket $1.00 a million messages and
+$0.25 a million connection-minutes, SQS $0.40 a million requests). A run with FACTOR 10:
+- DynamoDB: ~3,600 write units and ~2,200 read units a second (~9.4 and ~5.6 billion a month):
+  request metrics ~1,330 write units/s (every running deployment with traffic, once a minute,
+  each rewriting its item and three index entries), heartbeats ~1,000 (1.5 each), pull progress
+  ~800, charges ~330 (2 each), the API ~80, cloud health ~70. ~$6,600 a month.
+- Lambda: ~77,000 invocations a minute (72,000 node messages, 4,500 API requests, 11 metering,
+  101 health, 1 sweep) and ~540 GB-seconds a minute (measured here with moto's and the
+  counting's time included: an upper bound), ~$1,050 a month.
+- SQS: ~270 requests a minute (metering and health sends, receives and deletes, and the event
+  sources' idle polls), ~$5 a month. WebSocket: 72,000 node messages a minute and 10,000
+  connections, ~$3,200 a month.
+- The hottest key is the largest tenant's `by-owner` entry (~57 write units/s for a tenant with
+  10% of the fleet); the `liveness` shards take ~21 each.
 
     .venv/bin/python benchmarks/scale.py [--factor 10]
 """
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -56,10 +80,12 @@ import capacity  # noqa: E402 - benchmarks/capacity.py, beside this script
 import scale_probes  # noqa: E402 - benchmarks/scale_probes.py, beside this script
 import world  # noqa: E402 - benchmarks/world.py, beside this script
 
+from node_agent.reporting import METRICS_INTERVAL_S  # noqa: E402
+
 TARGET = {"deployments": 100_000, "nodes": 10_000, "cloud": 1_000, "billable": 10_000}
 HEARTBEATS_A_MINUTE = 4
 PROGRESS_A_MINUTE = 12
-METRICS_A_MINUTE = 4
+METRICS_A_MINUTE = round(60 / METRICS_INTERVAL_S)  # the agent's default
 API_A_MINUTE = {"create": 50, "list": 200, "detail": 200}
 GOAL_WRITE_PER_KEY, GOAL_READ_PER_KEY = 1000, 3000
 SIZING = REPO / "infra" / "sizing.json"
@@ -107,6 +133,7 @@ def main() -> None:
             fleet = world.seed(app, sizes, fakes["runpod"], endpoint_server())
             print(f"seeded {fleet.summary()} in {time.perf_counter() - started:.0f} s")
             minute = simulate_minute(app, fleet, accounting)
+            minute["usage"] = copy.deepcopy(accounting.usage)  # the keys' load: this minute's
             hello = scale_probes.hello_calls(app, accounting)
             launches = scale_probes.provider_calls(app)
         finally:
@@ -150,10 +177,10 @@ def simulate_minute(app, fleet, accounting) -> dict:
     return counts
 
 
-def key_rates(accounting, factor: int) -> list[tuple[float, float, str]]:
+def key_rates(usage_by_key: dict, factor: int) -> list[tuple[float, float, str]]:
     """(write units/s, read units/s, key) at the target, per partition key."""
     rates = []
-    for (table, index, partition), usage in accounting.usage.items():
+    for (table, index, partition), usage in usage_by_key.items():
         grows = factor if len(usage.entities) > 1 else 1
         name = f"{table.removeprefix('prism-scale-')}{'/' + index if index else ''} {partition}"
         rates.append((usage.write / 60 * grows, usage.read / 60 * grows, name))
@@ -161,7 +188,7 @@ def key_rates(accounting, factor: int) -> list[tuple[float, float, str]]:
 
 
 def report(accounting, factor, big_tenant, minute, hello, launches) -> None:
-    rates = key_rates(accounting, factor)
+    rates = key_rates(minute["usage"], factor)
     top_write = max(rates)
     top_read = max(rates, key=lambda r: r[1])
     fleet = "100k deployments / 10k nodes"
@@ -194,10 +221,15 @@ def report(accounting, factor, big_tenant, minute, hello, launches) -> None:
         print(f"  {write:8.1f} {read:8.1f}  {name}")
     tenant = max(rate for rate in rates if big_tenant in rate[2])
     share = world.BIG_TENANT_SHARE
+    limit = share * GOAL_WRITE_PER_KEY / tenant[0]  # the share at which its key reaches the goal
     print(
         f"the largest tenant ({share:.0%} of the fleet): {tenant[0]:.0f} write units/s on "
-        f"{tenant[2]}; one key reaches {GOAL_WRITE_PER_KEY} at about "
-        f"{share * GOAL_WRITE_PER_KEY / tenant[0]:.0%} of the fleet"
+        f"{tenant[2]}; "
+        + (
+            f"one key reaches {GOAL_WRITE_PER_KEY} at about {limit:.0%} of the fleet"
+            if limit <= 1
+            else f"no tenant reaches {GOAL_WRITE_PER_KEY}, not even one holding the whole fleet"
+        )
     )
     print()
     aws_arithmetic(accounting, factor, minute)
@@ -205,10 +237,16 @@ def report(accounting, factor, big_tenant, minute, hello, launches) -> None:
 
 def aws_arithmetic(accounting, factor, minute) -> None:
     """The month at the target sizes, from what the simulated minute counted."""
-    writes = sum(accounting.write_units.values()) * factor / 60
-    reads = sum(accounting.read_units.values()) * factor / 60
+    minute_kinds = [*minute["seconds"], "cloud health"]  # not the node_hello probes
+    writes = sum(accounting.write_units[k] for k in minute_kinds) * factor / 60
+    reads = sum(accounting.read_units[k] for k in minute_kinds) * factor / 60
     month_s = 30 * 24 * 3600
     print(f"at the target: {writes:,.0f} write units/s, {reads:,.0f} read units/s on DynamoDB")
+    by_kind = sorted(minute_kinds, key=lambda kind: -accounting.write_units[kind])
+    print(
+        "  write units/s by kind of work: "
+        + ", ".join(f"{k} {accounting.write_units[k] * factor / 60:,.0f}" for k in by_kind)
+    )
     ddb_cost = (writes * 0.625 + reads * 0.125) * month_s / 1e6
     messages = (minute["heartbeat"] + minute["pull progress"] + minute["request metrics"]) * factor
     invocations = invocations_a_minute(minute, factor)

@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import seeding  # benchmarks/seeding.py, beside this script
 
@@ -85,6 +86,7 @@ class Fleet:
     billable: int = 0
     cloud: int = 0
     total: int = 0
+    minute_start: datetime | None = None  # the simulated minute, on the connections' clock
 
     def summary(self) -> str:
         return (
@@ -104,9 +106,14 @@ class Fleet:
         app.handler_map["node_message"](ws_event("$default", connection_id, message), None)
 
     def heartbeats(self, app, rounds: int) -> int:
-        for _ in range(rounds):
-            for connection_id, _ in self.connections:
-                self.say(app, connection_id, {"type": "heartbeat", "id": "h"})
+        """Every node's heartbeats of one minute, at 0, 15, 30 and 45 s into it on the
+        connections' clock (the real minute's would cross a minute's end at most once; the
+        simulation's, a few seconds of real time, might cross one more)."""
+        for n in range(rounds):
+            at = self.minute_start + timedelta(seconds=60 * n / rounds)
+            with mock.patch("chalicelib.store.connections.utcnow", lambda at=at: at):
+                for connection_id, _ in self.connections:
+                    self.say(app, connection_id, {"type": "heartbeat", "id": "h"})
         return rounds * len(self.connections)
 
     def progress(self, app, rounds: int) -> int:
@@ -250,17 +257,20 @@ def _seed_nodes(app, fleet: Fleet, count: int) -> None:
 
     with ThreadPoolExecutor(4) as pool:
         fleet.connections = list(pool.map(one, range(count)))
-    _heard_a_minute_ago([connection_id for connection_id, _ in fleet.connections])
+    _heard_the_minute_before(fleet)
 
 
-def _heard_a_minute_ago(connection_ids: list[str]) -> None:
-    """Steady state: each connection's last heartbeat was in the minute before, so its first
-    heartbeat of the simulated minute moves its liveness index entry, as one in four does."""
+def _heard_the_minute_before(fleet: Fleet) -> None:
+    """Steady state: each connection's last heartbeat was 15 s before the simulated minute (the
+    next whole minute), so its first heartbeat of that minute moves its liveness index entry,
+    as one heartbeat in four does."""
     from chalicelib.store.connections import minute_of
     from chalicelib.store.models import ConnectionItem, utcnow
 
-    then = utcnow() - timedelta(minutes=1)
-    for connection_id in connection_ids:
+    now = utcnow()
+    fleet.minute_start = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    then = fleet.minute_start - timedelta(seconds=15)
+    for connection_id, _ in fleet.connections:
         ConnectionItem(connection_id=connection_id).update(
             actions=[
                 ConnectionItem.last_seen_at.set(then),
@@ -322,11 +332,13 @@ def _seed_node_deployments(fleet: Fleet, running: int, pulling: int) -> None:
     from chalicelib.store.models import DeploymentItem
 
     nodes = fleet.connections
+    stride = max(1, len(nodes) // max(1, pulling))  # pulls spread over the nodes, and owners
     with DeploymentItem.batch_write() as batch:
         for i in range(running + pulling):
-            connection_id, node_id = nodes[i % len(nodes)]
-            owner = fleet.owner_for(i % len(nodes), len(nodes)).user_id
             status = "running" if i < running else "pulling"
+            on = i if status == "running" else (i - running) * stride
+            connection_id, node_id = nodes[on % len(nodes)]
+            owner = fleet.owner_for(on % len(nodes), len(nodes)).user_id  # the node's owner
             extra = {"node_id": node_id, "gpu": False}
             if status == "running":
                 extra |= {"endpoint_url": f"http://10.0.{i // 250}.{i % 250}:8000", "healthy": True}

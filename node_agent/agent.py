@@ -38,6 +38,7 @@ from node_agent.deploying import Deploying
 from node_agent.endpoints import Endpoints
 from node_agent.health import HealthTracker, probe
 from node_agent.proxy import EndpointProxy
+from node_agent.reporting import METRICS_INTERVAL_S
 from node_agent.runtime.base import MODEL_HOST, LaunchError
 from node_agent.runtime.process import tail_lines
 from node_agent.state import Record, StateStore
@@ -59,7 +60,7 @@ class AgentSettings:
     liveness_interval_s: float = 0.25
     restart_backoff_s: float = 1.0  # the first wait before a restart; doubles each time
     gpu_wait_s: float = 30.0  # how long reserved GPUs an ending deployment holds are waited for
-    metrics_interval_s: float = 15.0  # endpoint counts go to the control plane this often
+    metrics_interval_s: float = METRICS_INTERVAL_S  # endpoint counts reported this often
     # Pull progress of a deployment at most this often (and at the end): each report is a
     # Lambda invocation and DynamoDB writes on the control plane.
     pull_progress_every_s: float = 5.0

@@ -10,11 +10,9 @@ from decimal import Decimal
 from enum import Enum
 from itertools import islice
 
-from pynamodb.connection import Connection
 from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
-from chalicelib.config import settings
 from chalicelib.errors import Conflict, NotFound
 from chalicelib.lifecycle import ACTIVE, COMING_UP, Status, check_transition
 from chalicelib.store.models import DeploymentItem, MeterItem, SecretItem, utcnow
@@ -26,6 +24,12 @@ from chalicelib.store.shards import (
     CLOUD_SHARDS,
     UNPLACED_SHARDS,
     shard_of,
+)
+from chalicelib.store.writes import (
+    cancelled_by_a_condition,
+    is_condition_failure,
+    transaction_connection,
+    update_if,
 )
 
 MAX_RETRIES = 5
@@ -67,32 +71,6 @@ def billing_shard(deployment_id: str) -> str:
     return shard_of(deployment_id, BILLING_SHARDS)
 
 
-def is_condition_failure(exc: Exception) -> bool:
-    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
-
-
-def update_if(item, actions: list, condition) -> bool:
-    """A conditional update that leaves the version alone; False when the condition did not
-    hold (someone else got there first, or the deployment moved on)."""
-    try:
-        item.update(actions=actions, condition=condition, add_version_condition=False)
-    except UpdateError as exc:
-        if is_condition_failure(exc):
-            return False
-        raise
-    return True
-
-
-def _cancelled_by_a_condition(exc: TransactWriteError) -> bool:
-    """A transaction refused because one of its conditions did not hold, or because another
-    transaction on the same items got there first (both: someone else wrote meanwhile)."""
-    reasons = exc.cancellation_reasons or []
-    return exc.cause_response_code == "TransactionCanceledException" and any(
-        reason is not None and reason.code in ("ConditionalCheckFailed", "TransactionConflict")
-        for reason in reasons
-    )
-
-
 class DeploymentRepository:
     def create(self, item: DeploymentItem, secret: SecretItem | None = None) -> DeploymentItem:
         """A new deployment, with its sealed secrets (store/secrets.py) in the same transaction:
@@ -107,7 +85,7 @@ class DeploymentRepository:
             if secret is None:
                 item.save(condition=new)
                 return item
-            with TransactWrite(connection=_connection()) as transaction:
+            with TransactWrite(connection=transaction_connection()) as transaction:
                 transaction.save(item, condition=new)
                 transaction.save(secret, condition=SecretItem.deployment_id.does_not_exist())
         except PutError as exc:
@@ -115,7 +93,7 @@ class DeploymentRepository:
                 raise Conflict(f"deployment {item.id} already exists") from None
             raise
         except TransactWriteError as exc:
-            if _cancelled_by_a_condition(exc):
+            if cancelled_by_a_condition(exc):
                 raise Conflict(f"deployment {item.id} already exists") from None
             raise
         return item
@@ -167,7 +145,7 @@ class DeploymentRepository:
                 raise StaleWrite(f"deployment {item.id} changed concurrently") from None
             raise
         except TransactWriteError as exc:
-            if _cancelled_by_a_condition(exc):
+            if cancelled_by_a_condition(exc):
                 raise StaleWrite(f"deployment {item.id} changed concurrently") from None
             raise
         if target.is_terminal() and item.node_id and item.gpu_indices:
@@ -183,7 +161,7 @@ class DeploymentRepository:
         """The terminal write and the deletion of its sealed secrets, in one transaction: a
         deployment is over exactly when its secrets are gone (deleting a missing one is no
         error, so a repeated end is harmless)."""
-        with TransactWrite(connection=_connection()) as transaction:
+        with TransactWrite(connection=transaction_connection()) as transaction:
             transaction.update(item, _set_actions(values), condition)
             transaction.delete(SecretItem(deployment_id=item.id))
         for name, value in values.items():  # what the update returned, as item.update() does
@@ -238,7 +216,7 @@ class DeploymentRepository:
         actions.append(DeploymentItem.gpu_indices.set(gpu_indices))
         node, claim_actions, claim_free = gpu_claim(node_id, item.id, gpu_indices)
         try:
-            with TransactWrite(connection=_connection()) as transaction:
+            with TransactWrite(connection=transaction_connection()) as transaction:
                 transaction.update(item, actions, waiting, add_version_condition=False)
                 transaction.update(node, claim_actions, claim_free)
         except TransactWriteError as exc:
@@ -337,7 +315,7 @@ class DeploymentRepository:
         meter = MeterItem(deployment_id=item.id)
         for _ in range(MAX_RETRIES):
             try:
-                with TransactWrite(connection=_connection()) as transaction:
+                with TransactWrite(connection=transaction_connection()) as transaction:
                     transaction.update(
                         item, _set_actions(changes), coming_up, add_version_condition=False
                     )
@@ -474,11 +452,6 @@ def _stop_meter(deployment_id: str) -> None:
         [MeterItem.billable.remove()],
         MeterItem.billable.exists(),
     )
-
-
-def _connection() -> Connection:
-    """For transactions, which span tables (the models each keep their own connection)."""
-    return Connection(region=settings.region, host=settings.aws_endpoint_url)
 
 
 def _plaintext_secrets_gone(item: DeploymentItem) -> dict:

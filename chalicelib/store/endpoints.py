@@ -3,8 +3,8 @@ accepts and the request metrics it reports. Conditional writes on the deployment
 never touch its status or version, and never write to a finished deployment."""
 
 from chalicelib.lifecycle import ACTIVE, Status
-from chalicelib.store.deployments import update_if
 from chalicelib.store.models import DeploymentItem, RequestMetricsAttribute
+from chalicelib.store.writes import update_if
 
 # Where a key can still be rotated: not once the deployment is stopping or over.
 ROTATABLE = [s.value for s in ACTIVE if s is not Status.STOPPING]

@@ -13,15 +13,11 @@ from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
 from chalicelib.logs import logger
-from chalicelib.store.deployments import (
-    DeploymentRepository,
-    _connection,
-    billing_shard,
-    update_if,
-)
+from chalicelib.store.deployments import DeploymentRepository, billing_shard
 from chalicelib.store.metering import write_to_ledger
 from chalicelib.store.models import DeploymentItem, MeterItem
 from chalicelib.store.shards import BILLING_SHARDS
+from chalicelib.store.writes import transaction_connection, update_if
 
 
 def move_all() -> int:
@@ -62,7 +58,7 @@ def move(deployment_id: str) -> bool:
     )
     off_the_item = [DeploymentItem.billable.remove(), DeploymentItem.ledger_tail.remove()]
     try:
-        with TransactWrite(connection=_connection()) as transaction:
+        with TransactWrite(connection=transaction_connection()) as transaction:
             transaction.save(meter, condition=MeterItem.deployment_id.does_not_exist())
             transaction.update(item, off_the_item, unchanged, add_version_condition=False)
     except TransactWriteError as exc:

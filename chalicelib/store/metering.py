@@ -17,9 +17,9 @@ from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.condition import size
 
 from chalicelib.batches import chunked
-from chalicelib.store.deployments import is_condition_failure
 from chalicelib.store.models import LedgerEntry, LedgerItem, MeterItem
 from chalicelib.store.shards import BILLING_SHARDS
+from chalicelib.store.writes import is_condition_failure
 
 # Charges kept on the meter before they move to the ledger table: 8 keep the meter under
 # 1,024 bytes, one write unit, at any realistic price and total (tests/unit/test_meter_size.py).

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from node_agent.reporting import METRICS_INTERVAL_S
 from node_agent.runtime.process import start_time
 from prism.client import ApiClient
 from prism.config import CliConfig
@@ -66,7 +67,7 @@ def _state_dir(state_dir: str | None) -> Path:
 @click.option("--startup-timeout", default=600.0, show_default=True, type=click.FloatRange(1))
 @click.option(
     "--metrics-interval",
-    default=15.0,
+    default=METRICS_INTERVAL_S,
     show_default=True,
     type=click.FloatRange(0.1),
     help="seconds between reports of each endpoint's request counts and latency",

@@ -29,6 +29,7 @@ Faults (counters decrement per request): capacity_failures, no_capacity, rate_li
 import contextlib
 import copy
 import json
+import sys
 import threading
 import time
 import uuid
@@ -474,6 +475,10 @@ def _price(instance_type: dict[str, Any]) -> Decimal:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # keep-alive handler threads must not block stop()
     cloud: FakeLambdaCloud
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client gone from keep-alive
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

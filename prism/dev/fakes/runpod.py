@@ -32,6 +32,7 @@ import json
 import re
 import secrets
 import string
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -572,6 +573,10 @@ def _project(value: Any, selections: list[_Field] | None, type_name: str | None)
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # keep-alive connections must not block shutdown
     fake: FakeRunPod
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client gone from keep-alive
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
