@@ -39,6 +39,8 @@ from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from prism.dev.events import scheduled_event, sqs_record
+
 REPO = Path(__file__).resolve().parents[1]
 STAGE = "sizing"
 SIZING_FILE = REPO / "infra" / "sizing.json"
@@ -306,21 +308,6 @@ def measured(function: str, size: str, report: dict) -> Measurement:
     return Measurement(function, size, **{name: report[name] for name in fields})
 
 
-def scheduled_event(name: str) -> dict:
-    """What EventBridge hands a schedule's Lambda."""
-    return {
-        "version": "0",
-        "id": "00000000-0000-0000-0000-000000000001",
-        "detail-type": "Scheduled Event",
-        "source": "aws.events",
-        "account": "123456789012",
-        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "region": "us-east-1",
-        "resources": [f"arn:aws:events:us-east-1:123456789012:rule/prism-{STAGE}-{name}"],
-        "detail": {},
-    }
-
-
 # --- scenario: the API ---------------------------------------------------------------------
 
 
@@ -415,27 +402,6 @@ def measure_sweep(runner: Runner) -> list[Measurement]:
 # --- scenario: cloud upkeep ------------------------------------------------------------------
 
 
-def launch_pods(runpod, total: int) -> list[tuple[str, object]]:
-    """(deployment id, Instance) for `total` pods launched through the real provider code on
-    the fake RunPod, named as the control plane names them."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from chalicelib.providers.base import LaunchSpec
-    from chalicelib.providers.runpod import RunPodProvider
-    from chalicelib.services.deployments import new_deployment_id
-
-    provider = RunPodProvider(runpod.api_key, runpod.url, runpod.endpoint_template)
-    offer = provider.offers("A100")[0]
-
-    def launch(_):
-        deployment_id = new_deployment_id()
-        spec = LaunchSpec(deployment_id, "acme/llm:1", 8000, stage=STAGE)
-        return deployment_id, provider.launch(spec, offer)
-
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(launch, range(total)))
-
-
 def seed_running_cloud(owner_id: str, launched: list, health_url: str) -> None:
     """Running image deployments on those pods (probed by CheckCloudHealth, not by an agent),
     their endpoints on the health server. No meter (not billable), so the metering figures
@@ -468,10 +434,12 @@ def seed_running_cloud(owner_id: str, launched: list, health_url: str) -> None:
 
 
 def measure_cloud_upkeep(runner: Runner, sizes: Sizes, runpod, health) -> list[Measurement]:
+    import seeding  # beside this script
+
     from chalicelib.store.users import UserRepository
 
     owner = UserRepository().create_user_with_key("sizing-cloud").user_id
-    launched = launch_pods(runpod, sizes.cloud)
+    launched = seeding.launch_pods(runpod, sizes.cloud, STAGE)
     health_url = f"http://127.0.0.1:{health.server_address[1]}"
     seed_running_cloud(owner, launched, health_url)
     size = f"{sizes.cloud:,} running cloud deployments"
@@ -528,20 +496,6 @@ def take_queue(expected: int, queue: str, batch_size: int = 10) -> list[dict]:
         raise SystemExit(f"the tick queued {len(messages)} messages, expected {expected}")
     records = [sqs_record(m, arn) for m in messages]
     return [{"Records": records[i : i + batch_size]} for i in range(0, len(records), batch_size)]
-
-
-def sqs_record(message: dict, arn: str) -> dict:
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
-        "messageAttributes": {},
-        "md5OfBody": message["MD5OfBody"],
-        "eventSource": "aws:sqs",
-        "eventSourceARN": arn,
-        "awsRegion": "us-east-1",
-    }
 
 
 def measure_metering(runner: Runner, sizes: Sizes) -> list[Measurement]:

@@ -7,7 +7,9 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from world import DEPLOYMENTS, Fleet, deployment_item, gpus_of, ws_event
+from world import DEPLOYMENTS, Fleet, deployment_item, gpus_of
+
+from prism.dev.events import websocket_event
 
 
 def hello_calls(app, accounting) -> dict:
@@ -22,7 +24,8 @@ def hello_calls(app, accounting) -> dict:
     fleet.by_owner = {o.user_id: [] for o in fleet.owners}
     node, token = NodeRepository().register(owner.user_id, "hello-node")
     headers = {"Authorization": f"Bearer {token}"}
-    app.handler_map["node_connect"](ws_event("$connect", "hello-conn=", None, headers), None)
+    connect = websocket_event("$connect", "hello-conn=", headers=headers)
+    app.handler_map["node_connect"](connect, None)
     _seed_waiting(fleet, [owner.user_id] * 3)
     hello = {"type": "node_hello", "id": "h", "node_id": node.id, "gpus": gpus_of(1)}
     hello |= {"agent_version": "1.0", "running": []}

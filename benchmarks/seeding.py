@@ -77,3 +77,24 @@ def billing_deployments(billable: int, stopped: int) -> list[str]:
                 )
                 billable_ids.append(item.id)
     return billable_ids
+
+
+def launch_pods(runpod, total: int, stage: str) -> list[tuple[str, object]]:
+    """(deployment id, Instance) for `total` pods launched through the real provider code on
+    the fake RunPod, named as the control plane of `stage` names them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from chalicelib.providers.base import LaunchSpec
+    from chalicelib.providers.runpod import RunPodProvider
+    from chalicelib.services.deployments import new_deployment_id
+
+    provider = RunPodProvider(runpod.api_key, runpod.url, runpod.endpoint_template)
+    offer = provider.offers("A100")[0]
+
+    def launch(_):
+        deployment_id = new_deployment_id()
+        spec = LaunchSpec(deployment_id, "acme/llm:1", 8000, stage=stage)
+        return deployment_id, provider.launch(spec, offer)
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(launch, range(total)))

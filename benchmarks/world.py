@@ -11,45 +11,12 @@ from unittest import mock
 
 import seeding  # benchmarks/seeding.py, beside this script
 
+from prism.dev.events import scheduled_event, sqs_record, websocket_event
+
 OWNERS = 100
 BIG_TENANT_SHARE = 0.10  # of the deployments and the nodes
 DEPLOYMENTS = "/api/v1/compute/deployments"
 HANG_EVERY = 50  # 1 cloud endpoint in 50 hangs: its message waits for the probe timeout
-
-
-def ws_event(route: str, connection_id: str, body=None, headers=None) -> dict:
-    kinds = {"$connect": "CONNECT", "$default": "MESSAGE", "$disconnect": "DISCONNECT"}
-    event = {
-        "requestContext": {
-            "routeKey": route,
-            "eventType": kinds[route],
-            "connectionId": connection_id,
-            "apiId": "scale",
-            "stage": "scale",
-            "domainName": "localhost",
-            "requestId": "r",
-        },
-        "isBase64Encoded": False,
-        "headers": headers or {},
-    }
-    if body is not None:
-        event["body"] = json.dumps(body)
-    return event
-
-
-def scheduled_event() -> dict:
-    """What EventBridge hands a schedule's Lambda."""
-    return {
-        "version": "0",
-        "id": "00000000-0000-0000-0000-000000000001",
-        "detail-type": "Scheduled Event",
-        "source": "aws.events",
-        "account": "123456789012",
-        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "region": "us-east-1",
-        "resources": ["arn:aws:events:us-east-1:123456789012:rule/prism-scale-tick"],
-        "detail": {},
-    }
 
 
 def sqs_records(queue: str) -> list[dict]:
@@ -58,21 +25,12 @@ def sqs_records(queue: str) -> list[dict]:
 
     sqs = aws.client("sqs")
     url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
     records = []
     while got := sqs.receive_message(
         QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=3600
     ).get("Messages", []):
-        records += [
-            {
-                "messageId": m["MessageId"],
-                "receiptHandle": m["ReceiptHandle"],
-                "body": m["Body"],
-                "attributes": {"ApproximateReceiveCount": "1"},
-                "eventSource": "aws:sqs",
-                "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue}",
-            }
-            for m in got
-        ]
+        records += [sqs_record(m, arn["QueueArn"]) for m in got]
     return records
 
 
@@ -103,7 +61,8 @@ class Fleet:
 
     # --- the minute's traffic ---------------------------------------------------------------
     def say(self, app, connection_id: str, message: dict) -> None:
-        app.handler_map["node_message"](ws_event("$default", connection_id, message), None)
+        event = websocket_event("$default", connection_id, body=message)
+        app.handler_map["node_message"](event, None)
 
     def heartbeats(self, app, rounds: int) -> int:
         """Every node's heartbeats of one minute, at 0, 15, 30 and 45 s into it on the
@@ -141,7 +100,7 @@ class Fleet:
         import app as handlers
         from chalicelib.config import settings
 
-        handlers.meter_tick(scheduled_event(), None)
+        handlers.meter_tick(scheduled_event("scale"), None)
         records = sqs_records(settings.metering_queue)
         charged = sum(len(json.loads(r["body"])["entries"]) for r in records)
         for start in range(0, len(records), 10):  # the trigger's batch
@@ -151,7 +110,7 @@ class Fleet:
     def sweep(self, app) -> int:
         import app as handlers
 
-        handlers.sweep_nodes(scheduled_event(), None)
+        handlers.sweep_nodes(scheduled_event("scale"), None)
         return 1
 
     def api(self, app, per_minute: dict) -> int:
@@ -187,7 +146,7 @@ class Fleet:
         from chalicelib.config import settings
 
         began = time.perf_counter()
-        handlers.check_cloud_health(scheduled_event(), None)
+        handlers.check_cloud_health(scheduled_event("scale"), None)
         tick_s = time.perf_counter() - began
         records = sqs_records(settings.health_queue)
 
@@ -250,7 +209,8 @@ def _seed_nodes(app, fleet: Fleet, count: int) -> None:
         node, token = nodes.register(fleet.owner_for(i, count).user_id, f"node{i}")
         connection_id = f"conn{i:06d}="
         headers = {"Authorization": f"Bearer {token}"}
-        app.handler_map["node_connect"](ws_event("$connect", connection_id, None, headers), None)
+        connect = websocket_event("$connect", connection_id, headers=headers)
+        app.handler_map["node_connect"](connect, None)
         hello = {"type": "node_hello", "id": "h", "node_id": node.id, "gpus": gpus_of(i)}
         fleet.say(app, connection_id, hello | {"agent_version": "1.0", "running": []})
         return connection_id, node.id
@@ -354,22 +314,10 @@ def _seed_node_deployments(fleet: Fleet, running: int, pulling: int) -> None:
 def _seed_cloud(fleet: Fleet, runpod, endpoints: str, count: int) -> int:
     """Running cloud image deployments on pods of the fake RunPod (launched through the real
     provider code), probed by the health worker at `endpoints`."""
-    from chalicelib.providers.base import LaunchSpec
-    from chalicelib.providers.runpod import RunPodProvider
-    from chalicelib.services.deployments import new_deployment_id
     from chalicelib.store.models import DeploymentItem
     from chalicelib.store.shards import CLOUD_SHARDS, shard_of
 
-    provider = RunPodProvider(runpod.api_key, runpod.url, runpod.endpoint_template)
-    offer = provider.offers("A100")[0]
-
-    def launch(_):
-        deployment_id = new_deployment_id()
-        spec = LaunchSpec(deployment_id, "acme/llm:1", 8000, stage="scale")
-        return deployment_id, provider.launch(spec, offer)
-
-    with ThreadPoolExecutor(8) as pool:
-        instances = list(pool.map(launch, range(count)))
+    instances = seeding.launch_pods(runpod, count, "scale")
     with DeploymentItem.batch_write() as batch:
         for i, (deployment_id, instance) in enumerate(instances):
             owner = fleet.owner_for(i, count).user_id

@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
@@ -33,6 +32,7 @@ from websockets.exceptions import ConnectionClosed
 
 from chalicelib.protocol import MAX_MESSAGE_BYTES
 from prism.dev import identities
+from prism.dev.events import scheduled_event, sqs_record, websocket_event
 from prism.dev.lambda_service import FunctionError, LambdaClient
 from prism.dev.sigv4 import signer_of
 from prism.dev.stack import LOCAL_API_IDS, LocalAws, Stack
@@ -56,21 +56,15 @@ class LocalWebsocketGateway:
 
     # --- the Chalice side ---------------------------------------------------------------
 
-    def _event(self, route_key: str, event_type: str, connection_id: str, **extra) -> dict:
-        return {
-            "requestContext": {
-                "routeKey": route_key,
-                "eventType": event_type,
-                "connectionId": connection_id,
-                "apiId": API_ID,
-                "stage": STAGE,
-                "domainName": f"{self.host}:{self.port}",
-                "requestId": secrets.token_hex(8),
-                "connectedAt": int(time.time() * 1000),
-            },
-            "isBase64Encoded": False,
-            **extra,
-        }
+    def _event(self, route_key: str, connection_id: str, **fields) -> dict:
+        return websocket_event(
+            route_key,
+            connection_id,
+            api_id=API_ID,
+            stage=STAGE,
+            domain=f"{self.host}:{self.port}",
+            **fields,
+        )
 
     def _invoke(self, route_key: str, event: dict) -> dict:
         try:
@@ -86,7 +80,6 @@ class LocalWebsocketGateway:
         query = dict(re.findall(r"([^?&=]+)=([^&]*)", request.path.partition("?")[2]))
         event = self._event(
             "$connect",
-            "CONNECT",
             connection_id,
             headers=dict(request.headers.raw_items()),
             queryStringParameters=query or None,
@@ -104,13 +97,13 @@ class LocalWebsocketGateway:
         try:
             async for frame in connection:  # one at a time: a node's messages stay in order
                 body = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
-                event = self._event("$default", "MESSAGE", connection_id, body=body)
+                event = self._event("$default", connection_id, body=body)
                 await asyncio.to_thread(self._invoke, "$default", event)
         except ConnectionClosed:
             pass
         finally:
             self.connections.pop(connection_id, None)
-            event = self._event("$disconnect", "DISCONNECT", connection_id)
+            event = self._event("$disconnect", connection_id)
             await asyncio.to_thread(self._invoke, "$disconnect", event)
 
     def post_to_connection(self, connection_id: str, data: bytes) -> bool:
@@ -234,17 +227,7 @@ def run_ticker(functions: LambdaClient, names: list[str], interval: float, stop)
     """Fire every scheduled function each `interval` seconds (EventBridge locally)."""
     while not stop.wait(interval):
         for name in names:
-            event = {
-                "version": "0",
-                "account": "000000000000",
-                "region": "us-east-1",
-                "id": secrets.token_hex(8),
-                "detail-type": "Scheduled Event",
-                "source": "aws.events",
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "resources": [f"local:{name}"],
-                "detail": {},
-            }
+            event = scheduled_event(name)
             try:
                 functions.invoke(name, event)
             except Exception as exc:  # a failed tick must not stop the next one
@@ -270,7 +253,7 @@ def _deliver_once(functions: LambdaClient, function: str, arn: str, url: str, ba
     messages = got.get("Messages", [])
     if not messages:
         return
-    event = {"Records": [_sqs_record(m, arn) for m in messages]}
+    event = {"Records": [sqs_record(m, arn) for m in messages]}
     try:
         result = functions.invoke(function, event)
     except Exception as exc:  # the whole batch comes back after the visibility timeout
@@ -281,20 +264,6 @@ def _deliver_once(functions: LambdaClient, function: str, arn: str, url: str, ba
     for m in messages:
         if m["MessageId"] not in failed:
             sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-
-
-def _sqs_record(message: dict, arn: str) -> dict:
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": {},
-        "messageAttributes": {},
-        "md5OfBody": message["MD5OfBody"],
-        "eventSource": "aws:sqs",
-        "eventSourceARN": arn,
-        "awsRegion": "us-east-1",
-    }
 
 
 def main() -> None:

@@ -16,6 +16,12 @@ from chalicelib.store.resources import ResourceRepository
 from chalicelib.store.users import UserRepository
 from prism.dev.infra import create_queues, create_tables
 from prism.dev.moto_server import make_dynamodb_writes_atomic, make_transactions_cheap
+from tests.cloud_sandbox import (
+    agent_cloud_sandbox,
+    cloud_sandbox,
+    fake_clouds,
+    fast_cloud_settings,
+)
 from tests.openapi_check import assert_matches_openapi
 
 make_dynamodb_writes_atomic()  # as real DynamoDB: a conditional write is check-and-set
@@ -23,7 +29,29 @@ make_transactions_cheap()  # and a transaction's cost does not grow with the tab
 
 
 @pytest.fixture
-def aws_backend():
+def fakes():
+    """Fake RunPod and Lambda Cloud on 127.0.0.1, by provider name (the cloud tests')."""
+    with fake_clouds() as running:
+        yield running
+
+
+# A cloud test module says which sandbox it runs in: `pytestmark = pytest.mark.clouds("plain")`
+# (deployments with images) or `clouds("agent")` (deployments whose instance runs the played
+# node agent). Step Functions then really executes, against the fakes.
+CLOUD_SANDBOXES = {
+    "plain": lambda fakes: cloud_sandbox(fast_cloud_settings(fakes["runpod"], fakes["lambda"])),
+    "agent": agent_cloud_sandbox,
+}
+
+
+@pytest.fixture
+def aws_backend(request, monkeypatch):
+    clouds = request.node.get_closest_marker("clouds")
+    if clouds is not None:
+        monkeypatch.setattr(registry, "settings", registry.settings)  # restored afterwards
+        with CLOUD_SANDBOXES[clouds.args[0]](request.getfixturevalue("fakes")):
+            yield
+        return
     with mock_aws():
         registry.reset()
         create_tables(aws.client("dynamodb"), settings, kms=aws.client("kms"))  # + secrets key

@@ -1,31 +1,11 @@
 """A node speaking the protocol through the real WebSocket handlers, with API Gateway-shaped
 events, as the gateway would deliver them."""
 
-import json
 from datetime import timedelta
 
 from chalicelib.store.connections import minute_of
 from chalicelib.store.models import ConnectionItem, NodeItem, utcnow
-
-
-def ws_event(route: str, connection_id: str, body=None, headers=None) -> dict:
-    event_type = {"$connect": "CONNECT", "$default": "MESSAGE", "$disconnect": "DISCONNECT"}
-    event = {
-        "requestContext": {
-            "routeKey": route,
-            "eventType": event_type[route],
-            "connectionId": connection_id,
-            "apiId": "local",
-            "stage": "dev",
-            "domainName": "localhost",
-            "requestId": "r1",
-        },
-        "isBase64Encoded": False,
-        "headers": headers or {},
-    }
-    if body is not None:
-        event["body"] = body if isinstance(body, str) else json.dumps(body)
-    return event
+from prism.dev.events import websocket_event
 
 
 class NodeSim:
@@ -37,20 +17,21 @@ class NodeSim:
     def connect(self, token=None):
         headers = {"Authorization": f"Bearer {token or self.token}"}
         return self.app.handler_map["node_connect"](
-            ws_event("$connect", self.connection_id, headers=headers), None
+            websocket_event("$connect", self.connection_id, headers=headers), None
         )
 
     def say(self, **message):
         message.setdefault("id", "m")
         self.app.handler_map["node_message"](
-            ws_event("$default", self.connection_id, message), None
+            websocket_event("$default", self.connection_id, body=message), None
         )
 
     def hello(self, running=()):
         self.say(type="node_hello", node_id=self.node_id, running=list(running))
 
     def disconnect(self):
-        self.app.handler_map["node_disconnect"](ws_event("$disconnect", self.connection_id), None)
+        event = websocket_event("$disconnect", self.connection_id)
+        self.app.handler_map["node_disconnect"](event, None)
 
 
 def age_node(node_id: str, seconds: float) -> None:

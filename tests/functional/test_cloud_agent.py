@@ -16,11 +16,9 @@ from tests.cloud_sandbox import (
     DEPLOYMENTS,
     PUBLIC_WS,
     TERMINAL,
-    agent_cloud_sandbox,
     assert_nothing_leaked_and_billed_exactly,
     create,
     detail,
-    fake_clouds,
     reaches,
 )
 from tests.functional.node_sim import NodeSim, age_node
@@ -35,17 +33,7 @@ def app():
     return chalice_app
 
 
-@pytest.fixture
-def fakes():
-    with fake_clouds() as running:
-        yield running
-
-
-@pytest.fixture
-def aws_backend(fakes, monkeypatch):
-    monkeypatch.setattr(registry, "settings", registry.settings)  # restored afterwards
-    with agent_cloud_sandbox(fakes):
-        yield
+pytestmark = pytest.mark.clouds("agent")
 
 
 def create_weights(api, target="runpod", **body):

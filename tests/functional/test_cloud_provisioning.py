@@ -16,27 +16,12 @@ from tests.cloud_sandbox import (
     DEPLOYMENTS,
     TERMINAL,
     assert_nothing_leaked_and_billed_exactly,
-    cloud_sandbox,
     create,
     detail,
-    fake_clouds,
-    fast_cloud_settings,
     reaches,
 )
 
-
-@pytest.fixture
-def fakes():
-    with fake_clouds() as running:
-        yield running
-
-
-@pytest.fixture
-def aws_backend(fakes, monkeypatch):
-    """Overrides the functional conftest's backend: Step Functions really executes."""
-    monkeypatch.setattr(registry, "settings", registry.settings)  # restored afterwards
-    with cloud_sandbox(fast_cloud_settings(fakes["runpod"], fakes["lambda"])):
-        yield
+pytestmark = pytest.mark.clouds("plain")
 
 
 @pytest.mark.parametrize("target", ["runpod", "lambda"])

@@ -11,10 +11,8 @@ from chalicelib.store.metering import BillableEntry, MeteringRepository
 from chalicelib.store.models import utcnow
 from tests.cloud_sandbox import (
     TERMINAL,
-    agent_cloud_sandbox,
     assert_nothing_leaked_and_billed_exactly,
     detail,
-    fake_clouds,
     reaches,
 )
 from tests.functional.test_cloud_agent import (
@@ -32,17 +30,7 @@ def app():
     return chalice_app
 
 
-@pytest.fixture
-def fakes():
-    with fake_clouds() as running:
-        yield running
-
-
-@pytest.fixture
-def aws_backend(fakes, monkeypatch):
-    monkeypatch.setattr(registry, "settings", registry.settings)  # restored afterwards
-    with agent_cloud_sandbox(fakes):
-        yield
+pytestmark = pytest.mark.clouds("agent")
 
 
 def charge_now(deployment_id) -> Decimal | None:

@@ -14,7 +14,8 @@ from chalicelib.services import registry
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.endpoints import replace_key_hashes
 from prism.client import ApiClient, ApiError
-from tests.functional.node_sim import NodeSim, ws_event
+from prism.dev.events import websocket_event
+from tests.functional.node_sim import NodeSim
 
 NODES = "/api/v1/compute/nodes"
 DEPLOYMENTS = "/api/v1/compute/deployments"
@@ -191,7 +192,7 @@ def test_rotation_replaces_the_key_and_tells_the_node_at_once(api, node, managem
 
 def test_a_rotation_while_the_node_is_away_reaches_it_at_its_next_hello(api, app, node, management):
     created = running(api, node)
-    app.handler_map["node_disconnect"](ws_event("$disconnect", node.connection_id), None)
+    app.handler_map["node_disconnect"](websocket_event("$disconnect", node.connection_id), None)
     rotated = rotate(api, created["id"]).data
     assert rotated["delivered"] is False
     assert management.of_type("endpoint_keys") == []

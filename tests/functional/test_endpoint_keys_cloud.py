@@ -8,19 +8,19 @@ import pytest
 from chalicelib.protocol import hash_endpoint_key
 from chalicelib.services import registry
 from tests.cloud_sandbox import DEPLOYMENTS, TERMINAL, detail, reaches
-from tests.functional.test_cloud_agent import (  # noqa: F401 - fixtures
+from tests.functional.test_cloud_agent import (  # noqa: F401 - app: a fixture
     agent_of,
     app,
-    aws_backend,
     brought_up,
-    fakes,
     wait_launched,
 )
 from tests.functional.test_endpoint_keys import RecordingManagementApi
 
+pytestmark = pytest.mark.clouds("agent")
+
 
 @pytest.fixture
-def management(aws_backend, monkeypatch):  # noqa: F811 - the imported fixture
+def management(aws_backend, monkeypatch):
     recording = RecordingManagementApi()
     for channel in (
         registry.placement()._channel,
@@ -34,7 +34,7 @@ def management(aws_backend, monkeypatch):  # noqa: F811 - the imported fixture
 def test_a_rotation_reaches_the_node_on_the_deployments_own_instance(
     api,
     app,  # noqa: F811
-    fakes,  # noqa: F811
+    fakes,
     management,
 ):
     body = {"name": "llm", "target": "runpod", "gpu_type": "A100", "budget_max_usd": 50}

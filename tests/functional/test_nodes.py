@@ -8,7 +8,8 @@ import pytest
 
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import DeploymentItem, NodeItem, utcnow
-from tests.functional.node_sim import NodeSim, age_node, ws_event
+from prism.dev.events import websocket_event
+from tests.functional.node_sim import NodeSim, age_node
 
 NODES = "/api/v1/compute/nodes"
 DEPLOYMENTS = "/api/v1/compute/deployments"
@@ -56,7 +57,7 @@ def test_register_shows_the_token_once_and_stores_only_its_hash(api):
 
 def test_a_wrong_or_missing_token_is_refused_at_connect(node, app):
     assert node.connect(token="prismnode_node_0000000000000000.nope")["statusCode"] == 401
-    bare = app.handler_map["node_connect"](ws_event("$connect", "c9"), None)
+    bare = app.handler_map["node_connect"](websocket_event("$connect", "c9"), None)
     assert bare["statusCode"] == 401
 
 

@@ -7,26 +7,12 @@ import pytest
 
 from chalicelib.services import registry
 from tests.cloud_sandbox import (
-    cloud_sandbox,
     create,
-    fake_clouds,
-    fast_cloud_settings,
     reaches,
     wait_for_executions,
 )
 
-
-@pytest.fixture
-def fakes():
-    with fake_clouds() as running:
-        yield running
-
-
-@pytest.fixture
-def aws_backend(fakes, monkeypatch):
-    monkeypatch.setattr(registry, "settings", registry.settings)  # restored afterwards
-    with cloud_sandbox(fast_cloud_settings(fakes["runpod"], fakes["lambda"])):
-        yield
+pytestmark = pytest.mark.clouds("plain")
 
 
 LISTS = {"runpod": lambda r: r == "myself", "lambda": lambda r: r == ("GET", "/instances")}

@@ -6,34 +6,18 @@ import time
 
 import pytest
 
-from chalicelib.services import registry
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.metering import MeteringRepository
 from tests.cloud_sandbox import (
     BILLING_TOLERANCE,
     TERMINAL,
-    cloud_sandbox,
     create,
-    fake_clouds,
-    fast_cloud_settings,
     reaches,
     wait_for_executions,
 )
 from tests.functional.test_revocation import accounts
 
-
-@pytest.fixture
-def fakes():
-    with fake_clouds() as running:
-        yield running
-
-
-@pytest.fixture
-def aws_backend(fakes, monkeypatch):
-    """Overrides the functional conftest's backend: Step Functions really executes."""
-    monkeypatch.setattr(registry, "settings", registry.settings)  # restored afterwards
-    with cloud_sandbox(fast_cloud_settings(fakes["runpod"], fakes["lambda"])):
-        yield
+pytestmark = pytest.mark.clouds("plain")
 
 
 def stored_status_reaches(deployment_id, wanted, timeout=30.0):

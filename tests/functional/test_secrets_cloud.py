@@ -14,10 +14,8 @@ from tests.cloud_sandbox import (
     AGENT_IMAGE,
     DEPLOYMENTS,
     TERMINAL,
-    agent_cloud_sandbox,
     assert_nothing_leaked_and_billed_exactly,
     create,
-    fake_clouds,
     reaches,
 )
 from tests.functional.node_sim import NodeSim
@@ -38,17 +36,7 @@ def launched_pod(fakes, api, deployment_id) -> dict:
     return pod
 
 
-@pytest.fixture
-def fakes():
-    with fake_clouds() as running:
-        yield running
-
-
-@pytest.fixture
-def aws_backend(fakes, monkeypatch):
-    monkeypatch.setattr(registry, "settings", registry.settings)  # restored afterwards
-    with agent_cloud_sandbox(fakes):
-        yield
+pytestmark = pytest.mark.clouds("agent")
 
 
 @pytest.fixture
