@@ -267,7 +267,7 @@ class DeploymentRestarted(Message):
 class DeploymentMetrics(Message):
     """What the node's endpoint proxy saw for a deployment: counts since it started (they only
     grow, so a lost or repeated report does no harm), requests in flight now, and the latency
-    of the requests of the last window (time to the response's first byte)."""
+    (time to the response's first byte) of the last window in which the model answered."""
 
     type: Literal["deployment_metrics"] = "deployment_metrics"
     deployment_id: NodeDeploymentId

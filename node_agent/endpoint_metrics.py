@@ -1,8 +1,10 @@
 """What a deployment's endpoint proxy counts: requests by status class, the ones refused for
 their key, requests in flight (an open WebSocket is one), and the latency (to the response's
-first byte) of the requests the model answered since the last report. Counts only grow;
-latencies are kept for one window (bounded: the newest LATENCY_SAMPLES) and restart with each
-report."""
+first byte) of the requests the model answered in the last window. Counts only grow;
+latencies are kept for one window (bounded: the newest LATENCY_SAMPLES), which a report closes
+when the model answered something in it. A report with nothing answered since the last one
+(e.g. sent because a request's connection closed) repeats the last window's percentiles: an
+idle minute must not erase the latency a user is looking at."""
 
 import math
 import threading
@@ -10,6 +12,7 @@ import time
 from collections import deque
 
 LATENCY_SAMPLES = 10_000  # per window: enough for a p99, bounded memory
+_PERCENTILE_FIELDS = {f"latency_p{q}_ms": q for q in (50, 95, 99)}
 
 
 class EndpointMetrics:
@@ -22,6 +25,7 @@ class EndpointMetrics:
         self.in_flight = 0
         self._latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self._window_start = time.monotonic()
+        self._last_window = {"window_s": 0.0} | dict.fromkeys(_PERCENTILE_FIELDS)
         # Wall clock, so the control plane can tell these counts (from zero) from an earlier
         # agent's: a later start means a new count, not a late report.
         self.counting_since = time.time()
@@ -52,23 +56,25 @@ class EndpointMetrics:
             return (self.requests_total, *self.by_class.values(), self.unauthorized, self.in_flight)
 
     def report(self) -> dict:
-        """The fields of a DeploymentMetrics; starts the next latency window."""
+        """The fields of a DeploymentMetrics; starts the next latency window if this one had
+        answers, else repeats the last window's."""
         now = time.monotonic()
         with self._lock:
-            latencies, self._latencies = self._latencies, deque(maxlen=LATENCY_SAMPLES)
-            window_s, self._window_start = now - self._window_start, now
-            fields = {
+            latencies = sorted(self._latencies)
+            if latencies:
+                self._latencies = deque(maxlen=LATENCY_SAMPLES)
+                window_s, self._window_start = now - self._window_start, now
+                self._last_window = {"window_s": round(window_s, 3)} | {
+                    field: _percentile(latencies, q) for field, q in _PERCENTILE_FIELDS.items()
+                }
+            return {
                 "requests_total": self.requests_total,
                 "counting_since": round(self.counting_since, 3),
                 **{f"status_{c}xx": n for c, n in self.by_class.items()},
                 "unauthorized": self.unauthorized,
                 "in_flight": self.in_flight,
+                **self._last_window,
             }
-        latencies = sorted(latencies)
-        return fields | {
-            "window_s": round(window_s, 3),
-            **{f"latency_p{q}_ms": _percentile(latencies, q) for q in (50, 95, 99)},
-        }
 
 
 def _percentile(ordered: list[float], q: int) -> float | None:

@@ -115,10 +115,12 @@ def _request_rows(d: dict) -> list[tuple[str, str]]:
     classes = ", ".join(f"{c}xx {m[f'status_{c}xx']:,}" for c in (2, 3, 4, 5))
     error_rate = f"{100 * m['status_5xx'] / total:.1f}% (5xx)" if total else "-"
     latency = " · ".join(f"p{q} {_ms(m[f'latency_p{q}_ms'])}" for q in (50, 95, 99))
+    if m["latency_p50_ms"] is not None:  # the last window in which the model answered
+        latency += f" (over {m['window_s']:g} s)"
     return [
         ("requests", f"{total:,} ({classes}; {m['unauthorized']:,} without a valid key)"),
         ("error rate", error_rate),
-        ("latency", f"{latency} (last {m['window_s']:g} s)"),
+        ("latency", latency),
         ("in flight", str(m["in_flight"])),
         ("reported", m["reported_at"][:19]),
     ]

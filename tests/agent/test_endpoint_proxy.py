@@ -379,7 +379,7 @@ def test_counts_and_latencies_are_reported_until_they_stop_changing(node):
     node.wait(lambda m: metrics(m) and m.requests_total == 6 and m.in_flight == 0, timeout=5)
 
 
-def test_percentiles_are_of_the_last_window_and_the_window_is_bounded():
+def test_percentiles_are_of_the_last_window_with_answers_and_the_window_is_bounded():
     metrics = EndpointMetrics()
     for latency in range(1, 101):
         metrics.arrived()
@@ -392,7 +392,17 @@ def test_percentiles_are_of_the_last_window_and_the_window_is_bounded():
         99.0,
     )
     assert (first["requests_total"], first["status_2xx"], first["in_flight"]) == (100, 100, 0)
-    assert metrics.report()["latency_p50_ms"] is None  # a new window: nothing answered yet
+    metrics.arrived()
+    idle = metrics.report()  # sent for the request in flight: nothing answered since
+    assert (idle["latency_p50_ms"], idle["window_s"], idle["in_flight"]) == (
+        50.0,
+        first["window_s"],
+        1,
+    )
+    metrics.answered(200, 7.0)
+    metrics.done()
+    assert metrics.report()["latency_p99_ms"] == 7.0  # a new window: only the newest answer
+    assert EndpointMetrics().report()["latency_p50_ms"] is None  # nothing answered ever
     for _ in range(LATENCY_SAMPLES + 10):
         metrics.answered(200, 1.0)
     assert len(metrics._latencies) == LATENCY_SAMPLES

@@ -416,6 +416,6 @@ def test_prism_deploy_status_shows_the_request_metrics(cli, api, node):
 
     assert "200 (2xx 196, 3xx 0, 4xx 0, 5xx 4; 0 without a valid key)" in row("requests")
     assert row("error rate").endswith("2.0% (5xx)")
-    assert "p50 12.0 ms · p95 40.5 ms · p99 90.0 ms (last 60 s)" in row("latency")
+    assert "p50 12.0 ms · p95 40.5 ms · p99 90.0 ms (over 60 s)" in row("latency")
     assert row("in flight").split()[-1] == "3"
     assert "endpoint key required" in row("endpoint auth")
