@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint format bench package clean
+.PHONY: install browser up test lint format bench package clean
 
 $(STAMP): requirements.txt requirements-agent.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,16 @@ install: $(STAMP)
 up: install
 	$(BIN)/prism dev up --demo
 
-## Lint, then the whole suite (unit, functional on moto, e2e with real processes).
-test: install
+## Debian's chromium and its driver, for the console's browser tests: installed when missing
+## (needs root and apt, as CI has).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null; }
+
+## Lint, then the whole suite (unit, functional on moto, e2e with real processes, the console
+## in headless chromium).
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -n 2 -q

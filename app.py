@@ -6,11 +6,12 @@ from chalice import Chalice, Rate, Response
 
 from chalicelib.config import settings
 from chalicelib.logs import logger
-from chalicelib.routes import deployments, marketplace, meta, nodes
+from chalicelib.routes import console, deployments, marketplace, meta, nodes
 from chalicelib.services import registry
 
 app = Chalice(app_name="prism")
 app.experimental_feature_flags.update(["WEBSOCKETS"])
+app.register_blueprint(console.bp)
 app.register_blueprint(deployments.bp)
 app.register_blueprint(marketplace.bp)
 app.register_blueprint(meta.bp)

@@ -34,6 +34,7 @@ from chalicelib.protocol import (
     RestartPolicy,
 )
 from chalicelib.store.secrets import public_weights_source
+from chalicelib.store.status_history import status_changes
 from chalicelib.weights_uri import InvalidWeightsSource, LocalSource, parse_weights_uri
 
 Target = Literal["prism_node", "runpod", "lambda"]
@@ -368,11 +369,20 @@ def endpoint_auth(item) -> EndpointAuthView:
     return DeployConfig.of(item.deploy_config).auth
 
 
+class StatusChangeOut(BaseModel):
+    status: Status
+    at: datetime = Field(description="when the deployment entered this status")
+
+
 class DeploymentOut(BaseModel):
     id: str
     name: str
     target: Target
     status: Status
+    status_history: list[StatusChangeOut] = Field(
+        description="its statuses with when each began, oldest first (the first and the newest"
+        " 19; empty for a deployment created before the history was kept)"
+    )
     image: str | None
     resource_slug: str | None
     weights_source: str | None = Field(
@@ -413,6 +423,7 @@ class DeploymentOut(BaseModel):
         description="the endpoint proxy's last report (null: none yet, or no proxy)"
     )
     node_id: str | None
+    gpu_indices: list[int] | None = Field(description="the GPUs of its node reserved for it")
     status_message: str | None = Field(description="why it waits, or what just happened")
     bytes_done: int | None = Field(description="weights pulled so far, while pulling")
     bytes_total: int | None
@@ -435,6 +446,10 @@ class DeploymentOut(BaseModel):
             name=item.name,
             target=item.target,
             status=item.status,
+            status_history=[
+                StatusChangeOut(status=status, at=at)
+                for status, at in status_changes(item.status_history)
+            ],
             image=item.image,
             resource_slug=item.resource_slug,
             weights_source=public_weights_source(item.weights_source),  # no signed query
@@ -455,6 +470,7 @@ class DeploymentOut(BaseModel):
             endpoint_auth=endpoint_auth(item),
             request_metrics=RequestMetricsOut.of(item.request_metrics),
             node_id=item.node_id,
+            gpu_indices=[int(i) for i in item.gpu_indices] if item.gpu_indices else None,
             status_message=item.status_message,
             bytes_done=None if item.bytes_done is None else int(item.bytes_done),
             bytes_total=None if item.bytes_total is None else int(item.bytes_total),
@@ -516,8 +532,11 @@ class ListDeploymentsQuery(StrictModel):
     @field_validator("status", mode="before")
     @classmethod
     def _split_statuses(cls, value):
+        """`status=a,b`, `status=a&status=b` or both."""
         if isinstance(value, str):
-            return [s.strip() for s in value.split(",") if s.strip()] or None
+            value = [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return [s.strip() for v in value for s in v.split(",") if s.strip()] or None
         return value
 
 

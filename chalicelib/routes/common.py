@@ -77,8 +77,14 @@ def parse_body(request, model: type[M]) -> M:
 
 
 def parse_query(request, model: type[M]) -> M:
+    """A repeated parameter (`status=a&status=b`) arrives as the list of its values (a field
+    that takes one value then refuses it with a 400)."""
     params = request.query_params or {}
-    return model.model_validate(dict(params))
+    return model.model_validate({name: _one_or_all(params.getlist(name)) for name in params})
+
+
+def _one_or_all(values: list[str]):
+    return values[0] if len(values) == 1 else values
 
 
 def ok(model: BaseModel, status: int = 200) -> Response:

@@ -42,7 +42,8 @@ def create_deployment():
         owner_id, body, _idempotency_key(request), lambda_context=bp.lambda_context
     )
     item = created.item
-    logger.info("deployment created", extra={"deployment_id": item.id, "target": item.target})
+    # On the request's access line (one log line a request: each costs the function ~0.1 ms).
+    logger.append_keys(deployment_id=item.id, target=item.target)
     return ok(DeploymentCreated.of(item, created.endpoint_key), status=201)
 
 

@@ -25,6 +25,7 @@ from chalicelib.store.shards import (
     UNPLACED_SHARDS,
     shard_of,
 )
+from chalicelib.store.status_history import status_history_after
 from chalicelib.store.writes import (
     cancelled_by_a_condition,
     is_condition_failure,
@@ -76,6 +77,7 @@ class DeploymentRepository:
         """A new deployment, with its sealed secrets (store/secrets.py) in the same transaction:
         neither is written without the other."""
         item.owner_status = owner_status_key(item.owner_id, item.status)
+        item.status_history = status_history_after(None, item.status, item.created_at)
         if item.target == "prism_node" and not item.node_id:
             item.unplaced = shard_of(item.id, UNPLACED_SHARDS)
         if item.target != "prism_node":
@@ -115,10 +117,13 @@ class DeploymentRepository:
         """Move `item` to `target` if the table allows it and nobody wrote since we read it. A
         terminal status deletes the deployment's secrets in the same write."""
         check_transition(Status(item.status), target)
+        now = utcnow()
         values = {
             "status": target.value,
             "owner_status": owner_status_key(item.owner_id, target.value),
-            "updated_at": utcnow(),
+            # Read with the status the write is conditioned on: no other transition between.
+            "status_history": status_history_after(item.status_history, target.value, now),
+            "updated_at": now,
         }
         if item.unplaced:  # any status change ends the wait for a node
             values["unplaced"] = None

@@ -259,6 +259,9 @@ class DeploymentItem(Model):
     failure_reason = UnicodeAttribute(null=True)
     failure_message = UnicodeAttribute(null=True)
     status_message = UnicodeAttribute(null=True)  # why it waits, or what just happened
+    # Its statuses with when each began, oldest first ("running 1764504000123": unix ms, ~22
+    # bytes each), written with each transition in the same update (store/deployments.py).
+    status_history = ListAttribute(of=UnicodeAttribute, null=True)
     unplaced = UnicodeAttribute(null=True)  # "1" while a prism_node deployment waits for a node
     billable = UnicodeAttribute(null=True)  # "1" from instance launch until termination
     cloud = UnicodeAttribute(null=True)  # "1" while a cloud deployment is not over

@@ -34,6 +34,7 @@ def _announce(platform: LocalPlatform, user: dict) -> dict:
     click.echo(f"PRISM_API_URL={platform.api_url}")
     click.echo(f"PRISM_API_KEY={user['api_key']}")
     click.echo(f"PRISM_WS_URL={platform.ws_url}")
+    click.echo(f"# console at {platform.api_url}/console (sign in with PRISM_API_KEY)")
     click.echo(f"# AWS (moto) at {platform.aws_url}; CLI config written to {path}")
     click.echo(
         f"# state and logs in {platform.state.root} (kept across restarts; --fresh starts "

@@ -36,6 +36,7 @@ def check_demo_and_shutdown(platform):
     assert "demo: inference 200" in output and '"outputs": [7.1' in output
     assert "healthy" in output and "demo: done" in output
     assert "$ prism deploy create --name demo --weights" in output
+    assert f"# console at {platform.api_url}/console" in output
     state_dir = str(platform.state_dir / "node")
     ports = (platform.api_port, platform.aws_port, platform.ws_port, platform.management_port)
     markers = [f"--port\0{platform.api_port}\0", f"-p\0{platform.aws_port}\0", state_dir]

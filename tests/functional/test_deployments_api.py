@@ -370,6 +370,7 @@ def test_status_filter_merges_statuses_newest_first_across_pages(api):
     both = collect("status=stopped,provisioning")
     assert [i for i, _ in both] == list(reversed(created))
     assert {s for _, s in both} == {"stopped", "provisioning"}
+    assert collect("status=stopped&status=provisioning") == both  # repeated, as browsers send
 
 
 @pytest.mark.parametrize(
@@ -382,6 +383,7 @@ def test_status_filter_merges_statuses_newest_first_across_pages(api):
         ("next_token=%%%garbage", "next_token"),
         ("next_token=eyJmIjoiIn0", "next_token"),
         ("bogus=1", "bogus"),
+        ("limit=5&limit=6", "limit"),
     ],
 )
 def test_bad_list_queries_are_400(api, query, field):

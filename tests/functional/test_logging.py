@@ -32,9 +32,9 @@ def test_requests_log_json_with_owner_and_deployment_keys(api, users, log_lines)
     access = [line for line in lines if line["message"] == "request"]
     assert [(a["method"], a["status"]) for a in access] == [("POST", 201), ("GET", 200)]
     assert all(a["owner_id"].startswith("usr_") for a in access)
-    assert access[1]["deployment_id"] == created.data["id"]
-    created_line = next(line for line in lines if line["message"] == "deployment created")
-    assert created_line["deployment_id"] == created.data["id"]
+    assert access[0]["deployment_id"] == access[1]["deployment_id"] == created.data["id"]
+    assert access[0]["target"] == "prism_node"
+    assert len(lines) == 2  # one line a request
 
 
 def test_keys_do_not_leak_into_the_next_request(api, log_lines):

@@ -1,0 +1,62 @@
+"""The console's files, served by the API function from the package: the page, the modules it
+loads (each import resolves to a served file), their types, the security headers, revalidation,
+and nothing outside the console's directory."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+CONSOLE_DIR = Path(__file__).resolve().parents[2] / "chalicelib" / "console"
+IMPORT = re.compile(r"""(?:import|from)\s*["'](\./[\w.-]+)["']""")
+ASSET = re.compile(r"""(?:src|href)="console/([\w.-]+)\"""")
+
+
+def test_the_page_is_served_with_a_strict_content_security_policy(client):
+    response = client.http.get("/console")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+    policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy
+    assert "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in policy
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "<script>" not in response.body.decode()  # nothing inline: the policy forbids it
+
+
+def test_every_file_the_page_loads_is_served_with_its_type(client):
+    page = client.http.get("/console").body.decode()
+    wanted, seen = set(ASSET.findall(page)), set()
+    assert any(name.endswith(".js") for name in wanted)
+    while wanted:
+        name = wanted.pop()
+        seen.add(name)
+        response = client.http.get(f"/console/{name}")
+        assert response.status_code == 200, name
+        kind = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
+        assert response.headers["Content-Type"].startswith(kind[name.rsplit(".", 1)[1]])
+        if name.endswith(".js"):
+            wanted |= {found.removeprefix("./") for found in IMPORT.findall(response.body.decode())}
+            wanted -= seen
+    shipped = {p.name for p in CONSOLE_DIR.iterdir() if p.suffix in (".js", ".css")}
+    assert shipped <= seen  # no file ships that the page never loads
+
+
+def test_an_unchanged_file_is_revalidated_with_its_etag(client):
+    first = client.http.get("/console")
+    etag = first.headers["ETag"]
+    again = client.http.get("/console", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and not again.body
+    other = client.http.get("/console", headers={"If-None-Match": '"stale"'})
+    assert other.status_code == 200
+
+
+@pytest.mark.parametrize("name", ["missing.js", "..", "%2e%2e%2fapp.py", "app.py", "index"])
+def test_nothing_but_the_console_files_is_served(client, name):
+    response = client.http.get(f"/console/{name}")
+    assert response.status_code == 404
+    assert b'"not_found"' in response.body
+
+
+def test_the_console_fits_a_lambda_response_many_times_over():
+    total = sum(p.stat().st_size for p in CONSOLE_DIR.iterdir())
+    assert total < 300_000  # Lambda's response limit is 6 MB; the console loads in one go
