@@ -369,6 +369,25 @@ def endpoint_auth(item) -> EndpointAuthView:
     return DeployConfig.of(item.deploy_config).auth
 
 
+class LastProbeOut(BaseModel):
+    """The last health probe as the control plane recorded it (a node's report or the cloud
+    health check); GET .../health asks the node for a fresh one."""
+
+    healthy: bool | None = Field(description="null until the first probe")
+    consecutive_failures: int
+    latency_ms: float | None
+    checked_at: datetime | None
+
+    @classmethod
+    def of(cls, item) -> "LastProbeOut":
+        return cls(
+            healthy=item.healthy,
+            consecutive_failures=int(item.health_consecutive_failures or 0),
+            latency_ms=None if item.health_latency_ms is None else float(item.health_latency_ms),
+            checked_at=item.health_checked_at,
+        )
+
+
 class StatusChangeOut(BaseModel):
     status: Status
     at: datetime = Field(description="when the deployment entered this status")
@@ -419,6 +438,7 @@ class DeploymentOut(BaseModel):
         "endpoint_url itself, unprotected (weights + command deployments go through PRISM's "
         "proxy)"
     )
+    last_probe: LastProbeOut
     request_metrics: RequestMetricsOut | None = Field(
         description="the endpoint proxy's last report (null: none yet, or no proxy)"
     )
@@ -468,6 +488,7 @@ class DeploymentOut(BaseModel):
             **_budget_view(item.budget_max_usd, billing),
             endpoint_url=item.endpoint_url,
             endpoint_auth=endpoint_auth(item),
+            last_probe=LastProbeOut.of(item),
             request_metrics=RequestMetricsOut.of(item.request_metrics),
             node_id=item.node_id,
             gpu_indices=[int(i) for i in item.gpu_indices] if item.gpu_indices else None,

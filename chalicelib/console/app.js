@@ -14,6 +14,7 @@ const page = document.getElementById("page");
 const signinView = document.getElementById("signin-view");
 const signinForm = document.getElementById("signin");
 const signinError = document.getElementById("signin-error");
+const signinInfo = document.getElementById("signin-info");
 const keyInput = document.getElementById("api-key");
 const nav = document.getElementById("main-nav");
 
@@ -21,8 +22,14 @@ let unmountPage = null;
 let pendingFlash = null; // one-time data for the next page (the endpoint key after a create)
 let firstRoute = true;
 
+/** The page a hash names, and its query: "#/deployments?status=running&page=2". */
 function parseRoute(hash) {
-  const path = hash.replace(/^#\/?/, "");
+  const route = hash.replace(/^#\/?/, "");
+  const queryAt = route.includes("?") ? route.indexOf("?") : route.length;
+  return { ...pageFor(route.slice(0, queryAt)), query: new URLSearchParams(route.slice(queryAt + 1)) };
+}
+
+function pageFor(path) {
   const parts = path.split("/").filter(Boolean);
   if (parts.length === 0 || (parts.length === 1 && parts[0] === "deployments")) {
     return { name: "deployments", navHref: "#/deployments" };
@@ -44,7 +51,7 @@ function safeDecode(text) {
 }
 
 /** Goes to a page, handing it data it shows once (never put in the URL or history). */
-export function navigate(hash, flash = null) {
+function navigate(hash, flash = null) {
   pendingFlash = flash ? { hash, ...flash } : null;
   if (location.hash === hash) route();
   else location.hash = hash;
@@ -68,7 +75,7 @@ function route() {
   markCurrentNavLink(current.navHref);
   const flash = pendingFlash && pendingFlash.hash === location.hash ? pendingFlash : null;
   pendingFlash = null;
-  const context = { navigate, flash };
+  const context = { navigate, flash, query: current.query };
   if (current.name === "deployments") unmountPage = mountDeploymentList(page, context);
   else if (current.name === "deployment") unmountPage = mountDeployment(page, current.id, context);
   else if (current.name === "create") unmountPage = mountCreateForm(page, context);
@@ -96,7 +103,13 @@ function markCurrentNavLink(href) {
 function renderNotFound() {
   page.append(
     el("h1", {}, "Page not found"),
-    el("p", {}, "There is no such page in the console. ", el("a", { href: "#/deployments" }, "Go to deployments"), "."),
+    el(
+      "p",
+      {},
+      "There is no such page in the console. ",
+      el("a", { href: "#/deployments" }, "Go to deployments"),
+      ".",
+    ),
   );
 }
 
@@ -105,12 +118,19 @@ function showApp() {
   nav.hidden = false;
 }
 
-function showSignin(message = "") {
+/**
+ * The sign-in form with at most one message: error (role=alert; invalidKey when it is about the
+ * key typed) or info (neutral, such as after signing out).
+ */
+function showSignin({ error = "", info = "", invalidKey = false } = {}) {
   leavePage();
   nav.hidden = true;
   signinView.hidden = false;
-  setText(signinError, message);
-  keyInput.setAttribute("aria-invalid", message ? "true" : "false");
+  setText(signinError, error);
+  setText(signinInfo, info);
+  signinInfo.hidden = !info;
+  if (invalidKey) keyInput.setAttribute("aria-invalid", "true");
+  else keyInput.removeAttribute("aria-invalid");
   keyInput.focus();
 }
 
@@ -118,33 +138,36 @@ async function onSigninSubmit(event) {
   event.preventDefault();
   const key = keyInput.value.trim();
   if (!key) {
-    showSignin("Enter an API key.");
+    showSignin({ error: "Enter an API key.", invalidKey: true });
     return;
   }
   const button = signinForm.querySelector("button[type=submit]");
   button.disabled = true;
   setText(signinError, "");
+  setText(signinInfo, "");
+  signinInfo.hidden = true;
   try {
     await api.checkKey(key);
     setApiKey(key);
     keyInput.value = "";
-    keyInput.setAttribute("aria-invalid", "false");
+    keyInput.removeAttribute("aria-invalid");
     route();
     focusHeading();
   } catch (error) {
-    const message =
-      error instanceof ApiError && error.status === 401
-        ? "That API key was not accepted. Check it and try again."
-        : `Could not sign in: ${error.message}`;
-    showSignin(message);
+    const rejected = error instanceof ApiError && error.status === 401;
+    showSignin(
+      rejected
+        ? { error: "That API key was not accepted. Check it and try again.", invalidKey: true }
+        : { error: `Could not sign in: ${error.message}` },
+    );
   } finally {
     button.disabled = false;
   }
 }
 
-function signOut(message = "") {
+function signOut(messages) {
   clearApiKey();
-  showSignin(message);
+  showSignin(messages);
 }
 
 function onSkipLinkClick(event) {
@@ -156,10 +179,12 @@ function onSkipLinkClick(event) {
 }
 
 setUnauthorizedHandler((error) =>
-  signOut(`You were signed out: the API no longer accepts this API key (${error.message}). Sign in again.`),
+  signOut({
+    error: `You were signed out: the API no longer accepts this API key (${error.message}). Sign in again.`,
+  }),
 );
 signinForm.addEventListener("submit", onSigninSubmit);
-document.getElementById("signout").addEventListener("click", () => signOut("You signed out."));
+document.getElementById("signout").addEventListener("click", () => signOut({ info: "You signed out." }));
 document.getElementById("skip-link").addEventListener("click", onSkipLinkClick);
 setText(document.getElementById("time-zone"), timeZoneName());
 window.addEventListener("hashchange", route);

@@ -75,8 +75,14 @@ function niceTicks(max) {
 /** As many decimals as the step needs ($0.005, $20), compact for large amounts ($20K). */
 function usdTickFormat(step, max) {
   const decimals = Math.min(4, Math.max(0, -Math.floor(Math.log10(step))));
-  const options = { style: "currency", currency: "USD", minimumFractionDigits: decimals, maximumFractionDigits: decimals };
-  if (max >= 10_000) Object.assign(options, { notation: "compact", minimumFractionDigits: 0, maximumFractionDigits: 1 });
+  const options = {
+    style: "currency",
+    currency: "USD",
+    minimumFractionDigits: decimals,
+    maximumFractionDigits: decimals,
+  };
+  if (max >= 10_000)
+    Object.assign(options, { notation: "compact", minimumFractionDigits: 0, maximumFractionDigits: 1 });
   return new Intl.NumberFormat(undefined, options);
 }
 
@@ -86,7 +92,11 @@ function yAxis(scales, plot) {
     const y = scales.y(value);
     nodes.push(
       svgEl("line", { class: "grid-line", x1: plot.left, x2: plot.right, y1: y, y2: y }),
-      svgEl("text", { class: "tick-label", x: plot.left - 8, y: y + 4, "text-anchor": "end" }, scales.tickUsd.format(value)),
+      svgEl(
+        "text",
+        { class: "tick-label", x: plot.left - 8, y: y + 4, "text-anchor": "end" },
+        scales.tickUsd.format(value),
+      ),
     );
   }
   const middle = (plot.top + plot.bottom) / 2;
@@ -94,7 +104,13 @@ function yAxis(scales, plot) {
     svgEl("line", { class: "axis-line", x1: plot.left, x2: plot.left, y1: plot.top, y2: plot.bottom }),
     svgEl(
       "text",
-      { class: "axis-title", x: 14, y: middle, "text-anchor": "middle", transform: `rotate(-90 14 ${middle})` },
+      {
+        class: "axis-title",
+        x: 14,
+        y: middle,
+        "text-anchor": "middle",
+        transform: `rotate(-90 14 ${middle})`,
+      },
       "Cost (USD)",
     ),
   );
@@ -104,20 +120,31 @@ function yAxis(scales, plot) {
 function timeTickFormat(spanMs) {
   if (spanMs < 3_600_000) return new Intl.DateTimeFormat(undefined, { timeStyle: "medium" });
   if (spanMs < 86_400_000) return new Intl.DateTimeFormat(undefined, { timeStyle: "short" });
-  return new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", hour: "numeric", minute: "2-digit" });
+  return new Intl.DateTimeFormat(undefined, {
+    month: "short",
+    day: "numeric",
+    hour: "numeric",
+    minute: "2-digit",
+  });
 }
 
 function xAxis(scales, plot) {
   const format = timeTickFormat(scales.end - scales.start);
   const count = Math.max(2, Math.min(5, Math.floor((plot.right - plot.left) / 120) + 1));
-  const nodes = [svgEl("line", { class: "axis-line", x1: plot.left, x2: plot.right, y1: plot.bottom, y2: plot.bottom })];
+  const nodes = [
+    svgEl("line", { class: "axis-line", x1: plot.left, x2: plot.right, y1: plot.bottom, y2: plot.bottom }),
+  ];
   for (let i = 0; i < count; i += 1) {
     const at = new Date(scales.start + ((scales.end - scales.start) * i) / (count - 1));
     const x = scales.x(at);
     const anchor = i === 0 ? "start" : i === count - 1 ? "end" : "middle";
     nodes.push(
       svgEl("line", { class: "tick-mark", x1: x, x2: x, y1: plot.bottom, y2: plot.bottom + 5 }),
-      svgEl("text", { class: "tick-label", x, y: plot.bottom + 19, "text-anchor": anchor }, format.format(at)),
+      svgEl(
+        "text",
+        { class: "tick-label", x, y: plot.bottom + 19, "text-anchor": anchor },
+        format.format(at),
+      ),
     );
   }
   nodes.push(
@@ -136,17 +163,30 @@ function budgetLine(data, scales, plot) {
   return [
     svgEl("line", { class: "budget-line", x1: plot.left, x2: plot.right, y1: y, y2: y }),
     // At the left: the cost starts low there, while the projection meets the line at the right.
-    svgEl("text", { class: "budget-label", x: plot.left + 6, y: y - 6, "text-anchor": "start" }, `Budget ${formatUsd(data.budget)}`),
+    svgEl(
+      "text",
+      { class: "budget-label", x: plot.left + 6, y: y - 6, "text-anchor": "start" },
+      `Budget ${formatUsd(data.budget)}`,
+    ),
   ];
 }
 
 function costLine(data, scales, plot) {
   if (data.points.length === 0) {
     const x = (plot.left + plot.right) / 2;
-    return [svgEl("text", { class: "chart-empty", x, y: (plot.top + plot.bottom) / 2, "text-anchor": "middle" }, "No charges yet")];
+    return [
+      svgEl(
+        "text",
+        { class: "chart-empty", x, y: (plot.top + plot.bottom) / 2, "text-anchor": "middle" },
+        "No charges yet",
+      ),
+    ];
   }
   const d = data.points
-    .map((point, i) => `${i === 0 ? "M" : "L"}${scales.x(point.at).toFixed(1)},${scales.y(point.usd).toFixed(1)}`)
+    .map(
+      (point, i) =>
+        `${i === 0 ? "M" : "L"}${scales.x(point.at).toFixed(1)},${scales.y(point.usd).toFixed(1)}`,
+    )
     .join(" ");
   const last = data.points.at(-1);
   return [
@@ -158,6 +198,8 @@ function costLine(data, scales, plot) {
 function projection(data, scales) {
   if (!scales.fits || data.points.length === 0) return [];
   const last = data.points.at(-1);
-  const d = `M${scales.x(last.at).toFixed(1)},${scales.y(last.usd).toFixed(1)} L${scales.x(data.exhaustAt).toFixed(1)},${scales.y(data.budget).toFixed(1)}`;
+  const from = `${scales.x(last.at).toFixed(1)},${scales.y(last.usd).toFixed(1)}`;
+  const to = `${scales.x(data.exhaustAt).toFixed(1)},${scales.y(data.budget).toFixed(1)}`;
+  const d = `M${from} L${to}`;
   return [svgEl("path", { class: "projection", d })];
 }

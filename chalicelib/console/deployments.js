@@ -1,18 +1,23 @@
-// The deployments list (#/deployments): one list call per refresh (the call `prism deploy list`
-// makes), rows updated in place by id so polling never loses the reader's focus or selection.
+// The deployments list (#/deployments?status=running&page=2): one list call per refresh (the call
+// `prism deploy list` makes), rows updated in place by id so polling never loses the reader's
+// focus or selection. The filter and page live in the URL, so Back from a deployment returns
+// to them; the page tokens that reach page 2 and on are kept in the tab's sessionStorage.
 
 import { api, ALL_STATUSES, isAbort } from "./api.js";
 import { el, renderIfChanged, setText, showError, statusBadge } from "./dom.js";
-import { formatAge, formatDuration, formatTime, formatUsd, secondsBetween, toNumber } from "./format.js";
-import { startPolling } from "./poll.js";
+import {
+  formatAge,
+  formatDuration,
+  formatTime,
+  formatUsd,
+  gpuText,
+  secondsBetween,
+  targetLabel,
+  toNumber,
+} from "./format.js";
+import { REFRESH_MS, startPolling } from "./poll.js";
 
-const REFRESH_MS = 5000;
-const PAGE_SIZE = 50;
-
-export const TARGET_LABELS = { prism_node: "PRISM node", runpod: "RunPod", lambda: "Lambda Cloud" };
-
-// Kept across visits, so coming back from a deployment shows the same filter.
-let statusFilter = "";
+const PAGE_TOKENS_STORAGE = "prism.deploymentPages"; // {status, tokens}: tokens[n - 2] opens page n
 
 const COLUMNS = [
   ["name", "Name"],
@@ -25,27 +30,61 @@ const COLUMNS = [
   ["age", "Age"],
 ];
 
-export function mountDeploymentList(container) {
+/** Where the list is: the status filter ("" for all), the page number and the page tokens. */
+function listPosition(query) {
+  const status = ALL_STATUSES.includes(query.get("status")) ? query.get("status") : "";
+  const asked = Number.parseInt(query.get("page") || "1", 10);
+  let stored = {};
+  try {
+    stored = JSON.parse(sessionStorage.getItem(PAGE_TOKENS_STORAGE)) || {};
+  } catch {
+    // an unreadable entry: start again from the first page
+  }
+  const tokens = stored.status === status && Array.isArray(stored.tokens) ? stored.tokens : [];
+  // A page whose token this tab never saw (a pasted URL) opens as the first page.
+  const number = asked > 1 && typeof tokens[asked - 2] === "string" ? asked : 1;
+  return { status, number, tokens: tokens.slice(0, number - 1) };
+}
+
+function listHash({ status, number }) {
+  const query = new URLSearchParams();
+  if (status) query.set("status", status);
+  if (number > 1) query.set("page", String(number));
+  const text = query.toString();
+  return text ? `#/deployments?${text}` : "#/deployments";
+}
+
+/** Keeps the position in the URL (no new history entry) and its tokens in sessionStorage. */
+function savePosition(position) {
+  if (location.hash !== listHash(position)) history.replaceState(history.state, "", listHash(position));
+  sessionStorage.setItem(
+    PAGE_TOKENS_STORAGE,
+    JSON.stringify({ status: position.status, tokens: position.tokens }),
+  );
+}
+
+export function mountDeploymentList(container, { query }) {
   const view = buildView();
   container.append(view.root);
-  const pages = { tokens: [], current: null, next: null }; // tokens of the pages before this one
+  const position = listPosition(query);
+  savePosition(position);
   const controller = new AbortController();
   let generation = 0; // bumped when the filter or page changes: older answers are dropped
 
   async function refresh() {
     const asked = generation;
     try {
-      const statuses = statusFilter ? [statusFilter] : null;
       const page = await api.listDeployments({
-        statuses,
-        limit: PAGE_SIZE,
-        nextToken: pages.current,
+        statuses: position.status ? [position.status] : null,
+        nextToken: position.number > 1 ? position.tokens[position.number - 2] : null,
         signal: controller.signal,
       });
       if (asked !== generation) return;
-      pages.next = page.next_token || null;
-      renderRows(view, page.items || []);
-      renderPager(view, pages);
+      position.tokens = position.tokens.slice(0, position.number - 1);
+      if (page.next_token) position.tokens.push(page.next_token);
+      savePosition(position);
+      renderRows(view, page.items || [], position.status);
+      renderPager(view, position);
       setText(view.lastRefresh, `Last refreshed ${formatTime(new Date())}`);
       showError(view.panel, null);
     } catch (error) {
@@ -54,24 +93,28 @@ export function mountDeploymentList(container) {
     }
   }
 
-  const poller = startPolling(refresh, REFRESH_MS);
+  const poller = startPolling(refresh, REFRESH_MS.deployments);
 
-  function goTo(token, tokens) {
+  function goTo(status, number) {
     generation += 1;
-    pages.current = token;
-    pages.tokens = tokens;
-    pages.next = null;
-    renderPager(view, pages);
+    if (status !== position.status) position.tokens = [];
+    Object.assign(position, { status, number, tokens: position.tokens.slice(0, number - 1) });
+    savePosition(position);
+    // The buttons change with the answer: disabling the one just pressed would drop its focus.
+    setText(view.pageLabel, `Page ${number}`);
     poller.now();
   }
 
-  view.filter.value = statusFilter;
-  view.filter.addEventListener("change", () => {
-    statusFilter = view.filter.value;
-    goTo(null, []);
+  view.filter.value = position.status;
+  view.filter.addEventListener("change", () => goTo(view.filter.value, 1));
+  view.next.addEventListener("click", () => {
+    // Only once the answer gave the next page's token (a second quick press waits for it).
+    if (position.tokens.length >= position.number) goTo(position.status, position.number + 1);
   });
-  view.next.addEventListener("click", () => goTo(pages.next, [...pages.tokens, pages.current]));
-  view.prev.addEventListener("click", () => goTo(pages.tokens.at(-1), pages.tokens.slice(0, -1)));
+  view.prev.addEventListener("click", () => {
+    if (position.number > 1) goTo(position.status, position.number - 1);
+  });
+  renderPager(view, position);
 
   return () => {
     poller.stop();
@@ -86,18 +129,34 @@ function buildView() {
     el("option", { value: "" }, "All statuses"),
     ALL_STATUSES.map((status) => el("option", { value: status }, status)),
   );
-  const lastRefresh = el("p", { id: "last-refresh", class: "muted", "aria-live": "polite" }, "Loading…");
+  const lastRefresh = el("p", { id: "last-refresh", class: "muted" }, "Loading…");
   const tbody = el("tbody");
   const table = el(
     "table",
     { id: "deployments", class: "data-table responsive" },
     el("caption", { class: "visually-hidden" }, "Deployments, newest first"),
-    el("thead", {}, el("tr", {}, COLUMNS.map(([, label]) => el("th", { scope: "col" }, label)))),
+    el(
+      "thead",
+      {},
+      el(
+        "tr",
+        {},
+        COLUMNS.map(([, label]) => el("th", { scope: "col" }, label)),
+      ),
+    ),
     tbody,
   );
   const empty = el("p", { id: "deployments-empty", class: "empty-state", hidden: true });
-  const prev = el("button", { id: "prev-page", type: "button", class: "button-secondary", disabled: true }, "Previous page");
-  const next = el("button", { id: "next-page", type: "button", class: "button-secondary", disabled: true }, "Next page");
+  const prev = el(
+    "button",
+    { id: "prev-page", type: "button", class: "button-secondary", disabled: true },
+    "Previous page",
+  );
+  const next = el(
+    "button",
+    { id: "next-page", type: "button", class: "button-secondary", disabled: true },
+    "Next page",
+  );
   const pageLabel = el("span", { class: "muted" });
   const panel = el(
     "section",
@@ -107,33 +166,33 @@ function buildView() {
     empty,
     el("nav", { class: "pager", "aria-label": "Pages" }, prev, pageLabel, next),
   );
-  const root = el(
+  const heading = el(
     "div",
-    { class: "page-deployments" },
-    el(
-      "div",
-      { class: "page-heading" },
-      el("h1", {}, "Deployments"),
-      el("a", { href: "#/create", class: "button-link" }, "Create deployment"),
-    ),
-    el(
-      "div",
-      { class: "toolbar" },
-      el("div", { class: "field inline" }, el("label", { for: "status-filter" }, "Status"), filter),
-      lastRefresh,
-    ),
-    panel,
+    { class: "page-heading" },
+    el("h1", {}, "Deployments"),
+    el("a", { href: "#/create", class: "button-link" }, "Create deployment"),
   );
+  const toolbar = el(
+    "div",
+    { class: "toolbar" },
+    el("div", { class: "field inline" }, el("label", { for: "status-filter" }, "Status"), filter),
+    lastRefresh,
+  );
+  const root = el("div", { class: "page-deployments" }, heading, toolbar, panel);
   return { root, panel, filter, lastRefresh, tbody, table, empty, prev, next, pageLabel };
 }
 
-function renderPager(view, pages) {
-  view.prev.disabled = pages.tokens.length === 0;
-  view.next.disabled = !pages.next;
-  setText(view.pageLabel, `Page ${pages.tokens.length + 1}`);
+function renderPager(view, position) {
+  const focused = document.activeElement;
+  view.prev.disabled = position.number === 1;
+  view.next.disabled = position.tokens.length < position.number;
+  setText(view.pageLabel, `Page ${position.number}`);
+  // On the first or last page the pressed button goes disabled: the other one keeps the focus.
+  const [pressed, other] = focused === view.next ? [view.next, view.prev] : [view.prev, view.next];
+  if (focused === pressed && pressed.disabled && !other.disabled) other.focus();
 }
 
-function renderRows(view, items) {
+function renderRows(view, items, status) {
   const existing = new Map([...view.tbody.rows].map((row) => [row.dataset.id, row]));
   items.forEach((item, index) => {
     let row = existing.get(item.id);
@@ -148,13 +207,15 @@ function renderRows(view, items) {
   view.table.hidden = items.length === 0;
   setText(
     view.empty,
-    statusFilter ? `No deployments are ${statusFilter}.` : "No deployments yet. Create one to run a model.",
+    status ? `No deployments are ${status}.` : "No deployments yet. Create one to run a model.",
   );
 }
 
 function createRow(id) {
   const row = el("tr", { dataset: { id } });
   for (const [key, label] of COLUMNS) row.append(el("td", { dataset: { label, column: key } }));
+  // The age ticks on every poll: its <time> stays and only its text changes.
+  row.cells[COLUMNS.findIndex(([key]) => key === "age")].append(el("time"));
   return row;
 }
 
@@ -163,7 +224,7 @@ function updateRow(row, item) {
   renderIfChanged(cells.name, `${item.id}|${item.name}`, () =>
     el("a", { class: "deployment-link", href: `#/deployments/${encodeURIComponent(item.id)}` }, item.name),
   );
-  setText(cells.target, TARGET_LABELS[item.target] || item.target);
+  setText(cells.target, targetLabel(item.target));
   renderIfChanged(cells.status, item.status, () => statusBadge(item.status));
   setText(cells.gpu, gpuText(item));
   renderIfChanged(cells.endpoint, item.endpoint_url || "", () =>
@@ -171,17 +232,12 @@ function updateRow(row, item) {
   );
   setText(cells.cost, formatUsd(item.cost_accrued_usd));
   setText(cells.budget, budgetText(item));
-  const age = formatAge(secondsBetween(item.created_at));
-  renderIfChanged(cells.age, age, () =>
-    el("time", { datetime: item.created_at, title: `Created ${formatTime(item.created_at)}` }, age),
-  );
-}
-
-export function gpuText(item) {
-  if (!item.gpu) return "No GPU";
-  const kind = item.gpu_type || "Any GPU";
-  const held = item.gpu_indices && item.gpu_indices.length ? ` (GPU ${item.gpu_indices.join(", ")})` : "";
-  return kind + held;
+  const age = cells.age.firstElementChild;
+  if (age.getAttribute("datetime") !== item.created_at) {
+    age.setAttribute("datetime", item.created_at);
+    age.title = `Created ${formatTime(item.created_at)}`;
+  }
+  setText(age, formatAge(secondsBetween(item.created_at)));
 }
 
 function budgetText(item) {

@@ -63,14 +63,14 @@ export function showError(container, error, prefix = "") {
   setText(box, prefix + errorText(error));
 }
 
-export function errorText(error) {
+function errorText(error) {
   if (error && error.message) return error.message;
   return String(error);
 }
 
 /** A status badge: the status is always in the text; the colour only repeats it. */
-export function statusBadge(status, attrs = {}) {
-  return el("span", { class: "status-badge", dataset: { status }, ...attrs }, status);
+export function statusBadge(status) {
+  return el("span", { class: "status-badge", dataset: { status } }, status);
 }
 
 export function updateStatusBadge(badge, status) {
@@ -78,30 +78,54 @@ export function updateStatusBadge(badge, status) {
   setText(badge, status);
 }
 
-/** A <dl> from [term, value] pairs; a value may be a string or a node. */
-export function definitionList(pairs, attrs = {}) {
-  return el(
-    "dl",
-    { class: "facts", ...attrs },
-    pairs.filter(Boolean).flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, value ?? "—")]),
-  );
+/** Sets a node's content to a string or one node, leaving it alone when it would not change. */
+function setContent(node, value) {
+  if (value instanceof Node) {
+    const same = node.childNodes.length === 1 && node.firstChild.isEqualNode(value);
+    if (!same) node.replaceChildren(value);
+  } else if (node.children.length) node.replaceChildren(value ?? "");
+  else setText(node, value);
 }
 
-const copyTimers = new WeakMap(); // status node -> the timer that clears its "Copied"
+/**
+ * Fills a <dl class="facts"> from [term, value] pairs (null pairs skipped); a value may be a
+ * string or a node. Only the values that changed are touched, so a selection elsewhere stays.
+ */
+export function updateFacts(list, pairs) {
+  const shown = pairs.filter(Boolean);
+  renderIfChanged(list, shown.map(([term]) => term).join("\n"), () =>
+    shown.flatMap(([term]) => [el("dt", {}, term), el("dd")]),
+  );
+  const values = list.querySelectorAll(":scope > dd");
+  shown.forEach(([, value], index) => setContent(values[index], value ?? "—"));
+}
 
-/** Copies text, falling back to selecting it for Ctrl+C where the clipboard API is refused. */
-export async function copyText(text, sourceNode, statusNode) {
+const copyTimers = new WeakMap(); // copy button -> the timer that puts its own label back
+const copyLabels = new WeakMap(); // copy button -> its own label
+
+/**
+ * Copies text; where the clipboard API is refused, selects it for Ctrl+C instead. The button
+ * says which for a while; `announcer` (a polite live region) says it to screen readers.
+ */
+export async function copyText(text, sourceNode, button, announcer) {
+  if (!copyLabels.has(button)) copyLabels.set(button, button.textContent);
+  let outcome = "Copied";
   try {
     await navigator.clipboard.writeText(text);
-    setText(statusNode, "Copied");
   } catch {
     const range = document.createRange();
     range.selectNodeContents(sourceNode);
     const selection = window.getSelection();
     selection.removeAllRanges();
     selection.addRange(range);
-    setText(statusNode, "Selected: press Ctrl+C (⌘C) to copy");
+    outcome = "Selected: press Ctrl+C (⌘C) to copy";
   }
-  clearTimeout(copyTimers.get(statusNode));
-  copyTimers.set(statusNode, setTimeout(() => setText(statusNode, ""), 4000));
+  setText(button, outcome);
+  setText(announcer, outcome);
+  clearTimeout(copyTimers.get(button));
+  const restore = () => {
+    setText(button, copyLabels.get(button));
+    setText(announcer, "");
+  };
+  copyTimers.set(button, setTimeout(restore, 4000));
 }

@@ -122,7 +122,7 @@ export function formatUsd(value) {
 const MB = 1e6;
 const GB = 1e9;
 
-/** Bytes as MB below a GB, else GB (decimal units, as download tools show them). */
+/** Bytes as MB below a GB, else GB (decimal units, as download tools show them): 15 GB, not 15000 MB. */
 export function formatBytes(bytes) {
   const value = toNumber(bytes);
   if (value === null) return "—";
@@ -130,15 +130,25 @@ export function formatBytes(bytes) {
   return `${(value / GB).toFixed(2)} GB`;
 }
 
-export function formatMegabytes(bytes) {
-  const value = toNumber(bytes);
-  return value === null ? "—" : `${(value / MB).toFixed(1)} MB`;
-}
-
 /** GPU memory as reported by the node (MiB) in GB, the way GPUs are sold: 81920 -> "80 GB". */
 export function formatGpuMemory(mebibytes) {
   const value = toNumber(mebibytes);
   return value === null ? "memory unknown" : `${Math.round(value / 1024)} GB`;
+}
+
+// Where a deployment runs, by the API's target value; a value not listed here shows as it is.
+const TARGET_LABELS = { prism_node: "PRISM node", runpod: "RunPod", lambda: "Lambda Cloud" };
+
+export function targetLabel(target) {
+  return TARGET_LABELS[target] || target;
+}
+
+/** "A100 (GPU 0, 1)", "Any GPU" or "No GPU". */
+export function gpuText(deployment) {
+  if (!deployment.gpu) return "No GPU";
+  const kind = deployment.gpu_type || "Any GPU";
+  const indices = deployment.gpu_indices || [];
+  return indices.length ? `${kind} (GPU ${indices.join(", ")})` : kind;
 }
 
 export function formatMs(value) {

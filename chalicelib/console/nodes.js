@@ -1,13 +1,10 @@
 // Your nodes (#/nodes): two calls per refresh, the nodes and one page of active deployments,
 // grouped by node in the browser to show what runs where and which deployment holds each GPU.
 
-import { ACTIVE_STATUSES, api, isAbort } from "./api.js";
+import { ACTIVE_STATUSES, api, isAbort, PAGE_SIZES } from "./api.js";
 import { el, renderIfChanged, setText, showError, statusBadge } from "./dom.js";
 import { formatGpuMemory, formatRelative, formatTime } from "./format.js";
-import { startPolling } from "./poll.js";
-
-const REFRESH_MS = 10000;
-const DEPLOYMENTS_LIMIT = 100;
+import { REFRESH_MS, startPolling } from "./poll.js";
 
 const COLUMNS = [
   ["name", "Name"],
@@ -27,20 +24,28 @@ export function mountNodes(container) {
   async function refresh() {
     const [nodes, deployments] = await Promise.allSettled([
       api.listNodes({ signal }),
-      api.listDeployments({ statuses: ACTIVE_STATUSES, limit: DEPLOYMENTS_LIMIT, signal }),
+      api.listDeployments({ statuses: ACTIVE_STATUSES, limit: PAGE_SIZES.activeDeploymentsOnNodes, signal }),
     ]);
     if (signal.aborted) return;
     const errors = [nodes, deployments].filter((r) => r.status === "rejected" && !isAbort(r.reason));
-    showError(view.panel, errors[0]?.reason || null, nodes.status === "rejected" ? "Could not load your nodes: " : "Could not load the deployments on them: ");
+    const prefix =
+      nodes.status === "rejected"
+        ? "Could not load your nodes: "
+        : "Could not load the deployments on them: ";
+    showError(view.panel, errors[0]?.reason || null, prefix);
     if (nodes.status === "rejected") return; // keep what is shown
     const page = deployments.status === "fulfilled" ? deployments.value : null;
-    const byNode = groupByNode(page ? page.items || [] : null);
-    renderRows(view, nodes.value.items || [], byNode);
+    // Cut off: a GPU no loaded deployment holds may still be held by one not loaded.
+    const complete = Boolean(page) && !page.next_token;
+    renderRows(view, nodes.value.items || [], {
+      byNode: groupByNode(page ? page.items || [] : null),
+      complete,
+    });
     view.truncated.hidden = !(page && page.next_token);
     setText(view.lastRefresh, `Last refreshed ${formatTime(new Date())}`);
   }
 
-  const poller = startPolling(refresh, REFRESH_MS);
+  const poller = startPolling(refresh, REFRESH_MS.nodes);
   return () => {
     poller.stop();
     controller.abort();
@@ -65,7 +70,15 @@ function buildView() {
     "table",
     { id: "nodes", class: "data-table responsive" },
     el("caption", { class: "visually-hidden" }, "Your nodes"),
-    el("thead", {}, el("tr", {}, COLUMNS.map(([, label]) => el("th", { scope: "col" }, label)))),
+    el(
+      "thead",
+      {},
+      el(
+        "tr",
+        {},
+        COLUMNS.map(([, label]) => el("th", { scope: "col" }, label)),
+      ),
+    ),
     tbody,
   );
   const empty = el(
@@ -75,8 +88,13 @@ function buildView() {
     el("code", {}, "prism node up"),
     " on a machine with GPUs to add one.",
   );
-  const truncated = el("p", { class: "muted", hidden: true }, `Only the newest ${DEPLOYMENTS_LIMIT} active deployments are shown.`);
-  const lastRefresh = el("p", { id: "last-refresh", class: "muted", "aria-live": "polite" }, "Loading…");
+  const truncated = el(
+    "p",
+    { class: "muted", hidden: true },
+    `Only the newest ${PAGE_SIZES.activeDeploymentsOnNodes} active deployments are shown, `,
+    "so a GPU none of them holds may still be held.",
+  );
+  const lastRefresh = el("p", { id: "last-refresh", class: "muted" }, "Loading…");
   const panel = el(
     "section",
     { class: "panel", "aria-labelledby": "nodes-heading" },
@@ -85,17 +103,31 @@ function buildView() {
     empty,
     truncated,
   );
-  const root = el("div", { class: "page-nodes" }, el("div", { class: "page-heading" }, el("h1", {}, "Nodes")), el("div", { class: "toolbar" }, lastRefresh), panel);
+  const root = el(
+    "div",
+    { class: "page-nodes" },
+    el("div", { class: "page-heading" }, el("h1", {}, "Nodes")),
+    el("div", { class: "toolbar" }, lastRefresh),
+    panel,
+  );
   return { root, panel, tbody, table, empty, truncated, lastRefresh };
 }
 
-function renderRows(view, nodes, byNode) {
+/** deployments: {byNode (null: not loaded), complete (every active deployment was loaded)}. */
+function renderRows(view, nodes, deployments) {
   const existing = new Map([...view.tbody.rows].map((row) => [row.dataset.id, row]));
   nodes.forEach((node, index) => {
     let row = existing.get(node.id);
     existing.delete(node.id);
-    if (!row) row = el("tr", { dataset: { id: node.id } }, COLUMNS.map(([key, label]) => el("td", { dataset: { label, column: key } })));
-    updateRow(row, node, byNode ? byNode.get(node.id) || [] : null);
+    if (!row) {
+      row = el(
+        "tr",
+        { dataset: { id: node.id } },
+        COLUMNS.map(([key, label]) => el("td", { dataset: { label, column: key } })),
+      );
+    }
+    const onNode = deployments.byNode ? deployments.byNode.get(node.id) || [] : null;
+    updateRow(row, node, onNode, deployments.complete);
     if (view.tbody.rows[index] !== row) view.tbody.insertBefore(row, view.tbody.rows[index] || null);
   });
   for (const gone of existing.values()) gone.remove();
@@ -103,30 +135,31 @@ function renderRows(view, nodes, byNode) {
   view.table.hidden = nodes.length === 0;
 }
 
-function updateRow(row, node, deployments) {
+function updateRow(row, node, deployments, complete) {
   const cells = Object.fromEntries([...row.cells].map((cell) => [cell.dataset.column, cell]));
   setText(cells.name, node.name);
   renderIfChanged(cells.status, node.status, () => statusBadge(node.status));
   setText(cells.seen, `${formatTime(node.last_seen_at)} (${formatRelative(node.last_seen_at)})`);
   setText(cells.agent, node.agent_version || "—");
-  renderIfChanged(cells.gpus, JSON.stringify([node.gpus, holders(deployments)]), () => gpuList(node.gpus || [], deployments));
-  renderIfChanged(cells.deployments, JSON.stringify(deployments && deployments.map((d) => [d.id, d.name, d.status])), () =>
-    deploymentList(deployments),
+  renderIfChanged(cells.gpus, JSON.stringify([node.gpus, holders(deployments), complete]), () =>
+    gpuList(node.gpus || [], deployments, complete),
   );
+  const shown = deployments && deployments.map((d) => [d.id, d.name, d.status]);
+  renderIfChanged(cells.deployments, JSON.stringify(shown), () => deploymentList(deployments));
 }
 
 function holders(deployments) {
   return (deployments || []).map((d) => [d.id, d.name, d.gpu_indices]);
 }
 
-function gpuList(gpus, deployments) {
+function gpuList(gpus, deployments, complete) {
   if (gpus.length === 0) return el("span", { class: "muted" }, "No GPUs");
   return el(
     "ul",
     { class: "plain-list" },
     gpus.map((gpu) => {
       const holder = (deployments || []).find((d) => (d.gpu_indices || []).includes(gpu.index));
-      const held = deployments === null ? "holder unknown" : holder ? "held by " : "free";
+      const held = holder ? "held by " : complete ? "free" : "holder unknown";
       return el(
         "li",
         { dataset: { gpuIndex: String(gpu.index) } },
@@ -144,7 +177,13 @@ function deploymentList(deployments) {
     "ul",
     { class: "plain-list" },
     deployments.map((d) =>
-      el("li", {}, el("a", { class: "deployment-link", href: `#/deployments/${encodeURIComponent(d.id)}` }, d.name), " ", statusBadge(d.status)),
+      el(
+        "li",
+        {},
+        el("a", { class: "deployment-link", href: `#/deployments/${encodeURIComponent(d.id)}` }, d.name),
+        " ",
+        statusBadge(d.status),
+      ),
     ),
   );
 }

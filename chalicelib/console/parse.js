@@ -49,7 +49,9 @@ function parseJsonArray(text) {
   try {
     value = JSON.parse(text);
   } catch {
-    throw new ParseError('starts with "[" but is not a JSON array; write it as words, or as ["python", "serve.py"]');
+    throw new ParseError(
+      'starts with "[" but is not a JSON array; write it as words, or as ["python", "serve.py"]',
+    );
   }
   if (!Array.isArray(value) || !value.every((arg) => typeof arg === "string")) {
     throw new ParseError("a JSON command must be an array of strings");

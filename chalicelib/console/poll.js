@@ -1,6 +1,9 @@
 // Live refresh: run a page's refresh now, then every intervalMs after the previous one ends
 // (never two at once), paused while the tab is hidden and resumed at once when it shows again.
 
+/** How often the pages refresh: the lists and a deployment 5 s, nodes (heartbeats) 10 s. */
+export const REFRESH_MS = { deployments: 5_000, deployment: 5_000, nodes: 10_000 };
+
 export function startPolling(refresh, intervalMs) {
   let timer = null;
   let running = false;

@@ -33,15 +33,23 @@ SECURITY_HEADERS = {
 }
 
 
+PAGE = "index.html"  # served at /console only: its relative URLs resolve from there
+
+
 @bp.route("/console", methods=["GET"])
 @handles_errors
 def console_page():
-    return _serve("index.html")
+    if bp.current_request.context.get("path", "").endswith("/"):
+        # /console/ would resolve the page's "console/app.js" to /console/console/app.js.
+        return Response(body="", status_code=301, headers={"Location": "../console"})
+    return _serve(PAGE)
 
 
 @bp.route("/console/{asset}", methods=["GET"])
 @handles_errors
 def console_asset(asset: str):
+    if asset == PAGE:
+        raise NotFound(f"the console is at /console, not /console/{PAGE}")
     return _serve(asset)
 
 

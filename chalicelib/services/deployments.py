@@ -34,6 +34,7 @@ from chalicelib.schemas import (
     DeployConfig,
     DeploymentOut,
     HealthOut,
+    LastProbeOut,
     ListDeploymentsQuery,
     LogsOut,
     endpoint_auth,
@@ -308,15 +309,8 @@ class DeploymentService:
                     checked_at=utcnow(),
                     stale=False,
                 )
-        return HealthOut(
-            deployment_id=item.id,
-            status=item.status,
-            healthy=item.healthy,
-            consecutive_failures=int(item.health_consecutive_failures or 0),
-            latency_ms=item.health_latency_ms,
-            checked_at=item.health_checked_at,
-            stale=True,
-        )
+        last = LastProbeOut.of(item)
+        return HealthOut(deployment_id=item.id, status=item.status, **last.model_dump(), stale=True)
 
     def costs(self, owner_id: str, deployment_id: str, query: CostsQuery) -> CostList:
         item = self._deployments.get_owned(owner_id, deployment_id)
@@ -344,6 +338,11 @@ class DeploymentService:
 
     def logs(self, owner_id: str, deployment_id: str, tail: int) -> LogsOut:
         item = self._deployments.get_owned(owner_id, deployment_id)
+        if not item.served_by_agent_proxy():
+            raise Conflict(
+                "an image on a cloud instance runs without our node agent, so PRISM cannot read "
+                "its logs; the provider's console shows them"
+            )
         if not item.node_id:
             raise Conflict("this deployment has not been placed on a node, so it has no logs yet")
         reply = self._node_requests.ask(

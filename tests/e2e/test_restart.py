@@ -25,7 +25,8 @@ from tests.e2e.conftest import (
     stop_platform,
 )
 
-PRICE_PER_HOUR = 36.0  # a cent a second: a gap or a double charge shows, rounding does not
+PRICE_PER_HOUR = 360.0  # ten cents a second: a gap or a double charge shows, rounding does not
+LATENCY_S = 3  # what launch and confirm latency may add or take (a provider bills in seconds)
 
 
 @pytest.fixture(autouse=True)
@@ -138,9 +139,9 @@ def test_kill_9_and_restart_loses_nothing_and_charges_exactly(tmp_path, runpod):
         assert came["status"] == "running", came
         pods = {pod["name"]: pod for pod in runpod.live_pods()}
         assert sorted(pods) == sorted(f"prism-dev-{d}" for d in (running["id"], coming["id"]))
-        # Both billed long enough that the exactness check below can fail (a cent a second).
+        # Both billed long enough that the exactness check below can fail.
         youngest = max(pod["created_at"] for pod in pods.values())
-        time.sleep(max(0.0, youngest + 25 - time.time()))
+        time.sleep(max(0.0, youngest + 2 * LATENCY_S - time.time()))
         for deployment_id in (running["id"], coming["id"]):
             second.cli("deploy", "stop", deployment_id, check=True)
         for deployment_id in (running["id"], coming["id"]):
@@ -154,9 +155,13 @@ def _check_charged_exactly(platform, runpod: FakeRunPod, deployment_id: str) -> 
     detail = _until(platform, deployment_id, {"stopped"})
     pod = next(p for p in runpod.pods.values() if p["name"] == f"prism-dev-{deployment_id}")
     bill = float(runpod.bill(pod["id"]))
-    assert bill > 0.2  # tens of seconds at a cent a second: the check below can fail
+    per_second = PRICE_PER_HOUR / 3600
+    assert bill > 2 * LATENCY_S * per_second  # so the check below can fail
     # Metered across the outage: no gap, nothing twice; only launch/confirm latency differs.
-    assert abs(detail["cost_accrued_usd"] - bill) < 0.03, (detail["cost_accrued_usd"], bill)
+    assert abs(detail["cost_accrued_usd"] - bill) < LATENCY_S * per_second, (
+        detail["cost_accrued_usd"],
+        bill,
+    )
     costs = _json(platform, "deploy", "costs", deployment_id, "--limit", "500")["items"]
     assert len(costs) < 500  # all of them
     total = sum(Decimal(str(entry["amount_usd"])) for entry in costs)

@@ -36,6 +36,16 @@ def test_happy_path_to_running_and_back_to_stopped(api, fakes, target):
     assert_nothing_leaked_and_billed_exactly(fakes[target], api, [deployment_id])
 
 
+def test_an_image_on_a_cloud_instance_has_no_logs_and_says_why(api, fakes):
+    deployment_id = create(api, "runpod")
+    reaches(api, deployment_id, {"running"})
+    response = api.get(f"{DEPLOYMENTS}/{deployment_id}/logs")
+    assert response.status_code == 409
+    assert "without our node agent" in response.data["error"]["message"]
+    assert api.delete(f"{DEPLOYMENTS}/{deployment_id}").status_code == 202
+    reaches(api, deployment_id, TERMINAL)
+
+
 def test_no_capacity_on_one_offer_moves_to_the_next(api, fakes):
     from chalicelib.providers import provider_for
 

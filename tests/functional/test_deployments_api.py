@@ -500,3 +500,10 @@ def test_wrong_content_type_gets_the_error_shape(api):
     )
     assert response.status_code == 415
     assert __import__("json").loads(response.body)["error"]["code"] == "unsupportedmediatype"
+
+
+def test_logs_of_a_deployment_no_node_has_taken_yet_say_why_there_are_none(api):
+    waiting = create(api, name="waiting")  # no node is online: it waits for one
+    response = api.get(f"{BASE}/{waiting['id']}/logs")
+    assert response.status_code == 409
+    assert "not been placed on a node" in response.data["error"]["message"]
