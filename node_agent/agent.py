@@ -228,6 +228,9 @@ class Agent(Deploying, Supervision, Endpoints):
     def _finish(
         self, record: Record, reason: str, message: str | None, exit_code: int | None = None
     ) -> None:
+        # Closed before it is recorded as over: whoever reads "stopped" (the control plane, the
+        # local API) finds its endpoint closed and its port free again. Closing twice is a no-op.
+        self._close_endpoint(record.deployment_id)
         with self.lock:
             if self.records.pop(record.deployment_id, None) is None:
                 return
@@ -242,7 +245,6 @@ class Agent(Deploying, Supervision, Endpoints):
             }
             while len(self.finished) > 100:
                 self.finished.pop(next(iter(self.finished)))
-        self._close_endpoint(record.deployment_id)  # its port is free again
         self.send(
             DeploymentStopped(
                 deployment_id=record.deployment_id,
