@@ -4,7 +4,7 @@
 
 import { api, isAbort, PAGE_SIZES } from "./api.js";
 import { renderCostChart } from "./chart.js";
-import { el, setText, showError, svgEl } from "./dom.js";
+import { dataTable, el, setText, showError, svgEl } from "./dom.js";
 import { formatDuration, formatTime, formatUsd, secondsBetween, toDate, toNumber } from "./format.js";
 
 export function buildCostPanel(id, signal) {
@@ -58,19 +58,10 @@ function buildCostView() {
   });
   const ledgerBody = el("tbody");
   const headings = ["Period", "Amount", "Price per hour", "Total after"];
-  const ledger = el(
-    "table",
-    { id: "ledger", class: "data-table responsive" },
+  const ledger = dataTable(
+    "ledger",
     el("caption", {}, "Ledger: each billed period, newest first"),
-    el(
-      "thead",
-      {},
-      el(
-        "tr",
-        {},
-        headings.map((label) => el("th", { scope: "col" }, label)),
-      ),
-    ),
+    headings,
     ledgerBody,
   );
   const ledgerNote = el("p", { class: "muted" });

@@ -4,7 +4,7 @@
 // to them; the page tokens that reach page 2 and on are kept in the tab's sessionStorage.
 
 import { api, ALL_STATUSES, isAbort } from "./api.js";
-import { el, renderIfChanged, setText, showError, statusBadge } from "./dom.js";
+import { dataTable, el, renderIfChanged, setText, showError, statusBadge } from "./dom.js";
 import {
   formatAge,
   formatDuration,
@@ -131,19 +131,10 @@ function buildView() {
   );
   const lastRefresh = el("p", { id: "last-refresh", class: "muted" }, "Loading…");
   const tbody = el("tbody");
-  const table = el(
-    "table",
-    { id: "deployments", class: "data-table responsive" },
+  const table = dataTable(
+    "deployments",
     el("caption", { class: "visually-hidden" }, "Deployments, newest first"),
-    el(
-      "thead",
-      {},
-      el(
-        "tr",
-        {},
-        COLUMNS.map(([, label]) => el("th", { scope: "col" }, label)),
-      ),
-    ),
+    COLUMNS.map(([, label]) => label),
     tbody,
   );
   const empty = el("p", { id: "deployments-empty", class: "empty-state", hidden: true });

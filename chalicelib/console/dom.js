@@ -11,6 +11,12 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** A table that turns into stacked cards on narrow screens (style.css: .responsive). */
+export function dataTable(id, caption, headings, tbody) {
+  const head = el("tr", {}, headings.map((label) => el("th", { scope: "col" }, label)));
+  return el("table", { id, class: "data-table responsive" }, caption, el("thead", {}, head), tbody);
+}
+
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 export function svgEl(tag, attrs = {}, ...children) {

@@ -2,7 +2,7 @@
 // grouped by node in the browser to show what runs where and which deployment holds each GPU.
 
 import { ACTIVE_STATUSES, api, isAbort, PAGE_SIZES } from "./api.js";
-import { el, renderIfChanged, setText, showError, statusBadge } from "./dom.js";
+import { dataTable, el, renderIfChanged, setText, showError, statusBadge } from "./dom.js";
 import { formatGpuMemory, formatRelative, formatTime } from "./format.js";
 import { REFRESH_MS, startPolling } from "./poll.js";
 
@@ -66,19 +66,10 @@ function groupByNode(deployments) {
 
 function buildView() {
   const tbody = el("tbody");
-  const table = el(
-    "table",
-    { id: "nodes", class: "data-table responsive" },
+  const table = dataTable(
+    "nodes",
     el("caption", { class: "visually-hidden" }, "Your nodes"),
-    el(
-      "thead",
-      {},
-      el(
-        "tr",
-        {},
-        COLUMNS.map(([, label]) => el("th", { scope: "col" }, label)),
-      ),
-    ),
+    COLUMNS.map(([, label]) => label),
     tbody,
   );
   const empty = el(
