@@ -457,9 +457,10 @@ class DeploymentOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def from_item(cls, item, meter=None) -> "DeploymentOut":
+    def from_item(cls, item, meter=None, **more) -> "DeploymentOut":
         """`meter`: the deployment's MeterItem, which holds its cost (None: free or not billed
-        yet, or billed on the item from before meters: the item's own figures)."""
+        yet, or billed on the item from before meters: the item's own figures); `more`: the
+        fields a subclass adds."""
         billing = item if meter is None else meter
         return cls(
             id=item.id,
@@ -501,6 +502,7 @@ class DeploymentOut(BaseModel):
             last_exit=LastExitOut.of(item.last_exit),
             created_at=item.created_at,
             updated_at=item.updated_at,
+            **more,
         )
 
 
@@ -526,7 +528,7 @@ class DeploymentCreated(DeploymentOut):
 
     @classmethod
     def of(cls, item, endpoint_key: str | None) -> "DeploymentCreated":
-        return cls(**dict(DeploymentOut.from_item(item)), endpoint_key=endpoint_key)
+        return cls.from_item(item, endpoint_key=endpoint_key)
 
 
 class EndpointKeyOut(BaseModel):

@@ -1,6 +1,8 @@
 """API Gateway's REST API, locally: chalice local's gateway (HTTP -> API Gateway proxy event ->
-response), routed by the packaged template's swagger, invoking the APIHandler function in the
-local Lambda service, so the REST API runs from the Lambda package with its own environment.
+response), routed by the packaged template's swagger, invoking the APIHandler function's
+containers, so the REST API runs from the Lambda package with its own environment. It runs in
+the local Lambda service's process (prism.dev.lambda_service `--rest-port`): API Gateway's
+Lambda integration has no HTTP hop of ours between them, so neither does the stand-in.
 
 chalice local speaks HTTP/1.1 keep-alive and writes headers and body separately; with Nagle on,
 every reused connection waits for the client's delayed ACK (~40 ms a request). API Gateway has no
@@ -12,40 +14,41 @@ this server, through the gateway responses the template configures
 (`x-amazon-apigateway-gateway-responses` in the REST API's definition, from
 infra/resources.json), else with API Gateway's own defaults (403 `{"message": "Missing
 Authentication Token"}`, ...). A HEAD answer never carries a body.
-
-    python -m prism.dev.api_server --port 8000 --functions-url URL --package DIR --stage dev
 """
 
-import argparse
 import base64
 import json
 import re
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
-from pathlib import Path
 from types import SimpleNamespace
 
 from chalice.config import Config
 from chalice.local import ChaliceRequestHandler, LocalDevServer, LocalGateway
 
-from prism.dev.lambda_service import FunctionError, LambdaClient
-from prism.dev.stack import LocalAws, Stack
+from prism.dev.stack import Stack
 
 INTEGRATION_TIMEOUT_S = 29  # API Gateway REST's integration timeout (not raisable)
+
+
+# The function behind the API: (the event as JSON, how long to wait) -> (its answer, whether
+# that is a function error); TimeoutError once the wait is over.
+Invoke = Callable[[bytes, float], tuple[bytes, bool]]
 
 
 class TemplateRoutes:
     """What chalice local's gateway reads of an app, taken from the template: its routes and
     binary types; calling it invokes the function behind the API."""
 
-    def __init__(self, stack: Stack, functions: LambdaClient, function: str = "APIHandler"):
+    def __init__(self, stack: Stack, invoke: Invoke, function: str = "APIHandler"):
         route = SimpleNamespace(authorizer=None, cors=None)  # auth and CORS are the app's own
         self.routes = {
             path: dict.fromkeys(methods, route) for path, methods in stack.rest_paths().items()
         }
         self.api = SimpleNamespace(binary_types=stack.binary_types())
         self.responses = GatewayResponses(gateway_responses(stack))
-        self.functions = functions
+        self.invoke = invoke
         self.function = function
 
     def __call__(self, event: dict, context) -> dict:
@@ -57,12 +60,15 @@ class TemplateRoutes:
                 event["body"] = base64.b64encode(body).decode("ascii")
                 event["isBase64Encoded"] = True
         try:
-            return self.functions.invoke(self.function, event, timeout=INTEGRATION_TIMEOUT_S)
+            answer, failed = self.invoke(
+                json.dumps(event, default=str).encode(), INTEGRATION_TIMEOUT_S
+            )
         except TimeoutError:  # API Gateway gives up on the integration, the function runs on
             return self.responses.answer("INTEGRATION_TIMEOUT")
-        except FunctionError as exc:  # API Gateway's answer to a failed Lambda integration
-            print(f"{self.function} failed: {exc}", flush=True)
+        if failed:  # API Gateway's answer to a failed Lambda integration
+            print(f"{self.function} failed: {answer[:1000]!r}", flush=True)
             return self.responses.answer("INTEGRATION_FAILURE")
+        return json.loads(answer)
 
 
 def gateway_responses(stack: Stack) -> dict:
@@ -171,6 +177,9 @@ class GatewayRequestHandler(ChaliceRequestHandler):
             self.close_connection = True  # the rest of the stream cannot be framed
             self._send_answer(self.gateway_responses.answer("BAD_REQUEST", self.command, self.path))
 
+    def log_message(self, *args) -> None:
+        pass  # API Gateway keeps no access log unless a stage asks; the function logs each
+
     # chalice binds these to its own _generic_handle: rebind them to this class's.
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_PATCH = do_OPTIONS = _generic_handle
 
@@ -202,23 +211,10 @@ class _MalformedRequest(Exception):
     pass
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--functions-url", required=True, help="the local Lambda service")
-    parser.add_argument("--package", required=True, help="the packaged stack's directory")
-    parser.add_argument("--stage", default="dev")
-    args = parser.parse_args()
-    own = f"http://{args.host}:{args.port}"
-    stack = Stack(Path(args.package), LocalAws(args.stage, own, own, own))
-    app = TemplateRoutes(stack, LambdaClient(args.functions_url))
+def rest_api(stack: Stack, invoke: Invoke, host: str, port: int, stage: str) -> LocalDevServer:
+    """The REST API's server (call serve_forever), invoking APIHandler through `invoke`."""
     ChaliceRequestHandler.disable_nagle_algorithm = True
-    config = Config(chalice_stage=args.stage, config_from_disk={"app_name": "prism"})
-    LocalDevServer(
-        app, config, args.host, args.port, handler_cls=GatewayRequestHandler
-    ).serve_forever()
-
-
-if __name__ == "__main__":
-    main()
+    config = Config(chalice_stage=stage, config_from_disk={"app_name": "prism"})
+    return LocalDevServer(
+        TemplateRoutes(stack, invoke), config, host, port, handler_cls=GatewayRequestHandler
+    )

@@ -38,7 +38,7 @@ def route_lambda_to_app(app, stage: str) -> None:
 def route_lambda_to_service(url: str) -> None:
     from moto.awslambda_simple.models import LambdaSimpleBackend
 
-    from prism.dev.lambda_service import FunctionError, LambdaClient
+    from prism.dev.lambda_client import FunctionError, LambdaClient
 
     functions = LambdaClient(url)
 

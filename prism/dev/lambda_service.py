@@ -3,12 +3,13 @@ loopback port, each function of the packaged stack in its own container process
 (prism/dev/lambda_worker.py), started on first use and kept warm, that sees the Lambda package
 alone and exactly the environment the template gives that function, plus LOCAL_SETTINGS.
 
-The local stand-ins for what invokes functions on AWS call it through LambdaClient: API Gateway
-(prism.dev.api_server), the WebSocket API, EventBridge and the SQS event source
-(prism.dev.ws_gateway), Step Functions (moto, through prism.dev.lambda_router).
+API Gateway's REST API (prism.dev.api_server) runs in this process, on --rest-port, and hands
+APIHandler its events directly. The other local stand-ins for what invokes functions on AWS
+call the Invoke API (prism.dev.lambda_client): the WebSocket API, EventBridge and the SQS
+event source (prism.dev.ws_gateway), Step Functions (moto, through prism.dev.lambda_router).
 
-    python -m prism.dev.lambda_service --port P --package DIR --stage dev --log-dir DIR \
-        --api-url URL --ws-url URL --management-url URL --identities FILE
+    python -m prism.dev.lambda_service --port P --rest-port 8000 --package DIR --stage dev \
+        --log-dir DIR --api-url URL --ws-url URL --management-url URL --identities FILE
 """
 
 import argparse
@@ -27,13 +28,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.client import HTTPConnection, HTTPException
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import BinaryIO
 
-from prism.dev import identities
+from prism.dev import identities, lambda_worker
+from prism.dev.api_server import rest_api
 from prism.dev.identities import Identity
+from prism.dev.lambda_client import INVOKE_TOKEN
 from prism.dev.processes import die_with_parent
 from prism.dev.stack import FunctionSpec, LocalAws, Stack
 
@@ -54,7 +56,6 @@ LOCAL_SETTINGS = (
 )
 CONTAINER_PORTS = (20000, 32768)  # below Linux's ephemeral range (32768-60999)
 MAX_CONTAINERS = 4  # concurrent invocations of one function; Lambda would scale further
-INVOKE_TOKEN = "PRISM_LOCAL_INVOKE_TOKEN"  # the platform's stand-ins show it; nothing else can
 TUNABLE = re.compile(r"^PRISM_\w+_SECONDS$")  # timeouts and periods, scaled for local runs
 
 
@@ -62,36 +63,69 @@ def local_settings(environ) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k in LOCAL_SETTINGS or TUNABLE.match(k)}
 
 
-class FunctionError(Exception):
-    """The function raised (or timed out): Lambda's X-Amz-Function-Error."""
-
-    def __init__(self, payload: dict):
-        super().__init__(f"{payload.get('errorType')}: {payload.get('errorMessage')}")
-        self.payload = payload
-
-
 @dataclass
 class Container:
+    """A function's container process and the service's one connection to it (the container
+    serves one connection at a time), carrying lambda_worker's frames. The lock keeps a stats
+    call off a busy connection."""
+
     process: subprocess.Popen
     port: int
-    token: str  # what the service shows it on every call: nothing else may invoke it
-    # One kept-alive connection: the service is the container's only caller, and the
-    # container serves one connection at a time. The lock keeps /stats off a busy one.
-    connection: HTTPConnection = field(init=False)
+    token: str  # the container answers only a connection that opens with it
     lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    sock: socket.socket | None = field(default=None, init=False)
+    reader: BinaryIO | None = field(default=None, init=False)
 
-    def __post_init__(self):
-        self.connection = HTTPConnection("127.0.0.1", self.port)
+    def call(self, kind: bytes, body: bytes, timeout: float) -> tuple[bytes, bool]:
+        self.send(kind, body, timeout)
+        return self.receive(timeout)
 
-    def call(self, method: str, path: str, body: bytes | None, timeout: float):
-        """(status, headers, body); TimeoutError, or OSError / HTTPException when the
-        container is gone."""
+    def send(self, kind: bytes, body: bytes, timeout: float) -> None:
+        """Writes a request; the connection is this caller's until its `receive`."""
         if not self.lock.acquire(timeout=timeout):
             raise TimeoutError(f"container busy for {timeout:.0f}s")
         try:
-            return _exchange(self.connection, method, path, body, self.token, timeout)
+            if self.sock is None:
+                self._connect(timeout)
+            self.sock.settimeout(timeout)
+            self.sock.sendall(lambda_worker.frame(kind, body))
+        except BaseException:
+            self.close()
+            self.lock.release()
+            raise
+
+    def answers_within(self, seconds: float) -> bool:
+        """Whether the answer begins within `seconds`."""
+        return bool(select.select([self.sock], [], [], seconds)[0])
+
+    def receive(self, timeout: float) -> tuple[bytes, bool]:
+        """(the answer, whether it is a function error); TimeoutError, or OSError / ValueError
+        when the container is gone."""
+        try:
+            self.sock.settimeout(timeout)
+            message = lambda_worker.read_frame(self.reader)
+            if message is None:
+                raise ConnectionResetError("the container closed its connection")
+            kind, body = message
+            return body, kind == b"error"
+        except BaseException:
+            self.close()
+            raise
         finally:
             self.lock.release()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.reader.close()
+            self.sock.close()
+            self.sock = self.reader = None
+
+    def _connect(self, timeout: float) -> None:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        # Each frame is one write, answered before the next: no delayed-ACK stall to wait out.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(self.token.encode() + b"\n")
+        self.sock, self.reader = sock, sock.makefile("rb")
 
 
 class FunctionHost:
@@ -121,19 +155,39 @@ class FunctionHost:
             return self.specs[name]
         return next((s for s in self.specs.values() if s.name == name), None)
 
-    def invoke(self, spec: FunctionSpec, payload: bytes) -> tuple[bytes, bool]:
-        """(the response payload, whether it is a function error)."""
-        container = self._acquire(spec)
+    def invoke(
+        self, spec: FunctionSpec, payload: bytes, wait: float | None = None
+    ) -> tuple[bytes, bool]:
+        """(the response payload, whether it is a function error). `wait`: how long the caller
+        waits for the answer (API Gateway's integration: 29 s); past it, TimeoutError, while
+        the function runs on to its own timeout, as on Lambda."""
         try:
-            _, headers, body = container.call("POST", "/invoke", payload, spec.timeout + 1)
+            container = self._acquire(spec)
+        except Exception as exc:  # the container could not start: Lambda's init error
+            return _error("Runtime.InitError", str(exc))
+        deadline = time.monotonic() + spec.timeout + 1
+        try:
+            container.send(b"invoke", payload, spec.timeout + 1)
+        except OSError:
+            self._release(spec, container, keep=False)
+            return _error("Runtime.ExitError", "the function's process exited")
+        if wait is not None and wait < spec.timeout and not container.answers_within(wait):
+            finish = (spec, container, deadline)
+            threading.Thread(target=self._answer, args=finish, daemon=True).start()
+            raise TimeoutError(f"{spec.logical_id} did not answer within {wait:.0f}s")
+        return self._answer(spec, container, deadline)
+
+    def _answer(self, spec: FunctionSpec, container: Container, deadline: float):
+        try:
+            answer = container.receive(max(0.0, deadline - time.monotonic()))
         except TimeoutError:  # Lambda stops the container of a function that times out
             self._release(spec, container, keep=False)
             return _error("Sandbox.Timedout", f"Task timed out after {spec.timeout}.00 seconds")
-        except (OSError, HTTPException):
+        except (OSError, ValueError):
             self._release(spec, container, keep=False)
             return _error("Runtime.ExitError", "the function's process exited")
         self._release(spec, container, keep=True)
-        return body, "X-Amz-Function-Error" in headers
+        return answer
 
     def warm_all(self) -> None:
         """Start a container of every function ahead of its first event, one after another
@@ -152,9 +206,9 @@ class FunctionHost:
             idle = [(name, c) for name, found in self.idle.items() for c in found]
         for name, container in idle:
             try:
-                _, _, stats = container.call("GET", "/stats", None, timeout=5)
+                stats, _ = container.call(b"stats", b"", timeout=5)
                 peaks[name] = max(peaks.get(name, 0.0), json.loads(stats)["max_rss_mb"])
-            except (OSError, HTTPException, ValueError, KeyError):
+            except (OSError, ValueError, KeyError):
                 continue
         return peaks
 
@@ -194,7 +248,7 @@ class FunctionHost:
                 self.idle[spec.logical_id].append(container)
             else:
                 container.process.kill()
-                container.connection.close()
+                container.close()
                 self.started[spec.logical_id] -= 1
             self.turns.notify_all()
 
@@ -225,10 +279,10 @@ class FunctionHost:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                container.call("GET", "/stats", None, max(1.0, deadline - time.monotonic()))
+                container.call(b"stats", b"", max(1.0, deadline - time.monotonic()))
                 self.everyone.append(container)
                 return container
-            except (OSError, HTTPException):
+            except (OSError, ValueError):
                 time.sleep(0.05)
         process.kill()
         raise RuntimeError(
@@ -264,58 +318,8 @@ def _listening() -> socket.socket:
         return sock
 
 
-def _exchange(connection: HTTPConnection, method: str, path: str, body, token: str, timeout: float):
-    """One request on a kept-alive connection: (status, headers, body). On an error the
-    connection is closed, and the next request opens a new one."""
-    if connection.sock is not None and select.select([connection.sock], [], [], 0)[0]:
-        connection.close()  # closed by the other end while idle (or out of step): reconnect
-    connection.timeout = timeout  # for a (re)connect
-    try:
-        if connection.sock is not None:
-            connection.sock.settimeout(timeout)
-        headers = {"Content-Type": "application/json", "X-Prism-Token": token}
-        connection.request(method, path, body=body, headers=headers)
-        answer = connection.getresponse()
-        return answer.status, answer.headers, answer.read()
-    except (OSError, HTTPException):
-        connection.close()
-        raise
-
-
 def _error(kind: str, message: str) -> tuple[bytes, bool]:
     return json.dumps({"errorType": kind, "errorMessage": message}).encode(), True
-
-
-class LambdaClient:
-    """Invoke a function of the local Lambda service, as AWS's services do: on one kept-alive
-    connection per thread (the SDKs keep theirs), with the standard library's lean client."""
-
-    def __init__(self, url: str, token: str | None = None):
-        where = urlsplit(url)
-        self.host, self.port = where.hostname, where.port or 80
-        self.token = token or os.environ[INVOKE_TOKEN]
-        self.local = threading.local()  # a connection per thread: connections aren't shared
-
-    def invoke(self, function: str, event: dict, timeout: float = 960):
-        """The function's result; FunctionError if it raised; TimeoutError if it had not
-        answered within `timeout` (how long the caller waits; 960 s: the longest a function
-        may run, and some); OSError or HTTPException if the service could not be reached."""
-        if not hasattr(self.local, "connection"):
-            self.local.connection = HTTPConnection(self.host, self.port)
-        status, headers, body = _exchange(
-            self.local.connection,
-            "POST",
-            f"/2015-03-31/functions/{function}/invocations",
-            json.dumps(event, default=str).encode(),
-            self.token,
-            timeout,
-        )
-        if status != 200:
-            raise FunctionError({"errorType": "ServiceError", "errorMessage": body.decode()})
-        payload = json.loads(body) if body else None
-        if "X-Amz-Function-Error" in headers:
-            raise FunctionError(payload)
-        return payload
 
 
 def serve(host: FunctionHost, port: int, token: str) -> ThreadingHTTPServer:
@@ -335,11 +339,7 @@ def serve(host: FunctionHost, port: int, token: str) -> ThreadingHTTPServer:
             if spec is None:
                 body = {"Type": "User", "message": f"Function not found: {self.path}"}
                 return self._send(404, json.dumps(body).encode(), False)
-            try:
-                body, failed = host.invoke(spec, payload)
-            except Exception as exc:  # the container could not start: Lambda's init error
-                body, failed = _error("Runtime.InitError", str(exc))
-            self._send(200, body, failed)
+            self._send(200, *host.invoke(spec, payload))
 
         def do_GET(self):  # noqa: N802 - readiness, and each function's peak memory
             if self._allowed():
@@ -375,6 +375,8 @@ def main() -> None:
     parser.add_argument("--management-url", required=True)
     parser.add_argument("--identities", required=True, help="each function's role and keys")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--rest-port", type=int, required=True, help="API Gateway's REST API")
+    parser.add_argument("--host", default="127.0.0.1", help="where the REST API listens")
     args = parser.parse_args()
     local = LocalAws(args.stage, args.api_url, args.ws_url, args.management_url)
     host = FunctionHost(
@@ -387,6 +389,16 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"lambda http://127.0.0.1:{args.port}: {len(host.specs)} functions", flush=True)
     threading.Thread(target=host.warm_all, daemon=True).start()
+    api_handler = host.specs["APIHandler"]
+    rest = rest_api(
+        host.stack,
+        lambda event, wait: host.invoke(api_handler, event, wait),
+        args.host,
+        args.rest_port,
+        args.stage,
+    )
+    threading.Thread(target=rest.serve_forever, daemon=True).start()
+    print(f"REST API http://{args.host}:{args.rest_port}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

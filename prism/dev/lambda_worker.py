@@ -3,12 +3,13 @@
 
 Standard library only, and run isolated (-I -S): the interpreter sees the unpacked Lambda
 package (RUNTIME) and nothing else, so a module the package lacks fails here as on Lambda. The
-environment is the function's own (prism.dev.lambda_service sets it). Serves invocations on
-the loopback socket the service opened for it (LISTENING_FD): POST /invoke with the event as
-JSON answers the handler's return value, or {errorType, errorMessage, stackTrace} with
-X-Amz-Function-Error, as Lambda does.
-GET /stats answers the container's peak memory. Only a caller showing the token the service
-wrote to its standard input is answered.
+environment is the function's own (prism.dev.lambda_service sets it).
+
+It serves the Lambda service alone, on the loopback socket the service opened for it
+(LISTENING_FD): a connection opens with the token the service wrote to its standard input (else
+it is closed unanswered), then carries frames (`frame`): `invoke` with the event as JSON,
+answered `ok` with the handler's return value or `error` with {errorType, errorMessage,
+stackTrace}, as Lambda reports a function error; `stats`, answered with the peak memory.
 """
 
 import hmac
@@ -21,7 +22,6 @@ import sys
 import time
 import traceback
 import uuid
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 
 class LambdaContext:
@@ -47,62 +47,56 @@ def load_handler(runtime: str, handler: str):
     return getattr(importlib.import_module(module_name), attribute)
 
 
+def frame(kind: bytes, body: bytes) -> bytes:
+    """One message, either way: `<length> <kind>` and a newline, then the body."""
+    return b"%d %s\n" % (len(body), kind) + body
+
+
+def read_frame(reader) -> tuple[bytes, bytes] | None:
+    """(kind, body) of the next message; None once the other end has closed."""
+    header = reader.readline(64)
+    if not header:
+        return None
+    length, kind = header.split()
+    body = reader.read(int(length))
+    if len(body) != int(length):
+        raise ConnectionResetError("the stream ended inside a message")
+    return kind, body
+
+
+def answer(handler, message: tuple[bytes, bytes], timeout_s: float, arn: str) -> bytes:
+    kind, body = message
+    if kind == b"stats":
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return frame(b"ok", json.dumps({"max_rss_mb": round(peak_kb / 1024, 1)}).encode())
+    event = json.loads(body or b"{}")
+    try:
+        result = handler(event, LambdaContext(str(uuid.uuid4()), timeout_s, arn))
+        return frame(b"ok", json.dumps(result, default=str).encode())
+    except Exception as exc:  # Lambda reports it to the caller as a function error
+        traceback.print_exc()
+        error = {
+            "errorType": type(exc).__name__,
+            "errorMessage": str(exc),
+            "stackTrace": traceback.format_tb(exc.__traceback__),
+        }
+        return frame(b"error", json.dumps(error).encode())
+
+
 def serve(handler, listening: socket.socket, timeout_s: float, arn: str, token: str) -> None:
-    class Invocations(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # the service keeps its connection: no delayed-ACK stall
-
-        def do_POST(self):  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            if not self._allowed():
-                return
-            event = json.loads(body or b"{}")
-            request_id = self.headers.get("X-Request-Id") or str(uuid.uuid4())
-            error = None
+    """One connection at a time, one invocation at a time, as in a Lambda sandbox; the
+    service runs more containers."""
+    while True:
+        connection, _ = listening.accept()
+        with connection, connection.makefile("rb") as reader:
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not hmac.compare_digest(reader.readline(256).strip(), token.encode()):
+                continue  # only the service, which holds the token, is answered
             try:
-                result = handler(event, LambdaContext(request_id, timeout_s, arn))
-                body = json.dumps(result, default=str).encode()
-            except Exception as exc:  # Lambda reports it to the caller as a function error
-                traceback.print_exc()
-                error = {
-                    "errorType": type(exc).__name__,
-                    "errorMessage": str(exc),
-                    "stackTrace": traceback.format_tb(exc.__traceback__),
-                }
-                body = json.dumps(error).encode()
-            self.send_response(200)
-            if error:
-                self.send_header("X-Amz-Function-Error", "Unhandled")
-            self._send(body)
-
-        def do_GET(self):  # noqa: N802 - /stats
-            if not self._allowed():
-                return
-            peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            self.send_response(200)
-            self._send(json.dumps({"max_rss_mb": round(peak_kb / 1024, 1)}).encode())
-
-        def _allowed(self) -> bool:
-            """Only the Lambda service, which holds this container's token, may call it."""
-            if hmac.compare_digest(self.headers.get("X-Prism-Token", ""), token):
-                return True
-            self.send_response(403)
-            self._send(b"{}")
-            return False
-
-        def _send(self, body: bytes) -> None:
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    # One invocation at a time, as in a Lambda sandbox; the service runs more containers.
-    server = HTTPServer(listening.getsockname(), Invocations, bind_and_activate=False)
-    server.socket = listening
-    server.serve_forever()
+                while message := read_frame(reader):
+                    connection.sendall(answer(handler, message, timeout_s, arn))
+            except (OSError, ValueError) as exc:  # the service went away mid-message
+                print(f"connection dropped: {exc}", flush=True)
 
 
 if __name__ == "__main__":

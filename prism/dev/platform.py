@@ -22,7 +22,7 @@ from prism.dev import identities, stack
 from prism.dev.awsenv import local_aws_env
 from prism.dev.fakes.__main__ import local_env as fake_cloud_env
 from prism.dev.infra import REPO_ROOT
-from prism.dev.lambda_service import INVOKE_TOKEN
+from prism.dev.lambda_client import INVOKE_TOKEN
 from prism.dev.local_state import LocalState
 from prism.dev.node_supervisor import NodeSupervisor
 from prism.dev.processes import die_with_parent, free_port
@@ -155,13 +155,8 @@ class LocalPlatform:
             *("--functions-url", self.functions_url, "--package", str(package)),
             *("--stage", STAGE, "--host", self.host),
         ]
-        self._spawn(
-            "api",
-            [sys.executable, "-m", "prism.dev.api_server", "--port", str(self.api_port)]
-            + stack_args,
-            extra_env={INVOKE_TOKEN: self.invoke_token},
-        )
-        self._wait_http("api", f"{self.api_url}/api/v1/openapi.json")
+        # The REST API is served by the Lambda service's process (prism.dev.api_server).
+        self._wait_http("lambda", f"{self.api_url}/api/v1/openapi.json")
         self._spawn(
             "gateway",
             [sys.executable, "-m", "prism.dev.ws_gateway", "--port", str(self.ws_port)]
@@ -203,6 +198,7 @@ class LocalPlatform:
         self._spawn(
             "lambda",
             [sys.executable, "-m", "prism.dev.lambda_service", "--port", str(self.functions_port)]
+            + ["--rest-port", str(self.api_port), "--host", self.host]
             + ["--package", str(package), "--stage", STAGE]
             + ["--log-dir", str(self.log_dir / "functions"), "--api-url", self.api_url]
             + ["--ws-url", self.ws_url, "--management-url", self.management_url]

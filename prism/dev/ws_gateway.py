@@ -33,7 +33,7 @@ from websockets.exceptions import ConnectionClosed
 from chalicelib.protocol import MAX_MESSAGE_BYTES
 from prism.dev import identities
 from prism.dev.events import scheduled_event, sqs_record, websocket_event
-from prism.dev.lambda_service import FunctionError, LambdaClient
+from prism.dev.lambda_client import FunctionError, LambdaClient
 from prism.dev.sigv4 import signer_of
 from prism.dev.stack import LOCAL_API_IDS, LocalAws, Stack
 

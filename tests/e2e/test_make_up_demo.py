@@ -39,8 +39,9 @@ def check_demo_and_shutdown(platform):
     assert f"# console at {platform.api_url}/console" in output
     state_dir = str(platform.state_dir / "node")
     ports = (platform.api_port, platform.aws_port, platform.ws_port, platform.management_port)
-    markers = [f"--port\0{platform.api_port}\0", f"-p\0{platform.aws_port}\0", state_dir]
-    assert len(_processes_mentioning(*markers)) == 3  # the API, moto and the node agent
+    markers = [f"--rest-port\0{platform.api_port}\0", f"-p\0{platform.aws_port}\0", state_dir]
+    # Lambda with the REST API, moto and the node agent
+    assert len(_processes_mentioning(*markers)) == 3
     started = descendants(platform.process.pid)  # every process it runs, models included
     assert stop_platform(platform) == 0
     assert _processes_mentioning(*markers) == []
