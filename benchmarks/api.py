@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prism.dev.awsenv import local_aws_env  # noqa: E402
 from prism.dev.local_state import LocalState  # noqa: E402
 from prism.dev.platform import STAGE, LocalPlatform  # noqa: E402
+from prism.dev.processes import free_port  # noqa: E402
 
 BARE_CALLS = {
     "create": "GetItem api-keys; Query nodes/by-owner; PutItem deployments (conditional: no such"
@@ -50,12 +50,6 @@ STATUSES = [
     "stopped",
     "failed",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pct(samples: list[float], q: float) -> float:

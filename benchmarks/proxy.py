@@ -31,6 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from prism.dev.processes import free_port  # noqa: E402
+
 KEY = "prismep_benchmark"
 STREAM_BYTES = 10 * 1024 * 1024
 CHUNK = 64 * 1024
@@ -162,12 +164,6 @@ async def streaming(url: str, repeats: int) -> float:
 
 
 # -- the run ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(*args: str) -> subprocess.Popen:

@@ -1,7 +1,6 @@
 """What the benchmarks share: a moto server, and the data they load (benchmarks import this,
 never the tests)."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -9,13 +8,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from prism.dev.processes import free_port  # the repository is on sys.path: see its callers
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_moto(env: dict | None = None) -> tuple[subprocess.Popen, str]:

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,15 +29,10 @@ sys.path.insert(0, str(REPO))
 
 from prism.dev.local_state import LocalState  # noqa: E402
 from prism.dev.platform import LocalPlatform  # noqa: E402
+from prism.dev.processes import free_port  # noqa: E402
 
 MODEL = [sys.executable, str(REPO / "tests" / "fakes" / "model_server.py")]
 PROBE_INTERVAL = 10.0  # the agent's default
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pct(samples, q):

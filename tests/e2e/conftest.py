@@ -15,14 +15,10 @@ import boto3
 import pytest
 import requests
 
+from prism.dev.processes import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 PRISM = [sys.executable, "-m", "prism"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def port_in_use(port: int) -> bool:

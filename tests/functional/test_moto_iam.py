@@ -6,7 +6,6 @@ wrongly signed requests are refused. Last, the IAM audit's recorder sees the app
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from prism.dev.processes import free_port
 from tests import iam_audit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,15 +52,9 @@ main(["-H", "127.0.0.1", "-p", sys.argv[1]])
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     env = os.environ | {"INITIAL_NO_AUTH_ACTION_COUNT": "3"}  # the admin's own creation
     env.pop("MOTO_ACCOUNT_ID", None)
     log = tmp_path_factory.mktemp("moto") / "server.log"  # a file: a pipe could fill and block

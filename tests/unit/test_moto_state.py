@@ -5,7 +5,6 @@ import contextlib
 import os
 import pickle
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 import requests
 
 from prism.dev import moto_state
+from prism.dev.processes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNNER = """
@@ -46,7 +46,7 @@ LAZY = 60.0  # an interval no test waits for: only the save at exit can have wri
 
 class Server:
     def __init__(self, directory: Path, interval: float, env: dict, runner: str):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = directory.parent / f"moto-{self.port}.log"
         with self.log.open("wb") as log:  # a file, not a pipe: moto logs every request
@@ -389,9 +389,3 @@ def _settled(path: Path, quiet: float = 0.6) -> int:
         if mtime == before:
             return mtime
     raise AssertionError(f"{path} kept changing")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
