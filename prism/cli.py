@@ -5,8 +5,11 @@ import sys
 
 import click
 
-from prism.client import ApiClient, ApiError
-from prism.config import CliConfig
+from prism.client import ApiError
+from prism.commands.admin import admin
+from prism.commands.dev import dev
+from prism.commands.node import node
+from prism.config import api_client
 from prism.output import (
     deployment_detail,
     deployments_table,
@@ -22,15 +25,6 @@ TARGETS = {
     "runpod": "runpod",
     "lambda": "lambda",
 }
-
-
-def api_client() -> ApiClient:
-    config = CliConfig.load()
-    if not config.api_url:
-        raise click.ClickException(
-            "no API configured: set PRISM_API_URL and PRISM_API_KEY, or run `prism dev up`"
-        )
-    return ApiClient(config.api_url, config.api_key)
 
 
 class PrismGroup(click.Group):
@@ -351,10 +345,6 @@ def marketplace_list(as_json):
     for r in resources:
         click.echo(f"{r['slug']:<20} {r['title']}")
 
-
-from prism.commands.admin import admin  # noqa: E402
-from prism.commands.dev import dev  # noqa: E402
-from prism.commands.node import node  # noqa: E402
 
 main.add_command(admin)
 main.add_command(dev)

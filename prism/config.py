@@ -1,10 +1,15 @@
 """Where the CLI finds the API: PRISM_API_URL / PRISM_API_KEY, else the config file
-(PRISM_CONFIG, default ~/.config/prism/config.json) that `prism dev up` writes."""
+(PRISM_CONFIG, default ~/.config/prism/config.json) that `prism dev up` writes; and the API
+client it configures."""
 
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import click
+
+from prism.client import ApiClient
 
 
 def config_path() -> Path:
@@ -45,3 +50,12 @@ class CliConfig:
         with os.fdopen(fd, "w") as handle:
             json.dump(asdict(self), handle, indent=2)
         return path
+
+
+def api_client() -> ApiClient:
+    config = CliConfig.load()
+    if not config.api_url:
+        raise click.ClickException(
+            "no API configured: set PRISM_API_URL and PRISM_API_KEY, or run `prism dev up`"
+        )
+    return ApiClient(config.api_url, config.api_key)

@@ -12,7 +12,8 @@ import click
 from node_agent.reporting import METRICS_INTERVAL_S
 from node_agent.runtime.process import start_time
 from prism.client import ApiClient
-from prism.config import CliConfig
+from prism.config import CliConfig, api_client
+from prism.output import emit_json, nodes_table
 
 
 @click.group()
@@ -225,9 +226,6 @@ def node_down(state_dir, stop_all, timeout):
 @click.option("--json", "as_json", is_flag=True)
 def node_list(as_json):
     """Your nodes, their status and GPUs."""
-    from prism.cli import api_client
-    from prism.output import emit_json, nodes_table
-
     nodes = api_client().list_nodes()["items"]
     emit_json(nodes) if as_json else nodes_table(nodes)
 
