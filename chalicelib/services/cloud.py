@@ -9,14 +9,10 @@ instance is success, and a deployment that is being stopped ends its provision w
 """
 
 import json
-import shlex
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-
-import requests
 
 from chalicelib.config import CloudSettings
 from chalicelib.lifecycle import COMING_UP, Status, can_transition, towards
@@ -27,10 +23,15 @@ from chalicelib.providers.base import (
     Instance,
     InstanceState,
     InvalidRequest,
-    LaunchSpec,
     Provider,
-    RateLimited,
     instance_name,
+)
+from chalicelib.services.cloud_instances import (
+    launch_spec,
+    midpoint,
+    probe,
+    runs_agent,
+    with_short_rate_limit,
 )
 from chalicelib.services.node_bootstrap import AgentBootstrap
 from chalicelib.store.deployments import DeploymentRepository
@@ -38,8 +39,6 @@ from chalicelib.store.metering import MeteringRepository
 from chalicelib.store.models import DeploymentItem
 from chalicelib.store.nodes import NodeRepository
 from chalicelib.store.secrets import SecretStore
-
-SHORT_RETRY_AFTER_S = 10.0  # a 429 asking for less than this is waited out inside the step
 
 
 class Cancelled(Exception):
@@ -56,17 +55,6 @@ class DeadlineExceeded(Exception):
 
 class InstanceLost(Exception):
     """The provider ended the instance before it came up."""
-
-
-def probe(url: str, timeout_s: float = 5.0) -> bool:
-    """Healthy when the endpoint answers below 400. A redirect is its answer, never followed
-    (the model must not steer the control plane's requests elsewhere), and the body is never
-    read."""
-    try:
-        with requests.get(url, timeout=timeout_s, allow_redirects=False, stream=True) as answer:
-            return answer.status_code < 400
-    except requests.RequestException:
-        return False
 
 
 class CloudService:
@@ -317,7 +305,7 @@ class CloudService:
         bootstrap = self._bootstrap(item)
         # An image gets the deployment's env at launch; our agent gets it over the protocol.
         env = self._secrets.open(item).env if bootstrap is None else {}
-        spec = _launch_spec(item, self._cloud.stage, bootstrap, env)
+        spec = launch_spec(item, self._cloud.stage, bootstrap, env)
         tried = []
         called_at = self._clock()
 
@@ -330,7 +318,7 @@ class CloudService:
 
         for offer in offers:
             try:
-                instance = _with_short_rate_limit(lambda offer=offer: launch(offer))
+                instance = with_short_rate_limit(lambda offer=offer: launch(offer))
             except CapacityError as exc:
                 tried.append(f"{offer.gpu_type}{' in ' + offer.region if offer.region else ''}")
                 logger.info("no capacity", extra={"offer": tried[-1], "why": str(exc)})
@@ -346,64 +334,6 @@ class CloudService:
                 else ": none is offered with capacity right now (or no such GPU type there)"
             )
         )
-
-
-def midpoint(started: datetime, returned: datetime) -> datetime:
-    """When a provider call took effect, best guessed: between its start and its answer."""
-    return started + (returned - started) / 2
-
-
-def _with_short_rate_limit(launch: Callable[[], Instance]) -> Instance:
-    """A 429 asking for a short wait is waited out here; longer ones go back to the state
-    machine's Retry with backoff."""
-    try:
-        return launch()
-    except RateLimited as exc:
-        if exc.retry_after_s is None or exc.retry_after_s > SHORT_RETRY_AFTER_S:
-            raise
-        time.sleep(exc.retry_after_s)
-        return launch()
-
-
-def runs_agent(item: DeploymentItem) -> bool:
-    """Weights and command deployments run on our node agent on the instance; image
-    deployments run their image directly."""
-    return not item.image
-
-
-def _launch_spec(
-    item: DeploymentItem,
-    stage: str,
-    bootstrap: AgentBootstrap | None = None,
-    env: dict[str, str] | None = None,
-) -> LaunchSpec:
-    """`env`: an image deployment's env vars (opened from the secrets table)."""
-    port = int(item.deploy_config.port)
-    if bootstrap is not None:  # the deployment's own env goes to its model over the protocol
-        image, env, user_data = bootstrap.image, bootstrap.env(), bootstrap.cloud_init()
-    else:
-        image, env, user_data = item.image, dict(env or {}), None
-        if item.target == "lambda":
-            user_data = _docker_user_data(item.image, port, env)
-    return LaunchSpec(
-        deployment_id=item.id,
-        image=image,
-        port=port,
-        env=env,
-        user_data=user_data if item.target == "lambda" else None,
-        stage=stage,
-    )
-
-
-def _docker_user_data(image: str, port: int, env: dict[str, str]) -> str:
-    """cloud-init for a Lambda VM (Docker and the NVIDIA toolkit come installed): run the
-    image with every GPU and the port published."""
-    env_args = " ".join(f"-e {shlex.quote(f'{k}={v}')}" for k, v in sorted(env.items()))
-    return (
-        "#!/bin/bash\nset -euo pipefail\n"
-        f"docker run -d --restart unless-stopped --gpus all -p {port}:{port} "
-        f"-e PORT={port} {env_args} {shlex.quote(image)}\n"
-    )
 
 
 def _error_message(error: dict) -> str:

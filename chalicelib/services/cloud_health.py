@@ -21,7 +21,7 @@ from chalicelib.logs import logger
 from chalicelib.protocol import UNHEALTHY_AFTER
 from chalicelib.providers.base import InstanceState, Provider
 from chalicelib.queue import MAX_BATCH, WorkQueue
-from chalicelib.services.cloud import probe, runs_agent
+from chalicelib.services.cloud_instances import probe, runs_agent
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import DeploymentItem
 

@@ -10,7 +10,7 @@ from chalicelib.lifecycle import Status, towards
 from chalicelib.logs import Unit, logger, metrics
 from chalicelib.providers import ProviderNotConfigured
 from chalicelib.providers.base import InstanceState, Provider, instance_name
-from chalicelib.services.cloud import midpoint, runs_agent
+from chalicelib.services.cloud_instances import midpoint, runs_agent
 from chalicelib.store import legacy_billing
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.metering import BillableEntry, MeteringRepository

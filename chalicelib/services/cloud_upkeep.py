@@ -10,7 +10,7 @@ from chalicelib.config import CloudSettings
 from chalicelib.lifecycle import COMING_UP, Status
 from chalicelib.logs import Unit, logger, metrics
 from chalicelib.providers.base import Instance, Provider, owned_by_stage
-from chalicelib.services.cloud import probe, runs_agent
+from chalicelib.services.cloud_instances import probe, runs_agent
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import DeploymentItem
 

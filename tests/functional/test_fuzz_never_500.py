@@ -525,7 +525,7 @@ def test_a_failed_integration_is_answered_in_our_shape():
 def test_the_cloud_health_probe_never_follows_a_redirect():
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from chalicelib.services.cloud import probe
+    from chalicelib.services.cloud_instances import probe
 
     followed = []
 
