@@ -1,238 +1,143 @@
-"""The OpenAPI 3.1 document, generated from the pydantic schemas (the one source of truth)."""
+"""The OpenAPI 3.1 document, generated: its paths from the app's own routes, each documented
+beside its route (`documented`), and its schemas from the pydantic models those routes take
+and return (the one source of truth). A route that is not documented (the console's files, the
+document itself) is not in it."""
 
-from functools import cache
+import re
+from dataclasses import dataclass, field
 
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from chalicelib.schemas import (
-    CostList,
-    CreateDeploymentRequest,
-    CreateNodeRequest,
-    DeploymentCreated,
-    DeploymentList,
-    DeploymentOut,
-    EndpointKeyOut,
-    ErrorBody,
-    HealthOut,
-    LogsOut,
-    NodeCreated,
-    NodeList,
-    ResourceList,
-    ResourceOut,
-)
+from chalicelib.schemas import ErrorBody
 
 REF = "#/components/schemas/{model}"
+ERROR_DESCRIPTIONS = {
+    400: "invalid request",
+    401: "missing or invalid API key",
+    404: "not found (or not yours)",
+    409: "conflict",
+    422: "Idempotency-Key reused with another body",
+    500: "internal error",
+}
 
 
-def _ref(model) -> dict:
-    return {"$ref": REF.format(model=model.__name__)}
+@dataclass(frozen=True)
+class Operation:
+    """How one route appears in the document. `ok`: status -> (description, response model);
+    `errors`: the statuses it may answer in our error shape (500 is always listed)."""
+
+    operation_id: str
+    summary: str | None
+    ok: dict[int, tuple[str, type[BaseModel]]]
+    errors: tuple[int, ...] = ()
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    headers: tuple[dict, ...] = field(default=())
 
 
-def _json(model) -> dict:
-    return {"content": {"application/json": {"schema": _ref(model)}}}
+def documented(operation_id: str, summary: str | None = None, **details):
+    """Route decorator (below `bp.route`): how the route appears in the document."""
+    operation = Operation(operation_id, summary, **details)
+
+    def attach(view):
+        view.openapi = operation
+        return view
+
+    return attach
 
 
-def _responses(ok: dict[str, tuple[str, type]], errors: tuple[int, ...]) -> dict:
-    responses = {code: {"description": text, **_json(model)} for code, (text, model) in ok.items()}
-    descriptions = {
-        400: "invalid request",
-        401: "missing or invalid API key",
-        404: "not found (or not yours)",
-        409: "conflict",
-        422: "Idempotency-Key reused with another body",
-        500: "internal error",
-    }
-    for code in (*errors, 500):
-        responses[str(code)] = {"description": descriptions[code], **_json(ErrorBody)}
-    return responses
+_documents: dict[int, dict] = {}  # per routes table: the app is built once per container
 
 
-def _path_param(name: str) -> dict:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+def document(routes: dict) -> dict:
+    """The document for a Chalice app's `routes` (path -> method -> RouteEntry)."""
+    if id(routes) not in _documents:
+        _documents[id(routes)] = _build(routes)
+    return _documents[id(routes)]
 
 
-@cache
-def document() -> dict:
-    _, defs = models_json_schema(
-        [
-            (m, "serialization")
-            for m in (
-                DeploymentOut,
-                DeploymentCreated,
-                EndpointKeyOut,
-                DeploymentList,
-                HealthOut,
-                ResourceOut,
-                ResourceList,
-                ErrorBody,
-                LogsOut,
-                CostList,
-                NodeCreated,
-                NodeList,
-            )
-        ]
-        + [(CreateDeploymentRequest, "validation"), (CreateNodeRequest, "validation")],
-        ref_template=REF,
-    )
-    dep = "/api/v1/compute/deployments"
-    dep_id = [_path_param("deployment_id")]
-    paths = {
-        dep: {
-            "post": {
-                "operationId": "createDeployment",
-                "summary": "Create a deployment (image, marketplace or runtime form)",
-                "parameters": [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string", "maxLength": 255},
-                    }
-                ],
-                "requestBody": {"required": True, **_json(CreateDeploymentRequest)},
-                "responses": _responses(
-                    {"201": ("created; endpoint_key is shown this once", DeploymentCreated)},
-                    (400, 401, 409, 422),
-                ),
-            },
-            "get": {
-                "operationId": "listDeployments",
-                "summary": "List your deployments, newest first",
-                "parameters": [
-                    {
-                        "name": "status",
-                        "in": "query",
-                        "required": False,
-                        "description": "comma-separated statuses",
-                        "schema": {"type": "string"},
-                    },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
-                    },
-                    {
-                        "name": "next_token",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string"},
-                    },
-                ],
-                "responses": _responses({"200": ("a page", DeploymentList)}, (400, 401)),
-            },
-        },
-        dep + "/{deployment_id}": {
-            "get": {
-                "operationId": "getDeployment",
-                "summary": "One deployment: status, endpoint, cost, restarts and last exit",
-                "parameters": dep_id,
-                "responses": _responses({"200": ("the deployment", DeploymentOut)}, (401, 404)),
-            },
-            "delete": {
-                "operationId": "stopDeployment",
-                "summary": "Stop (idempotent): 202 while stopping, 200 once stopped",
-                "parameters": dep_id,
-                "responses": _responses(
-                    {"200": ("stopped", DeploymentOut), "202": ("stopping", DeploymentOut)},
-                    (401, 404, 409),
-                ),
-            },
-        },
-        dep + "/{deployment_id}/health": {
-            "get": {
-                "operationId": "getDeploymentHealth",
-                "parameters": dep_id,
-                "responses": _responses({"200": ("health", HealthOut)}, (401, 404)),
-            },
-        },
-        dep + "/{deployment_id}/logs": {
-            "get": {
-                "operationId": "getDeploymentLogs",
-                "summary": "The last lines the model printed, fetched from its node",
-                "parameters": [
-                    *dep_id,
-                    {
-                        "name": "tail",
-                        "in": "query",
-                        "required": False,
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": 5000,
-                            "default": 100,
-                        },
-                    },
-                ],
-                "responses": _responses({"200": ("log lines", LogsOut)}, (400, 401, 404, 409)),
-            },
-        },
-        dep + "/{deployment_id}/endpoint-keys": {
-            "post": {
-                "operationId": "rotateEndpointKey",
-                "summary": "A new endpoint key replaces the old one (shown once); 409 for a "
-                "public endpoint, one PRISM's proxy does not serve, or a stopping or finished "
-                "deployment",
-                "parameters": dep_id,
-                "responses": _responses({"201": ("the new key", EndpointKeyOut)}, (401, 404, 409)),
-            },
-        },
-        dep + "/{deployment_id}/costs": {
-            "get": {
-                "operationId": "getDeploymentCosts",
-                "summary": "The metering ledger, newest first",
-                "parameters": [
-                    *dep_id,
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
-                    },
-                    {
-                        "name": "next_token",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string"},
-                    },
-                ],
-                "responses": _responses({"200": ("the ledger", CostList)}, (400, 401, 404)),
-            },
-        },
-        "/api/v1/compute/nodes": {
-            "post": {
-                "operationId": "registerNode",
-                "summary": "Register a node; its token is returned once",
-                "requestBody": {"required": True, **_json(CreateNodeRequest)},
-                "responses": _responses({"201": ("registered", NodeCreated)}, (400, 401)),
-            },
-            "get": {
-                "operationId": "listNodes",
-                "responses": _responses({"200": ("your nodes", NodeList)}, (401,)),
-            },
-        },
-        "/api/v1/marketplace/resources": {
-            "get": {
-                "operationId": "listResources",
-                "responses": _responses({"200": ("the catalog", ResourceList)}, (401,)),
-            },
-        },
-        "/api/v1/marketplace/resources/{slug}": {
-            "get": {
-                "operationId": "getResource",
-                "parameters": [_path_param("slug")],
-                "responses": _responses({"200": ("a resource", ResourceOut)}, (401, 404)),
-            },
-        },
-    }
+def _build(routes: dict) -> dict:
+    operations = [
+        (path, method.lower(), entry.view_function.openapi)
+        for path, methods in routes.items()
+        for method, entry in methods.items()
+        if hasattr(entry.view_function, "openapi")
+    ]
+    schemas = _schemas([operation for _, _, operation in operations])
+    paths: dict[str, dict] = {}
+    for path, method, operation in operations:
+        paths.setdefault(path, {})[method] = _operation(path, operation, schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": "PRISM Deployments API", "version": "1.0.0"},
         "servers": [{"url": "/"}],
         "components": {
-            "schemas": defs["$defs"],
+            "schemas": schemas,
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"apiKey": []}],
         "paths": paths,
     }
+
+
+def _schemas(operations: list[Operation]) -> dict:
+    answers = {m for op in operations for _, m in op.ok.values()} | {ErrorBody}
+    inputs = {op.body for op in operations if op.body} | {op.query for op in operations if op.query}
+    by_name = sorted(
+        [(m, "serialization") for m in answers] + [(m, "validation") for m in inputs],
+        key=lambda pair: pair[0].__name__,
+    )
+    _, defs = models_json_schema(by_name, ref_template=REF)
+    return defs["$defs"]
+
+
+def _operation(path: str, operation: Operation, schemas: dict) -> dict:
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"\{(\w+)\}", path)
+    ]
+    parameters += list(operation.headers)
+    if operation.query is not None:
+        parameters += _query_parameters(schemas[operation.query.__name__])
+    documented_op: dict = {"operationId": operation.operation_id}
+    if operation.summary:
+        documented_op["summary"] = operation.summary
+    if parameters:
+        documented_op["parameters"] = parameters
+    if operation.body is not None:
+        documented_op["requestBody"] = {"required": True, **_json(operation.body)}
+    responses = {
+        str(code): {"description": text, **_json(model)}
+        for code, (text, model) in operation.ok.items()
+    }
+    for code in (*operation.errors, 500):
+        responses[str(code)] = {"description": ERROR_DESCRIPTIONS[code], **_json(ErrorBody)}
+    documented_op["responses"] = responses
+    return documented_op
+
+
+def _query_parameters(schema: dict) -> list[dict]:
+    """A query model's fields as query parameters (a list is `name=a&name=b`, OpenAPI's
+    default form style)."""
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, prop in schema["properties"].items():
+        prop = {k: v for k, v in prop.items() if k != "title"}
+        description = prop.pop("description", None)
+        options = [p for p in prop.pop("anyOf", ()) if p != {"type": "null"}]
+        if len(options) == 1:  # optional: absent, not null
+            prop = options[0] | prop
+        if prop.get("default", "") is None:
+            del prop["default"]
+        elif options:
+            prop["anyOf"] = options
+        parameter = {"name": name, "in": "query", "required": name in required, "schema": prop}
+        if description:
+            parameter["description"] = description
+        parameters.append(parameter)
+    return parameters
+
+
+def _json(model) -> dict:
+    return {"content": {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}}}

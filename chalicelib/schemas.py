@@ -548,7 +548,9 @@ class DeploymentList(BaseModel):
 
 
 class ListDeploymentsQuery(StrictModel):
-    status: list[Status] | None = None
+    status: list[Status] | None = Field(
+        None, description="only these statuses: status=a&status=b, or comma-separated"
+    )
     limit: int = Field(50, ge=1, le=100)
     next_token: str | None = Field(None, max_length=4096)
 

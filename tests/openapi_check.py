@@ -5,13 +5,14 @@ from functools import cache
 
 from jsonschema import Draft202012Validator
 
+from app import app
 from chalicelib.openapi import document
 
 
 @cache
 def _routes() -> list[tuple[re.Pattern, str]]:
     routes = []
-    for template in document()["paths"]:
+    for template in document(app.routes)["paths"]:
         pattern = re.sub(r"\{[^/]+\}", "[^/]+", template)
         routes.append((re.compile(f"^{pattern}$"), template))
     return routes
@@ -19,7 +20,7 @@ def _routes() -> list[tuple[re.Pattern, str]]:
 
 def response_schema(method: str, path: str, status: int) -> dict:
     path = path.split("?", 1)[0]
-    doc = document()
+    doc = document(app.routes)
     for pattern, template in _routes():
         if pattern.match(path):
             operation = doc["paths"][template].get(method.lower())

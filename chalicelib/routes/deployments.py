@@ -4,35 +4,55 @@ from chalice import Blueprint
 
 from chalicelib.errors import ValidationFailed
 from chalicelib.logs import logger
+from chalicelib.openapi import documented
 from chalicelib.routes.common import authenticate, handles_errors, ok, parse_body, parse_query
 from chalicelib.schemas import (
+    CostList,
     CostsQuery,
     CreateDeploymentRequest,
     DeploymentCreated,
     DeploymentList,
+    DeploymentOut,
     EndpointKeyOut,
+    HealthOut,
     ListDeploymentsQuery,
+    LogsOut,
     LogsQuery,
 )
 from chalicelib.services import registry
 
 bp = Blueprint(__name__)
 BASE = "/api/v1/compute/deployments"
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH},
+}
 
 
 def _idempotency_key(request) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
-    if not 1 <= len(key) <= 255 or not key.isprintable():
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH or not key.isprintable():
         raise ValidationFailed(
-            "Idempotency-Key must be 1-255 printable characters",
+            f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX_LENGTH} printable characters",
             fields={"Idempotency-Key": "invalid header"},
         )
     return key
 
 
 @bp.route(BASE, methods=["POST"])
+@documented(
+    "createDeployment",
+    "Create a deployment (image, marketplace or runtime form)",
+    ok={201: ("created; endpoint_key is shown this once", DeploymentCreated)},
+    errors=(400, 401, 409, 422),
+    body=CreateDeploymentRequest,
+    headers=(IDEMPOTENCY_KEY,),
+)
 @handles_errors
 def create_deployment():
     request = bp.current_request
@@ -48,6 +68,13 @@ def create_deployment():
 
 
 @bp.route(BASE, methods=["GET"])
+@documented(
+    "listDeployments",
+    "List your deployments, newest first",
+    ok={200: ("a page", DeploymentList)},
+    errors=(400, 401),
+    query=ListDeploymentsQuery,
+)
 @handles_errors
 def list_deployments():
     request = bp.current_request
@@ -59,6 +86,12 @@ def list_deployments():
 
 
 @bp.route(BASE + "/{deployment_id}", methods=["GET"])
+@documented(
+    "getDeployment",
+    "One deployment: status, endpoint, cost, restarts and last exit",
+    ok={200: ("the deployment", DeploymentOut)},
+    errors=(401, 404),
+)
 @handles_errors
 def get_deployment(deployment_id):
     owner_id = authenticate(bp.current_request)
@@ -68,6 +101,12 @@ def get_deployment(deployment_id):
 
 
 @bp.route(BASE + "/{deployment_id}", methods=["DELETE"])
+@documented(
+    "stopDeployment",
+    "Stop (idempotent): 202 while stopping, 200 once stopped",
+    ok={200: ("stopped", DeploymentOut), 202: ("stopping", DeploymentOut)},
+    errors=(401, 404, 409),
+)
 @handles_errors
 def stop_deployment(deployment_id):
     owner_id = authenticate(bp.current_request)
@@ -80,6 +119,7 @@ def stop_deployment(deployment_id):
 
 
 @bp.route(BASE + "/{deployment_id}/health", methods=["GET"])
+@documented("getDeploymentHealth", ok={200: ("health", HealthOut)}, errors=(401, 404))
 @handles_errors
 def deployment_health(deployment_id):
     owner_id = authenticate(bp.current_request)
@@ -88,6 +128,13 @@ def deployment_health(deployment_id):
 
 
 @bp.route(BASE + "/{deployment_id}/logs", methods=["GET"])
+@documented(
+    "getDeploymentLogs",
+    "The last lines the model printed, fetched from its node",
+    ok={200: ("log lines", LogsOut)},
+    errors=(400, 401, 404, 409),
+    query=LogsQuery,
+)
 @handles_errors
 def deployment_logs(deployment_id):
     request = bp.current_request
@@ -98,6 +145,13 @@ def deployment_logs(deployment_id):
 
 
 @bp.route(BASE + "/{deployment_id}/costs", methods=["GET"])
+@documented(
+    "getDeploymentCosts",
+    "The metering ledger, newest first",
+    ok={200: ("the ledger", CostList)},
+    errors=(400, 401, 404),
+    query=CostsQuery,
+)
 @handles_errors
 def deployment_costs(deployment_id):
     request = bp.current_request
@@ -108,6 +162,13 @@ def deployment_costs(deployment_id):
 
 
 @bp.route(BASE + "/{deployment_id}/endpoint-keys", methods=["POST"])
+@documented(
+    "rotateEndpointKey",
+    "A new endpoint key replaces the old one (shown once); 409 for a public endpoint, one "
+    "PRISM's proxy does not serve, or a stopping or finished deployment",
+    ok={201: ("the new key", EndpointKeyOut)},
+    errors=(401, 404, 409),
+)
 @handles_errors
 def rotate_endpoint_key(deployment_id):
     owner_id = authenticate(bp.current_request)

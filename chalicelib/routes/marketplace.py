@@ -2,8 +2,9 @@
 
 from chalice import Blueprint
 
+from chalicelib.openapi import documented
 from chalicelib.routes.common import authenticate, handles_errors, ok
-from chalicelib.schemas import ResourceList
+from chalicelib.schemas import ResourceList, ResourceOut
 from chalicelib.services import registry
 
 bp = Blueprint(__name__)
@@ -11,6 +12,7 @@ BASE = "/api/v1/marketplace/resources"
 
 
 @bp.route(BASE, methods=["GET"])
+@documented("listResources", ok={200: ("the catalog", ResourceList)}, errors=(401,))
 @handles_errors
 def list_resources():
     authenticate(bp.current_request)
@@ -18,6 +20,7 @@ def list_resources():
 
 
 @bp.route(BASE + "/{slug}", methods=["GET"])
+@documented("getResource", ok={200: ("a resource", ResourceOut)}, errors=(401, 404))
 @handles_errors
 def get_resource(slug):
     authenticate(bp.current_request)

@@ -11,4 +11,4 @@ bp = Blueprint(__name__)
 @bp.route("/api/v1/openapi.json", methods=["GET"])
 @handles_errors
 def openapi():
-    return document()
+    return document(bp.current_app.routes)

@@ -3,6 +3,7 @@
 from chalice import Blueprint, Response
 
 from chalicelib.logs import logger
+from chalicelib.openapi import documented
 from chalicelib.routes.common import authenticate, handles_errors, ok, parse_body
 from chalicelib.schemas import CreateNodeRequest, NodeCreated, NodeList, NodeOut
 from chalicelib.services import registry
@@ -12,6 +13,13 @@ BASE = "/api/v1/compute/nodes"
 
 
 @bp.route(BASE, methods=["POST"])
+@documented(
+    "registerNode",
+    "Register a node; its token is returned once",
+    ok={201: ("registered", NodeCreated)},
+    errors=(400, 401),
+    body=CreateNodeRequest,
+)
 @handles_errors
 def register_node():
     request = bp.current_request
@@ -23,6 +31,7 @@ def register_node():
 
 
 @bp.route(BASE, methods=["GET"])
+@documented("listNodes", ok={200: ("your nodes", NodeList)}, errors=(401,))
 @handles_errors
 def list_nodes():
     owner_id = authenticate(bp.current_request)
