@@ -1,7 +1,12 @@
 """The web console: static files shipped in the Lambda package (chalicelib/console), served from
 the API's own origin, so it needs no other server and loads nothing from anywhere else. Public:
 the files hold no data. The console signs in with an API key the browser keeps for the session
-and calls the REST API with it, exactly as the CLI does."""
+and calls the REST API with it, exactly as the CLI does.
+
+The page (/console) is revalidated on every load; everything it loads is under
+/console/<release>/, where the release is a hash of all the console's files, and is cached for
+good: a page load costs the function one call, not one per file, and a new release shows at
+once because its page names new URLs."""
 
 import functools
 import hashlib
@@ -29,10 +34,9 @@ SECURITY_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-cache",  # revalidated (ETag) so a new release shows at once
 }
-
-
+REVALIDATE = "no-cache"  # the page: checked (ETag) on every load
+FOREVER = "public, max-age=31536000, immutable"  # a release's files never change
 PAGE = "index.html"  # served at /console only: its relative URLs resolve from there
 
 
@@ -40,35 +44,51 @@ PAGE = "index.html"  # served at /console only: its relative URLs resolve from t
 @handles_errors
 def console_page():
     if bp.current_request.context.get("path", "").endswith("/"):
-        # /console/ would resolve the page's "console/app.js" to /console/console/app.js.
+        # /console/ would resolve the page's "console/…" URLs under /console/console/.
         return Response(body="", status_code=301, headers={"Location": "../console"})
-    return _serve(PAGE)
+    return _serve(PAGE, REVALIDATE)
 
 
-@bp.route("/console/{asset}", methods=["GET"])
+@bp.route("/console/{release}/{asset}", methods=["GET"])
 @handles_errors
-def console_asset(asset: str):
+def console_asset(release: str, asset: str):
+    current, _ = _release()
+    if release != current:
+        raise NotFound("that console release is no longer served; reload /console")
     if asset == PAGE:
-        raise NotFound(f"the console is at /console, not /console/{PAGE}")
-    return _serve(asset)
+        raise NotFound(f"the console is at /console, not /console/{release}/{PAGE}")
+    return _serve(asset, FOREVER)
 
 
-def _serve(name: str) -> Response:
-    body, etag, content_type = _asset(name)
-    headers = SECURITY_HEADERS | {"ETag": etag}
+def _serve(name: str, cache: str) -> Response:
+    _, files = _release()
+    if name not in files:
+        raise NotFound(f"the console has no file {name!r}")
+    body, etag, content_type = files[name]
+    headers = SECURITY_HEADERS | {"ETag": etag, "Cache-Control": cache}
     if bp.current_request.headers.get("if-none-match") == etag:
         return Response(body="", status_code=304, headers=headers)
     return Response(body=body, status_code=200, headers=headers | {"Content-Type": content_type})
 
 
 @functools.cache
-def _asset(name: str) -> tuple[str, str, str]:
-    """(text, ETag, Content-Type) of one of the console's files; NotFound for anything else
-    (no path ever leaves the console's directory: only its own file names are served)."""
-    files = {path.name: path for path in CONSOLE_DIR.iterdir() if path.suffix in CONTENT_TYPES}
-    path = files.get(name)
-    if path is None:
-        raise NotFound(f"the console has no file {name!r}")
-    text = path.read_text(encoding="utf-8")
-    etag = '"' + hashlib.sha256(text.encode()).hexdigest()[:20] + '"'
-    return text, etag, CONTENT_TYPES[path.suffix]
+def _release() -> tuple[str, dict[str, tuple[str, str, str]]]:
+    """(the release, name -> (text, ETag, Content-Type)) of the console's files; nothing else
+    is ever served (no path leaves the console's directory: only its own file names). The
+    page's "console/…" URLs are rewritten to the release's."""
+    texts = {
+        path.name: path.read_text(encoding="utf-8")
+        for path in sorted(CONSOLE_DIR.iterdir())
+        if path.suffix in CONTENT_TYPES
+    }
+    release = _digest("".join(f"{name}\0{text}\0" for name, text in texts.items()))[:12]
+    texts[PAGE] = texts[PAGE].replace('"console/', f'"console/{release}/')
+    files = {
+        name: (text, f'"{_digest(text)[:20]}"', CONTENT_TYPES[Path(name).suffix])
+        for name, text in texts.items()
+    }
+    return release, files
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -45,6 +45,19 @@ def test_a_key_refused_mid_session_signs_out_and_says_why(console, platform):
     console.get_log("browser")  # the 401 it was refused with, expected here
 
 
+def test_a_page_load_fetches_none_of_the_files_it_already_has(console, platform):
+    """The page is revalidated on every load; a release's files are cached for good, so a
+    later load costs the API function one call (the page), not one per file."""
+    console.get(f"{platform.api_url}/console")
+    wait_for(lambda: "refreshed" in text_of(console, "#last-refresh"))
+    files = console.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter(e => e.name.includes('/console/')).map(e => [e.name, e.transferSize])"
+    )
+    assert len(files) >= 15  # the modules, the style sheet and the icon
+    assert [name for name, transferred in files if transferred] == []  # all from the cache
+
+
 def test_the_demo_deployment_appears_runs_shows_its_logs_and_stops(console, platform):
     console.execute_script("performance.clearResourceTimings()")
     watched_since = time.monotonic()
