@@ -19,7 +19,6 @@ import os
 import random
 import re
 import secrets
-import select
 import signal
 import socket
 import subprocess
@@ -27,15 +26,14 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import BinaryIO
 
-from prism.dev import identities, lambda_worker
+from prism.dev import identities
 from prism.dev.api_server import rest_api
 from prism.dev.identities import Identity
 from prism.dev.lambda_client import INVOKE_TOKEN
+from prism.dev.lambda_container import Container
 from prism.dev.processes import die_with_parent
 from prism.dev.stack import FunctionSpec, LocalAws, Stack
 
@@ -61,71 +59,6 @@ TUNABLE = re.compile(r"^PRISM_\w+_SECONDS$")  # timeouts and periods, scaled for
 
 def local_settings(environ) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k in LOCAL_SETTINGS or TUNABLE.match(k)}
-
-
-@dataclass
-class Container:
-    """A function's container process and the service's one connection to it (the container
-    serves one connection at a time), carrying lambda_worker's frames. The lock keeps a stats
-    call off a busy connection."""
-
-    process: subprocess.Popen
-    port: int
-    token: str  # the container answers only a connection that opens with it
-    lock: threading.Lock = field(default_factory=threading.Lock, init=False)
-    sock: socket.socket | None = field(default=None, init=False)
-    reader: BinaryIO | None = field(default=None, init=False)
-
-    def call(self, kind: bytes, body: bytes, timeout: float) -> tuple[bytes, bool]:
-        self.send(kind, body, timeout)
-        return self.receive(timeout)
-
-    def send(self, kind: bytes, body: bytes, timeout: float) -> None:
-        """Writes a request; the connection is this caller's until its `receive`."""
-        if not self.lock.acquire(timeout=timeout):
-            raise TimeoutError(f"container busy for {timeout:.0f}s")
-        try:
-            if self.sock is None:
-                self._connect(timeout)
-            self.sock.settimeout(timeout)
-            self.sock.sendall(lambda_worker.frame(kind, body))
-        except BaseException:
-            self.close()
-            self.lock.release()
-            raise
-
-    def answers_within(self, seconds: float) -> bool:
-        """Whether the answer begins within `seconds`."""
-        return bool(select.select([self.sock], [], [], seconds)[0])
-
-    def receive(self, timeout: float) -> tuple[bytes, bool]:
-        """(the answer, whether it is a function error); TimeoutError, or OSError / ValueError
-        when the container is gone."""
-        try:
-            self.sock.settimeout(timeout)
-            message = lambda_worker.read_frame(self.reader)
-            if message is None:
-                raise ConnectionResetError("the container closed its connection")
-            kind, body = message
-            return body, kind == b"error"
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            self.lock.release()
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.reader.close()
-            self.sock.close()
-            self.sock = self.reader = None
-
-    def _connect(self, timeout: float) -> None:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
-        # Each frame is one write, answered before the next: no delayed-ACK stall to wait out.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(self.token.encode() + b"\n")
-        self.sock, self.reader = sock, sock.makefile("rb")
 
 
 class FunctionHost:
