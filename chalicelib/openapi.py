@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from chalicelib.schemas import ErrorBody
+from chalicelib.responses import ErrorBody
 
 REF = "#/components/schemas/{model}"
 ERROR_DESCRIPTIONS = {

@@ -5,20 +5,17 @@ from chalice import Blueprint
 from chalicelib.errors import ValidationFailed
 from chalicelib.logs import logger
 from chalicelib.openapi import documented
-from chalicelib.routes.common import authenticate, handles_errors, ok, parse_body, parse_query
-from chalicelib.schemas import (
+from chalicelib.responses import (
     CostList,
-    CostsQuery,
-    CreateDeploymentRequest,
     DeploymentCreated,
     DeploymentList,
     DeploymentOut,
     EndpointKeyOut,
     HealthOut,
-    ListDeploymentsQuery,
     LogsOut,
-    LogsQuery,
 )
+from chalicelib.routes.common import authenticate, handles_errors, ok, parse_body, parse_query
+from chalicelib.schemas import CostsQuery, CreateDeploymentRequest, ListDeploymentsQuery, LogsQuery
 from chalicelib.services import registry
 
 bp = Blueprint(__name__)

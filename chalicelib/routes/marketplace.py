@@ -3,8 +3,8 @@
 from chalice import Blueprint
 
 from chalicelib.openapi import documented
+from chalicelib.responses import ResourceList, ResourceOut
 from chalicelib.routes.common import authenticate, handles_errors, ok
-from chalicelib.schemas import ResourceList, ResourceOut
 from chalicelib.services import registry
 
 bp = Blueprint(__name__)

@@ -4,8 +4,9 @@ from chalice import Blueprint, Response
 
 from chalicelib.logs import logger
 from chalicelib.openapi import documented
+from chalicelib.responses import NodeCreated, NodeList, NodeOut
 from chalicelib.routes.common import authenticate, handles_errors, ok, parse_body
-from chalicelib.schemas import CreateNodeRequest, NodeCreated, NodeList, NodeOut
+from chalicelib.schemas import CreateNodeRequest
 from chalicelib.services import registry
 
 bp = Blueprint(__name__)

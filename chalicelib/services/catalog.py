@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from chalicelib.errors import NotFound
-from chalicelib.schemas import ResourceOut
+from chalicelib.responses import ResourceOut
 from chalicelib.store.resources import (
     CATALOG_FILE,
     CODE_ROOT,

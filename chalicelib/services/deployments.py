@@ -25,19 +25,21 @@ from chalicelib.protocol import (
     StopDeployment,
     hash_endpoint_key,
 )
-from chalicelib.schemas import (
-    CLOUD_TARGETS,
+from chalicelib.responses import (
     CostEntry,
     CostList,
-    CostsQuery,
-    CreateDeploymentRequest,
-    DeployConfig,
     DeploymentOut,
     HealthOut,
     LastProbeOut,
-    ListDeploymentsQuery,
     LogsOut,
     endpoint_auth,
+)
+from chalicelib.schemas import (
+    CLOUD_TARGETS,
+    CostsQuery,
+    CreateDeploymentRequest,
+    DeployConfig,
+    ListDeploymentsQuery,
 )
 from chalicelib.services.node_requests import NodeRequests, new_request_id
 from chalicelib.services.pagination import decode_cursor, encode_cursor, seal, unseal

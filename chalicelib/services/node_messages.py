@@ -26,7 +26,8 @@ from chalicelib.protocol import (
     fit_report,
     parse_node_message,
 )
-from chalicelib.schemas import CLOUD_TARGETS, DeployConfig, endpoint_auth
+from chalicelib.responses import endpoint_auth
+from chalicelib.schemas import CLOUD_TARGETS, DeployConfig
 from chalicelib.services.ending import Ending
 from chalicelib.services.placement import Placement, deploy_message
 from chalicelib.store.connections import ConnectionRepository, needs_node
