@@ -77,9 +77,9 @@ def list_deployments():
     request = bp.current_request
     owner_id = authenticate(request)
     query = parse_query(request, ListDeploymentsQuery)
-    service = registry.deployment_service()
-    items, token = service.list(owner_id, query)
-    return ok(DeploymentList(items=service.shown_all(items), next_token=token))
+    reads = registry.deployment_reads()
+    items, token = reads.list(owner_id, query)
+    return ok(DeploymentList(items=reads.shown_all(items), next_token=token))
 
 
 @bp.route(BASE + "/{deployment_id}", methods=["GET"])
@@ -93,8 +93,8 @@ def list_deployments():
 def get_deployment(deployment_id):
     owner_id = authenticate(bp.current_request)
     logger.append_keys(deployment_id=deployment_id)
-    service = registry.deployment_service()
-    return ok(service.shown(service.get(owner_id, deployment_id)))
+    reads = registry.deployment_reads()
+    return ok(reads.shown(reads.get(owner_id, deployment_id)))
 
 
 @bp.route(BASE + "/{deployment_id}", methods=["DELETE"])
@@ -108,11 +108,12 @@ def get_deployment(deployment_id):
 def stop_deployment(deployment_id):
     owner_id = authenticate(bp.current_request)
     logger.append_keys(deployment_id=deployment_id)
-    service = registry.deployment_service()
-    item = service.stop(owner_id, deployment_id)
+    item = registry.deployment_service().stop(owner_id, deployment_id)
     logger.info("deployment stop requested", extra={"status": item.status})
     # 202 while the node or provider still has to confirm; 200 once it is over.
-    return ok(service.shown(item), status=202 if item.status == "stopping" else 200)
+    return ok(
+        registry.deployment_reads().shown(item), status=202 if item.status == "stopping" else 200
+    )
 
 
 @bp.route(BASE + "/{deployment_id}/health", methods=["GET"])
@@ -121,7 +122,7 @@ def stop_deployment(deployment_id):
 def deployment_health(deployment_id):
     owner_id = authenticate(bp.current_request)
     logger.append_keys(deployment_id=deployment_id)
-    return ok(registry.deployment_service().health(owner_id, deployment_id))
+    return ok(registry.deployment_reads().health(owner_id, deployment_id))
 
 
 @bp.route(BASE + "/{deployment_id}/logs", methods=["GET"])
@@ -138,7 +139,7 @@ def deployment_logs(deployment_id):
     owner_id = authenticate(request)
     logger.append_keys(deployment_id=deployment_id)
     query = parse_query(request, LogsQuery)
-    return ok(registry.deployment_service().logs(owner_id, deployment_id, query.tail))
+    return ok(registry.deployment_reads().logs(owner_id, deployment_id, query.tail))
 
 
 @bp.route(BASE + "/{deployment_id}/costs", methods=["GET"])
@@ -155,7 +156,7 @@ def deployment_costs(deployment_id):
     owner_id = authenticate(request)
     logger.append_keys(deployment_id=deployment_id)
     query = parse_query(request, CostsQuery)
-    return ok(registry.deployment_service().costs(owner_id, deployment_id, query))
+    return ok(registry.deployment_reads().costs(owner_id, deployment_id, query))
 
 
 @bp.route(BASE + "/{deployment_id}/endpoint-keys", methods=["POST"])

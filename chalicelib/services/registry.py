@@ -14,6 +14,7 @@ from chalicelib.services.cloud import CloudService
 from chalicelib.services.cloud_health import CloudHealth
 from chalicelib.services.cloud_teardown import CloudTeardown
 from chalicelib.services.cloud_upkeep import CloudUpkeep
+from chalicelib.services.deployment_reads import DeploymentReads
 from chalicelib.services.deployments import DeploymentService
 from chalicelib.services.ending import Ending
 from chalicelib.services.metering import MeteringService
@@ -67,6 +68,11 @@ def deployment_service() -> DeploymentService:
         workflows(),
         idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
     )
+
+
+@cache
+def deployment_reads() -> DeploymentReads:
+    return DeploymentReads(DeploymentRepository(), MeteringRepository(), node_requests())
 
 
 @cache
