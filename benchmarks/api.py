@@ -115,91 +115,65 @@ def main() -> None:
         platform.stop()
 
 
-def run(platform: LocalPlatform, args, scan_log: Path) -> None:
-    from chalicelib import aws
-    from chalicelib.config import settings
-    from chalicelib.store.users import UserRepository, hash_key
+class Calls:
+    """One operation through the HTTP API, and as the bare DynamoDB calls it issues, on the
+    same moto server."""
 
-    users = [UserRepository().create_user_with_key(f"bench{i}") for i in range(args.owners)]
-    started = time.perf_counter()
-    made = load([u.user_id for u in users], args.deployments)
-    print(
-        f"loaded {len(made):,} deployments for {len(users)} owners "
-        f"in {time.perf_counter() - started:.1f}s on {platform.aws_url}"
-    )
-    scans_before = len(scan_log.read_text().splitlines())
+    BASE = "/api/v1/compute/deployments"
+    CREATE_BODY = json.dumps({"name": "bench", "image": "nginx:1.27"})
 
-    ddb = aws.client("dynamodb")
-    # A lean keep-alive client, so the figure is the API's latency, not an HTTP library's.
-    http = HTTPConnection(platform.host, platform.api_port, timeout=30)
-    base = "/api/v1/compute/deployments"
-    by_owner = {u.user_id: u for u in users}
-    rng = random.Random(7)
+    def __init__(self, platform: LocalPlatform, rng: random.Random):
+        from chalicelib import aws
+        from chalicelib.config import settings
+        from chalicelib.store.users import hash_key
 
-    create_body = json.dumps({"name": "bench", "image": "nginx:1.27"})
-    created = {}  # "item": the first item the API's create wrote, as DynamoDB holds it
+        self.ddb = aws.client("dynamodb")
+        self.tables = settings
+        self.hash_key = hash_key
+        # A lean keep-alive client, so the figure is the API's latency, not an HTTP library's.
+        self.http = HTTPConnection(platform.host, platform.api_port, timeout=30)
+        self.rng = rng
+        self.created = None  # the first item the API's create wrote, as DynamoDB holds it
 
-    def api_call(op, user, deployment_id):
+    def api(self, op, user, deployment_id):
         headers = {"Authorization": f"Bearer {user.api_key}", "Content-Type": "application/json"}
         if op == "create":
-            http.request("POST", base, body=create_body, headers=headers)
+            self.http.request("POST", self.BASE, body=self.CREATE_BODY, headers=headers)
         elif op == "detail":
-            http.request("GET", f"{base}/{deployment_id}", headers=headers)
+            self.http.request("GET", f"{self.BASE}/{deployment_id}", headers=headers)
         else:
-            http.request("GET", f"{base}?status=running&limit=50", headers=headers)
-        response = http.getresponse()
+            self.http.request("GET", f"{self.BASE}?status=running&limit=50", headers=headers)
+        response = self.http.getresponse()
         body = response.read()
         assert response.status in (200, 201), body
         if op == "list":
             assert len(json.loads(body)["items"]) == 50
-        if op == "create" and "item" not in created:  # what a create writes, for the bare put
+        if op == "create" and self.created is None:  # what a create writes, for the bare put
             key = {"id": {"S": json.loads(body)["id"]}}
-            item = ddb.get_item(TableName=settings.deployments_table, Key=key, ConsistentRead=True)
-            created["item"] = item["Item"]
+            table = self.tables.deployments_table
+            self.created = self.ddb.get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]
 
-    def bare_call(op, user, deployment_id):
+    def bare(self, op, user, deployment_id):
         # Each request exactly as the API sends it (pynamodb asks every call for its consumed
         # capacity and names attributes by placeholder), so moto does the same work for both.
-        ddb.get_item(
-            TableName=settings.api_keys_table,
-            Key={"key_hash": {"S": hash_key(user.api_key)}},
+        self.ddb.get_item(
+            TableName=self.tables.api_keys_table,
+            Key={"key_hash": {"S": self.hash_key(user.api_key)}},
             ConsistentRead=True,
             ReturnConsumedCapacity="TOTAL",
         )
-        if op == "create":  # the owner's nodes (none online: it waits), then the one write
-            ddb.query(
-                TableName=settings.nodes_table,
-                IndexName="by-owner",
-                KeyConditionExpression="#0 = :0",
-                ExpressionAttributeNames={"#0": "owner_id"},
-                ExpressionAttributeValues={":0": {"S": user.user_id}},
-                ScanIndexForward=False,
-                ReturnConsumedCapacity="TOTAL",
-            )
-            # The very item the API's create writes (its size and its index entries cost
-            # moto as they would cost DynamoDB), under a new id and this owner.
-            item = created["item"] | {
-                "id": {"S": f"dep_{rng.randrange(16**16):016x}"},
-                "owner_id": {"S": user.user_id},
-                "owner_status": {"S": f"{user.user_id}#provisioning"},
-            }
-            ddb.put_item(
-                TableName=settings.deployments_table,
-                Item=item,
-                ConditionExpression="(attribute_not_exists (#0) AND attribute_not_exists (#1))",
-                ExpressionAttributeNames={"#0": "id", "#1": "version"},
-                ReturnConsumedCapacity="TOTAL",
-            )
+        if op == "create":
+            self._bare_create(user)
         elif op == "detail":
-            ddb.get_item(
-                TableName=settings.deployments_table,
+            self.ddb.get_item(
+                TableName=self.tables.deployments_table,
                 Key={"id": {"S": deployment_id}},
                 ConsistentRead=True,
                 ReturnConsumedCapacity="TOTAL",
             )
         else:
-            ddb.query(
-                TableName=settings.deployments_table,
+            self.ddb.query(
+                TableName=self.tables.deployments_table,
                 IndexName="by-owner-status",
                 KeyConditionExpression="#0 = :0",
                 ExpressionAttributeNames={"#0": "owner_status"},
@@ -209,9 +183,69 @@ def run(platform: LocalPlatform, args, scan_log: Path) -> None:
                 ReturnConsumedCapacity="TOTAL",
             )
 
+    def _bare_create(self, user):
+        """The owner's nodes (none online: it waits), then the one write."""
+        self.ddb.query(
+            TableName=self.tables.nodes_table,
+            IndexName="by-owner",
+            KeyConditionExpression="#0 = :0",
+            ExpressionAttributeNames={"#0": "owner_id"},
+            ExpressionAttributeValues={":0": {"S": user.user_id}},
+            ScanIndexForward=False,
+            ReturnConsumedCapacity="TOTAL",
+        )
+        # The very item the API's create writes (its size and its index entries cost moto as
+        # they would cost DynamoDB), under a new id and this owner.
+        item = self.created | {
+            "id": {"S": f"dep_{self.rng.randrange(16**16):016x}"},
+            "owner_id": {"S": user.user_id},
+            "owner_status": {"S": f"{user.user_id}#provisioning"},
+        }
+        self.ddb.put_item(
+            TableName=self.tables.deployments_table,
+            Item=item,
+            ConditionExpression="(attribute_not_exists (#0) AND attribute_not_exists (#1))",
+            ExpressionAttributeNames={"#0": "id", "#1": "version"},
+            ReturnConsumedCapacity="TOTAL",
+        )
+
+
+def interleaved(calls: Calls, op: str, pick, rounds: int) -> tuple[list[float], list[float]]:
+    """(API ms, bare ms) over `rounds`, each round one of each on the same deployment."""
+    api_ms, bare_ms = [], []
+    for i in range(rounds):
+        user, dep = pick()
+        # Alternate which goes first so drift on a noisy machine hits both sides alike.
+        order = [(calls.api, api_ms), (calls.bare, bare_ms)]
+        for call, samples in order if i % 2 == 0 else reversed(order):
+            t0 = time.perf_counter()
+            call(op, user, dep)
+            samples.append((time.perf_counter() - t0) * 1000)
+    return api_ms, bare_ms
+
+
+def run(platform: LocalPlatform, args, scan_log: Path) -> None:
+    from chalicelib.store.users import UserRepository
+
+    users = [UserRepository().create_user_with_key(f"bench{i}") for i in range(args.owners)]
+    started = time.perf_counter()
+    made = load([u.user_id for u in users], args.deployments)
+    print(
+        f"loaded {len(made):,} deployments for {len(users)} owners "
+        f"in {time.perf_counter() - started:.1f}s on {platform.aws_url}"
+    )
+    scans_before = len(scan_log.read_text().splitlines())
+    by_owner = {u.user_id: u for u in users}
+    rng = random.Random(7)
+    calls = Calls(platform, rng)
+
+    def pick():
+        owner, dep = rng.choice(made)
+        return by_owner[owner], dep
+
     print("\nbaselines, the bare calls each operation issues:")
-    for op, calls in BARE_CALLS.items():
-        print(f"  {op:<8} {calls}")
+    for op, described in BARE_CALLS.items():
+        print(f"  {op:<8} {described}")
     print(
         f"\n{'operation':<10}{'API p50':>10}{'API p95':>10}{'bare p50':>10}{'bare p95':>10}"
         f"{'p50 ratio':>11}  goal <= 1.3x"
@@ -219,20 +253,10 @@ def run(platform: LocalPlatform, args, scan_log: Path) -> None:
     handler_log = platform.log_dir / "functions" / "APIHandler.log"
     handler_rows = []
     for op in ("create", "detail", "list"):
-        api_ms, bare_ms = [], []
-        for _ in range(3):  # warm both paths (the API's first create is the bare put's item)
-            owner, dep = rng.choice(made)
-            api_call(op, by_owner[owner], dep)
-            bare_call(op, by_owner[owner], dep)
+        interleaved(calls, op, pick, 3)  # warm both paths (the API's first create is the put's)
         logged_before = len(handler_log.read_text().splitlines())
-        for i in range(args.list_rounds if op == "list" else args.rounds):
-            owner, dep = rng.choice(made)
-            # Alternate which goes first so drift on a noisy machine hits both sides alike.
-            order = [(api_call, api_ms), (bare_call, bare_ms)]
-            for call, samples in order if i % 2 == 0 else reversed(order):
-                t0 = time.perf_counter()
-                call(op, by_owner[owner], dep)
-                samples.append((time.perf_counter() - t0) * 1000)
+        rounds = args.list_rounds if op == "list" else args.rounds
+        api_ms, bare_ms = interleaved(calls, op, pick, rounds)
         ratio = statistics.median(api_ms) / statistics.median(bare_ms)
         verdict = "ok" if ratio <= 1.3 else "OVER"
         print(
