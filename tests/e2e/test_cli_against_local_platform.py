@@ -153,10 +153,15 @@ def test_ctrl_c_stops_everything_and_frees_the_ports(tmp_path):
     platform = start_platform(tmp_path)
     ports = (platform.api_port, platform.aws_port, platform.ws_port, platform.management_port)
     assert all(port_in_use(port) for port in ports)
-    time.sleep(3)  # the Lambda service starts every function's container in the background
+    # moto, the Lambda service (with the REST gateway) and its container per function, and the
+    # WebSocket gateway; the service starts the containers in the background, so wait for them
+    expected = 3 + 17
+    deadline = time.monotonic() + 60
     children = descendants(platform.process.pid)
-    # moto, the Lambda service and a container per function, the REST and WebSocket gateways
-    assert len(children) >= 4 + 17
+    while len(children) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+        children = descendants(platform.process.pid)
+    assert len(children) >= expected
     assert stop_platform(platform) == 0
     assert not any(port_in_use(port) for port in ports)
     assert [pid for pid in children if alive(pid)] == []
