@@ -144,7 +144,11 @@ class Connection:
     def _drop(self) -> None:
         if self._ws is not None:
             with contextlib.suppress(Exception):
-                self._ws.close()
+                self._ws.close()  # the closing handshake, while the connection is up
+            # After a server-initiated close websocket-client has already marked the connection
+            # closed, so close() returns without closing the socket: shutdown() always does.
+            with contextlib.suppress(Exception):
+                self._ws.shutdown()
             self._ws = None
         self.connected.clear()
 

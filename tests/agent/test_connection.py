@@ -344,12 +344,6 @@ def test_after_the_server_drops_it_reconnects_and_says_hello_again(server, conne
         assert connection.connects == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a server-initiated close, websocket-client's send_close() has already set "
-    "connected=False, so WebSocket.close() in _drop returns without closing the socket: it "
-    "stays in CLOSE_WAIT until a GC cycle (connection.py _drop)",
-)
 def test_after_the_server_closes_the_agent_closes_its_socket_at_once(inbox):
     gc.disable()  # the socket is freed only by the cyclic GC; keep that from hiding the leak
     try:
