@@ -40,7 +40,8 @@ def billing_deployments(billable: int, stopped: int) -> list[str]:
     billing starts: see DeploymentRepository.record_instance), and `stopped` ones (no meter)
     that only make the deployments table bigger. Returns the billable ones' ids."""
     from chalicelib.store.deployments import billing_shard
-    from chalicelib.store.models import DeployConfigAttribute, DeploymentItem, MeterItem
+    from chalicelib.store.meter_models import MeterItem
+    from chalicelib.store.models import DeployConfigAttribute, DeploymentItem
 
     start = datetime.now(UTC) - timedelta(minutes=1)
     billable_ids = []

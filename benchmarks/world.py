@@ -225,7 +225,8 @@ def _heard_the_minute_before(fleet: Fleet) -> None:
     next whole minute), so its first heartbeat of that minute moves its liveness index entry,
     as one heartbeat in four does."""
     from chalicelib.store.connections import minute_of
-    from chalicelib.store.models import ConnectionItem, utcnow
+    from chalicelib.store.model_base import utcnow
+    from chalicelib.store.node_models import ConnectionItem
 
     now = utcnow()
     fleet.minute_start = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
@@ -244,8 +245,9 @@ def _seed_meter_tails(billable_ids: list[str]) -> int:
     in LEDGER_PAGE moves its page to the ledger table this minute."""
     from decimal import Decimal
 
+    from chalicelib.store.meter_models import MeterItem
     from chalicelib.store.metering import LEDGER_PAGE
-    from chalicelib.store.models import LedgerEntry, MeterItem
+    from chalicelib.store.model_base import LedgerEntry
 
     ended = datetime.now(UTC) - timedelta(minutes=1)
     with MeterItem.batch_write() as batch:

@@ -8,6 +8,7 @@ from chalicelib.errors import Conflict, NotFound, PrismError, Unauthorized, Vali
 from chalicelib.lifecycle import Status
 from chalicelib.logs import logger
 from chalicelib.schemas import CLOUD_TARGETS
+from chalicelib.store.deployment_pages import owned_page
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import ApiKeyItem, DeploymentItem
 from chalicelib.store.nodes import NodeRepository
@@ -171,7 +172,7 @@ class Accounts:
     def _active(self, user_id: str) -> list[DeploymentItem]:
         items, cursor = [], None
         while True:
-            page = self._deployments.list_owned(user_id, None, 100, cursor)
+            page = owned_page(user_id, None, 100, cursor)
             items += [i for i in page.items if not Status(i.status).is_terminal()]
             if page.cursor is None:
                 return items

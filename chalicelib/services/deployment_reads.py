@@ -15,9 +15,12 @@ from chalicelib.responses import (
 from chalicelib.schemas import CLOUD_TARGETS, CostsQuery, ListDeploymentsQuery
 from chalicelib.services.node_requests import NodeRequests, new_request_id
 from chalicelib.services.pagination import decode_cursor, encode_cursor, seal, unseal
+from chalicelib.store.deployment_pages import owned_page
 from chalicelib.store.deployments import DeploymentRepository
+from chalicelib.store.meter_models import LedgerItem
 from chalicelib.store.metering import MeteringRepository
-from chalicelib.store.models import DeploymentItem, LedgerItem, utcnow
+from chalicelib.store.model_base import utcnow
+from chalicelib.store.models import DeploymentItem
 
 
 class DeploymentReads:
@@ -52,7 +55,7 @@ class DeploymentReads:
         statuses = sorted(set(query.status or []))
         filter_key = ",".join(statuses)
         cursor = decode_cursor(query.next_token, owner_id, filter_key)
-        page = self._deployments.list_owned(owner_id, statuses, query.limit, cursor)
+        page = owned_page(owner_id, statuses, query.limit, cursor)
         return page.items, encode_cursor(page.cursor, owner_id, filter_key)
 
     def health(self, owner_id: str, deployment_id: str) -> HealthOut:

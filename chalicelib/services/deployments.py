@@ -37,11 +37,7 @@ from chalicelib.services.node_requests import NodeRequests
 from chalicelib.services.placement import Placement, choose_node, waiting_reason
 from chalicelib.store import endpoints
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.models import (
-    DeployConfigAttribute,
-    DeploymentItem,
-    ResourceItem,
-)
+from chalicelib.store.models import DeployConfigAttribute, DeploymentItem, ResourceItem
 from chalicelib.store.nodes import NodeRepository
 from chalicelib.store.resources import ResourceRepository
 from chalicelib.store.secrets import DeploymentSecrets, SecretStore, split_weights_source

@@ -33,13 +33,9 @@ from chalicelib.services.placement import Placement, deploy_message
 from chalicelib.store.connections import ConnectionRepository, needs_node
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.endpoints import record_request_metrics
-from chalicelib.store.models import (
-    ConnectionItem,
-    DeploymentItem,
-    LastExitAttribute,
-    RequestMetricsAttribute,
-    utcnow,
-)
+from chalicelib.store.model_base import utcnow
+from chalicelib.store.models import DeploymentItem, LastExitAttribute, RequestMetricsAttribute
+from chalicelib.store.node_models import ConnectionItem
 from chalicelib.store.nodes import NodeRepository, ReplyRepository
 
 # What a restart report keeps of the model's last output: enough to see why, small enough for

@@ -10,7 +10,9 @@ from chalicelib.services.ending import Ending
 from chalicelib.services.placement import Placement
 from chalicelib.store.connections import ConnectionRepository
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.models import ConnectionItem, DeploymentItem, NodeItem, utcnow
+from chalicelib.store.model_base import utcnow
+from chalicelib.store.models import DeploymentItem
+from chalicelib.store.node_models import ConnectionItem, NodeItem
 from chalicelib.store.nodes import NodeRepository
 
 # deploy_model messages sent without an answer before the deployment fails: a node that took

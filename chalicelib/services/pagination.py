@@ -11,11 +11,11 @@ import json
 import re
 
 from chalicelib.errors import ValidationFailed
-from chalicelib.store.deployments import PageCursor
+from chalicelib.store.deployment_pages import PageCursor
+from chalicelib.store.deployments import DEPLOYMENT_ID
 
 _INVALID = "next_token is not valid; pass back the value from the previous page unchanged"
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
-_DEPLOYMENT_ID = re.compile(r"dep_[0-9a-f]{16}")
 # created_at as DeploymentItem.created_at serializes it (UTCDateTimeAttribute)
 _CREATED_AT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+0000")
 _STATUS_SUFFIX = re.compile(r"(#[a-z]{1,20})?")
@@ -70,7 +70,7 @@ def _is_position(pos) -> bool:
         and len(pos) == 2
         and all(isinstance(p, str) for p in pos)
         and bool(_CREATED_AT.fullmatch(pos[0]))
-        and bool(_DEPLOYMENT_ID.fullmatch(pos[1]))
+        and bool(DEPLOYMENT_ID.fullmatch(pos[1]))
     )
 
 

@@ -13,7 +13,8 @@ from chalicelib.node_channel import NodeChannel
 from chalicelib.protocol import DeployConfig, DeployModel, gpu_matches
 from chalicelib.schemas import DeployConfig as RestDeployConfig
 from chalicelib.store.deployments import Assignment, DeploymentRepository
-from chalicelib.store.models import DeploymentItem, NodeItem
+from chalicelib.store.models import DeploymentItem
+from chalicelib.store.node_models import NodeItem
 from chalicelib.store.nodes import NodeRepository
 from chalicelib.store.secrets import DeploymentSecrets, SecretStore
 

@@ -25,7 +25,7 @@ from chalicelib.services.placement import Placement
 from chalicelib.services.workflows import Workflows
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.metering import MeteringRepository
-from chalicelib.store.models import utcnow
+from chalicelib.store.model_base import utcnow
 from chalicelib.store.nodes import NodeRepository, ReplyRepository
 from chalicelib.store.resources import ResourceRepository
 from chalicelib.store.users import UserRepository

@@ -17,7 +17,8 @@ from pynamodb.constants import ALL_OLD, BATCH_GET_PAGE_LIMIT
 from pynamodb.exceptions import UpdateError
 
 from chalicelib.batches import chunked
-from chalicelib.store.models import ConnectionItem, NodeItem, utcnow
+from chalicelib.store.model_base import utcnow
+from chalicelib.store.node_models import ConnectionItem, NodeItem
 from chalicelib.store.shards import LAST_SEEN_SHARDS, shard_of
 
 CONNECTION_TTL_SECONDS = 3 * 3600  # API Gateway closes a connection after 2 hours

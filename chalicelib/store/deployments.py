@@ -1,21 +1,19 @@
 """Deployment repository. Status changes are conditional writes on (status, version), so two
 racing writers cannot both win and a late message cannot resurrect a finished deployment."""
 
-import heapq
 import re
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
-from itertools import islice
 
 from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
 from chalicelib.errors import Conflict, NotFound
 from chalicelib.lifecycle import ACTIVE, COMING_UP, Status, check_transition
-from chalicelib.store.models import DeploymentItem, MeterItem, SecretItem, utcnow
+from chalicelib.store.meter_models import MeterItem
+from chalicelib.store.model_base import utcnow
+from chalicelib.store.models import DeploymentItem, SecretItem
 from chalicelib.store.nodes import gpu_claim, release_gpus
 from chalicelib.store.secrets import split_weights_source
 from chalicelib.store.shards import (
@@ -45,20 +43,6 @@ class Assignment(Enum):
     ASSIGNED = "assigned"
     GPU_TAKEN = "gpu_taken"  # another deployment claimed the GPU first: choose again
     MOVED = "moved"  # the deployment was placed elsewhere, stopped or ended meanwhile
-
-
-@dataclass(frozen=True)
-class PageCursor:
-    """Where each listed partition stopped: (created_at, id) of its last returned item, or None
-    when it has not been read yet. Partitions absent from `positions` are exhausted."""
-
-    positions: dict[str, tuple[str, str] | None]
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list[DeploymentItem]
-    cursor: PageCursor | None
 
 
 def owner_status_key(owner_id: str, status: str) -> str:
@@ -371,67 +355,6 @@ class DeploymentRepository:
         waiting = DeploymentItem.unplaced.exists()
         return DeploymentItem.by_owner_status.query(key, filter_condition=waiting)
 
-    def list_owned(
-        self,
-        owner_id: str,
-        statuses: list[Status] | None,
-        limit: int,
-        cursor: PageCursor | None = None,
-    ) -> Page:
-        """Newest first. One Query per partition (the owner, or one per requested status),
-        merged by creation time; never a Scan."""
-        if statuses:
-            partitions = {
-                owner_status_key(owner_id, s.value): DeploymentItem.by_owner_status
-                for s in statuses
-            }
-        else:
-            partitions = {owner_id: DeploymentItem.by_owner}
-        if cursor is None:
-            positions = dict.fromkeys(partitions)
-        else:
-            positions = {p: pos for p, pos in cursor.positions.items() if p in partitions}
-
-        def fetch(partition: str) -> list[DeploymentItem]:
-            index = partitions[partition]
-            start = positions[partition]
-            start_key = None if start is None else _index_key(index, partition, *start)
-            query = index.query(
-                partition,
-                scan_index_forward=False,
-                limit=limit + 1,
-                last_evaluated_key=start_key,
-            )
-            return list(query)
-
-        names = list(positions)
-        if len(names) > 1:
-            with ThreadPoolExecutor(max_workers=len(names)) as pool:
-                fetched = dict(zip(names, pool.map(fetch, names), strict=True))
-        else:
-            fetched = {name: fetch(name) for name in names}
-
-        tagged = [
-            [(item.created_at, name, item) for item in items] for name, items in fetched.items()
-        ]
-        merged = heapq.merge(*tagged, key=lambda t: t[0], reverse=True)
-        page = list(islice(merged, limit))
-
-        next_positions: dict[str, tuple[str, str] | None] = {}
-        for name, items in fetched.items():
-            taken = [item for _, n, item in page if n == name]
-            exhausted = len(taken) == len(items) and len(items) <= limit
-            if exhausted:
-                continue
-            last = taken[-1] if taken else None
-            next_positions[name] = (
-                (DeploymentItem.created_at.serialize(last.created_at), last.id)
-                if last
-                else positions[name]
-            )
-        items = [item for _, _, item in page]
-        return Page(items=items, cursor=PageCursor(next_positions) if next_positions else None)
-
 
 def _start_billing(item: DeploymentItem, price, since) -> list:
     """The meter's update that starts billing at `since`: created with a total of 0, or kept
@@ -478,12 +401,3 @@ def _set_actions(changes: dict) -> list:
         else getattr(DeploymentItem, name).set(value)
         for name, value in changes.items()
     ]
-
-
-def _index_key(index, partition: str, created_at: str, deployment_id: str) -> dict:
-    hash_name = "owner_status" if index is DeploymentItem.by_owner_status else "owner_id"
-    return {
-        "id": {"S": deployment_id},
-        hash_name: {"S": partition},
-        "created_at": {"S": created_at},
-    }

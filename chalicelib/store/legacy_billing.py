@@ -14,8 +14,9 @@ from pynamodb.transactions import TransactWrite
 
 from chalicelib.logs import logger
 from chalicelib.store.deployments import DeploymentRepository, billing_shard
+from chalicelib.store.meter_models import MeterItem
 from chalicelib.store.metering import write_to_ledger
-from chalicelib.store.models import DeploymentItem, MeterItem
+from chalicelib.store.models import DeploymentItem
 from chalicelib.store.shards import BILLING_SHARDS
 from chalicelib.store.writes import transaction_connection, update_if
 

@@ -17,7 +17,8 @@ from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.condition import size
 
 from chalicelib.batches import chunked
-from chalicelib.store.models import LedgerEntry, LedgerItem, MeterItem
+from chalicelib.store.meter_models import LedgerItem, MeterItem
+from chalicelib.store.model_base import LedgerEntry
 from chalicelib.store.shards import BILLING_SHARDS
 from chalicelib.store.writes import is_condition_failure
 

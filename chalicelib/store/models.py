@@ -1,12 +1,11 @@
-"""pynamodb models. Table names and the endpoint come from `settings`; keys and indexes match
+"""pynamodb models of deployments and what an owner has (secrets, users, API keys, catalog
+entries). Nodes and connections are in node_models.py, meters and the ledger in
+meter_models.py. Table names and the endpoint come from `settings`; keys and indexes match
 infra/resources.json (a test checks they agree)."""
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 
 from pynamodb.attributes import (
-    Attribute,
     BinaryAttribute,
     BooleanAttribute,
     ListAttribute,
@@ -16,36 +15,15 @@ from pynamodb.attributes import (
     UTCDateTimeAttribute,
     VersionAttribute,
 )
-from pynamodb.constants import STRING
 from pynamodb.indexes import (
     AllProjection,
     GlobalSecondaryIndex,
     IncludeProjection,
-    KeysOnlyProjection,
 )
 from pynamodb.models import Model
 
 from chalicelib.config import settings
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class DecimalAttribute(NumberAttribute):
-    """A DynamoDB number kept exact as a Decimal (money), not a float."""
-
-    def serialize(self, value: Decimal) -> str:
-        return str(Decimal(value))
-
-    def deserialize(self, value: str) -> Decimal:
-        return Decimal(value)
-
-
-class _Meta:
-    region = settings.region
-    host = settings.aws_endpoint_url
-    billing_mode = "PAY_PER_REQUEST"
+from chalicelib.store.model_base import DecimalAttribute, LedgerEntryAttribute, TableMeta, utcnow
 
 
 class ByOwnerIndex(GlobalSecondaryIndex):
@@ -140,49 +118,6 @@ class BillableIndex(GlobalSecondaryIndex):
     id = UnicodeAttribute(range_key=True)
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
-    """One charge, kept on its meter until a page of them moves to the ledger table."""
-
-    period_start: datetime
-    period_end: datetime
-    amount_usd: Decimal
-    price_per_hour_usd: Decimal
-    cost_after_usd: Decimal
-
-
-_TIME_FORMAT = UTCDateTimeAttribute()  # how every time is stored
-
-
-class LedgerEntryAttribute(Attribute[LedgerEntry]):
-    """A charge as one compact string, "start|end|amount|price|total": every charge rewrites the
-    meter, tail included, which must stay under 1 KB, so each entry is one small value (not a
-    map of five named attributes: half the bytes)."""
-
-    attr_type = STRING
-
-    def serialize(self, value: LedgerEntry) -> str:
-        return "|".join(
-            [
-                _TIME_FORMAT.serialize(value.period_start),
-                _TIME_FORMAT.serialize(value.period_end),
-                str(value.amount_usd),
-                str(value.price_per_hour_usd),
-                str(value.cost_after_usd),
-            ]
-        )
-
-    def deserialize(self, value: str) -> LedgerEntry:
-        start, end, amount, price, total = value.split("|")
-        return LedgerEntry(
-            _TIME_FORMAT.deserialize(start),
-            _TIME_FORMAT.deserialize(end),
-            Decimal(amount),
-            Decimal(price),
-            Decimal(total),
-        )
-
-
 class LastExitAttribute(MapAttribute):
     """Why the node agent last restarted a deployment. Kept small (the item is projected into
     indexes): the model's output is cut before it is stored."""
@@ -214,7 +149,7 @@ class RequestMetricsAttribute(MapAttribute):
 
 
 class DeploymentItem(Model):
-    class Meta(_Meta):
+    class Meta(TableMeta):
         table_name = settings.deployments_table
 
     id = UnicodeAttribute(hash_key=True)
@@ -321,7 +256,7 @@ class SecretItem(Model):
     bound to the deployment id. No index; written with the deployment, deleted by the
     transition that ends it."""
 
-    class Meta(_Meta):
+    class Meta(TableMeta):
         table_name = settings.secrets_table
 
     deployment_id = UnicodeAttribute(hash_key=True)
@@ -333,7 +268,7 @@ class SecretItem(Model):
 
 
 class UserItem(Model):
-    class Meta(_Meta):
+    class Meta(TableMeta):
         table_name = settings.users_table
 
     id = UnicodeAttribute(hash_key=True)
@@ -344,7 +279,7 @@ class UserItem(Model):
 class ApiKeyItem(Model):
     """An API key, stored only as its SHA-256: the key itself is shown once, at creation."""
 
-    class Meta(_Meta):
+    class Meta(TableMeta):
         table_name = settings.api_keys_table
 
     key_hash = UnicodeAttribute(hash_key=True)
@@ -356,7 +291,7 @@ class ApiKeyItem(Model):
 class ResourceItem(Model):
     """A marketplace catalog entry: a ready-made deployment recipe."""
 
-    class Meta(_Meta):
+    class Meta(TableMeta):
         table_name = settings.resources_table
 
     slug = UnicodeAttribute(hash_key=True)
@@ -369,167 +304,3 @@ class ResourceItem(Model):
     gpu = BooleanAttribute(default=True)
     gpu_type = UnicodeAttribute(null=True)
     deploy_config = DeployConfigAttribute()
-
-
-class NodesByOwnerIndex(GlobalSecondaryIndex):
-    class Meta:
-        index_name = "by-owner"
-        projection = AllProjection()
-
-    owner_id = UnicodeAttribute(hash_key=True)
-    created_at = UTCDateTimeAttribute(range_key=True)
-
-
-class NodesByLastSeenIndex(GlobalSecondaryIndex):
-    """Legacy: nodes by when they were last heard from, as heartbeats filed them before
-    liveness moved to the connection item (ConnectionsLivenessIndex). Nothing writes a `fleet`
-    any more; the sweep still reads it for node items from before, which leave it once
-    handled. It can be deleted once no node item holds a `fleet`."""
-
-    class Meta:
-        index_name = "by-last-seen"
-        projection = AllProjection()
-
-    fleet = UnicodeAttribute(hash_key=True)
-    last_seen_at = UTCDateTimeAttribute(range_key=True)
-
-
-class GpuAttribute(MapAttribute):
-    index = NumberAttribute()
-    name = UnicodeAttribute()
-    uuid = UnicodeAttribute(null=True)
-    memory_total_mb = NumberAttribute(null=True)
-
-
-class NodeItem(Model):
-    """A machine running the node agent. Its token is stored only as a hash."""
-
-    class Meta(_Meta):
-        table_name = settings.nodes_table
-
-    id = UnicodeAttribute(hash_key=True)
-    owner_id = UnicodeAttribute()
-    name = UnicodeAttribute()
-    token_hash = UnicodeAttribute()
-    status = UnicodeAttribute(default="offline")  # online | offline
-    connection_id = UnicodeAttribute(null=True)
-    agent_version = UnicodeAttribute(null=True)
-    gpus = ListAttribute(of=GpuAttribute, default=list)
-    fleet = UnicodeAttribute(null=True)  # legacy by-last-seen shard (see NodesByLastSeenIndex)
-    dedicated_to = UnicodeAttribute(null=True)  # the cloud deployment whose instance this is
-    # GPU index (as a string) -> the deployment holding it, claimed in the same transaction
-    # that assigns the deployment (null on nodes that never said hello since this existed).
-    gpu_claims = MapAttribute(null=True)
-    last_seen_at = UTCDateTimeAttribute(default_for_new=utcnow)
-    created_at = UTCDateTimeAttribute(default_for_new=utcnow)
-
-    by_owner = NodesByOwnerIndex()
-    by_last_seen = NodesByLastSeenIndex()
-
-    def gpu_claim_holders(self) -> dict[int, str]:
-        """GPU index -> the deployment that claimed it."""
-        claims = self.gpu_claims
-        raw = claims.as_dict() if isinstance(claims, MapAttribute) else dict(claims or {})
-        return {int(index): holder for index, holder in raw.items()}
-
-
-class ConnectionsLivenessIndex(GlobalSecondaryIndex):
-    """Connections the sweep must watch, under 16 shard keys (store/shards.py) and sparse:
-    `fleet` is set at connect (and by each heartbeat) and removed once the sweep has handled
-    the connection's silence. Sorted by the minute of the last heartbeat, not its time: an
-    index key that changes costs two index writes (delete and put), so with heartbeats every
-    15 s only one in four moves the entry, and the others write no index at all (the exact
-    time is not projected). The sweep reads only the minutes before its cutoff."""
-
-    class Meta:
-        index_name = "liveness"
-        projection = IncludeProjection(["node_id", "closed"])
-
-    fleet = UnicodeAttribute(hash_key=True)
-    seen_minute = UnicodeAttribute(range_key=True)
-
-
-class ConnectionItem(Model):
-    """A WebSocket connection -> the node on it (messages carry only the connection id), and
-    the node's liveness: a heartbeat writes only this small item (and its index entry). Kept
-    after $disconnect, `closed`, until the sweep has handled the silence it began."""
-
-    class Meta(_Meta):
-        table_name = settings.connections_table
-
-    connection_id = UnicodeAttribute(hash_key=True)
-    node_id = UnicodeAttribute()
-    owner_id = UnicodeAttribute()
-    expires_at = NumberAttribute()  # TTL: 3 h from connect (API Gateway: 2 h), 1 day once closed
-    last_seen_at = UTCDateTimeAttribute(null=True)  # connect, then each heartbeat
-    seen_minute = UnicodeAttribute(null=True)  # last_seen_at to the minute: the index's sort key
-    fleet = UnicodeAttribute(null=True)  # its liveness shard; none once its silence is handled
-    closed = BooleanAttribute(null=True)  # its socket closed: its messages are refused
-    # When its node was marked offline (or moved to a newer connection) while this socket
-    # might live on: its next heartbeat tries to bring the node back online on it.
-    marked_offline = UTCDateTimeAttribute(null=True)
-
-    liveness = ConnectionsLivenessIndex()
-
-
-class NodeReplyItem(Model):
-    """A node's answer to a request (health_check, logs_request), picked up by the API call
-    that is waiting for it."""
-
-    class Meta(_Meta):
-        table_name = settings.node_replies_table
-
-    request_id = UnicodeAttribute(hash_key=True)
-    payload = UnicodeAttribute()  # the message JSON
-    expires_at = NumberAttribute()  # TTL
-
-
-class LedgerItem(Model):
-    """One charge: what was billed for which period at which price. Written first on the
-    deployment with its running total (one conditional update, so the two never disagree),
-    then moved here a page at a time with idempotent puts."""
-
-    class Meta(_Meta):
-        table_name = settings.ledger_table
-
-    deployment_id = UnicodeAttribute(hash_key=True)
-    period_end = UTCDateTimeAttribute(range_key=True)
-    period_start = UTCDateTimeAttribute()
-    amount_usd = DecimalAttribute()
-    price_per_hour_usd = DecimalAttribute()
-    cost_after_usd = DecimalAttribute()
-
-
-class BillableMetersIndex(GlobalSecondaryIndex):
-    """Meters a provider is charging for (sparse: `billable` is set only then, to one of 8
-    keys, see store.deployments.billing_shard). Keys only: a charge changes no key, so it
-    rewrites no entry here; the tick reads the meters themselves with BatchGetItem."""
-
-    class Meta:
-        index_name = "billable"
-        projection = KeysOnlyProjection()
-
-    billable = UnicodeAttribute(hash_key=True)
-    deployment_id = UnicodeAttribute(range_key=True)
-
-
-class MeterItem(Model):
-    """A cloud deployment's billing state, apart from the deployment: every charge rewrites it,
-    and an item under 1 KB with no index entry to rewrite costs one write unit (the deployment
-    item is several KB and projected into five indexes). Created when billing starts, kept
-    after it ends (the final total and the newest charges)."""
-
-    class Meta(_Meta):
-        table_name = settings.meters_table
-
-    deployment_id = UnicodeAttribute(hash_key=True)
-    billable = UnicodeAttribute(null=True)  # its index shard while the provider charges
-    price_per_hour_usd = DecimalAttribute()
-    budget_max_usd = DecimalAttribute(null=True)
-    cost_accrued_usd = DecimalAttribute(default=lambda: Decimal(0))
-    last_metered_at = UTCDateTimeAttribute()
-    # The newest charges, written with the total in one conditional update (exactly once, one
-    # item write); a full page moves to the ledger table.
-    ledger_tail = ListAttribute(of=LedgerEntryAttribute, default=list)
-
-    billable_index = BillableMetersIndex()

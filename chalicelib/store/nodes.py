@@ -18,13 +18,8 @@ from pynamodb.transactions import TransactWrite
 from chalicelib.config import settings
 from chalicelib.protocol import NODE_TOKEN_PREFIX, node_id_of_token
 from chalicelib.store.connections import ConnectionRepository
-from chalicelib.store.models import (
-    ConnectionItem,
-    GpuAttribute,
-    NodeItem,
-    NodeReplyItem,
-    utcnow,
-)
+from chalicelib.store.model_base import utcnow
+from chalicelib.store.node_models import ConnectionItem, GpuAttribute, NodeItem, NodeReplyItem
 from chalicelib.store.shards import LAST_SEEN_SHARDS, LEGACY_LAST_SEEN
 
 NODE_ID = re.compile(r"node_[0-9a-f]{16}")

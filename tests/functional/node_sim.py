@@ -4,7 +4,8 @@ events, as the gateway would deliver them."""
 from datetime import timedelta
 
 from chalicelib.store.connections import minute_of
-from chalicelib.store.models import ConnectionItem, NodeItem, utcnow
+from chalicelib.store.model_base import utcnow
+from chalicelib.store.node_models import ConnectionItem, NodeItem
 from prism.dev.events import websocket_event
 
 

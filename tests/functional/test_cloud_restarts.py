@@ -8,7 +8,7 @@ import pytest
 
 from chalicelib.services import registry
 from chalicelib.store.metering import BillableEntry, MeteringRepository
-from chalicelib.store.models import utcnow
+from chalicelib.store.model_base import utcnow
 from tests.cloud_sandbox import (
     TERMINAL,
     assert_nothing_leaked_and_billed_exactly,

@@ -11,7 +11,8 @@ from chalicelib.services import placement as placement_module
 from chalicelib.services import registry
 from chalicelib.services.nodes import MAX_UNANSWERED_DEPLOYS, Sweeper
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.models import DeploymentItem, NodeItem
+from chalicelib.store.models import DeploymentItem
+from chalicelib.store.node_models import NodeItem
 from chalicelib.store.nodes import NodeRepository
 from chalicelib.store.shards import UNPLACED_SHARDS
 from tests.functional.node_sim import NodeSim, age_node

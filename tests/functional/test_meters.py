@@ -12,8 +12,10 @@ from chalicelib.config import settings
 from chalicelib.services import registry
 from chalicelib.store import legacy_billing
 from chalicelib.store.deployments import DeploymentRepository, billing_shard
+from chalicelib.store.meter_models import LedgerItem
 from chalicelib.store.metering import LEDGER_PAGE, BillableEntry, MeteringRepository
-from chalicelib.store.models import DeploymentItem, LedgerEntry, LedgerItem
+from chalicelib.store.model_base import LedgerEntry
+from chalicelib.store.models import DeploymentItem
 from tests.functional import test_metering
 from tests.functional.test_metering import DEPLOYMENTS, T0, billable, cost, drain, ledger, meter
 

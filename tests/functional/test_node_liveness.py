@@ -16,7 +16,8 @@ from chalicelib import aws
 from chalicelib.config import settings
 from chalicelib.services import registry
 from chalicelib.store.connections import CLOSED_TTL_SECONDS, ConnectionRepository, minute_of
-from chalicelib.store.models import ConnectionItem, NodeItem, utcnow
+from chalicelib.store.model_base import utcnow
+from chalicelib.store.node_models import ConnectionItem, NodeItem
 from tests.functional.node_sim import NodeSim, age_node
 
 NODES = "/api/v1/compute/nodes"

@@ -7,7 +7,9 @@ from datetime import timedelta
 import pytest
 
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.models import DeploymentItem, NodeItem, utcnow
+from chalicelib.store.model_base import utcnow
+from chalicelib.store.models import DeploymentItem
+from chalicelib.store.node_models import NodeItem
 from prism.dev.events import websocket_event
 from tests.functional.node_sim import NodeSim, age_node
 

@@ -9,13 +9,9 @@ import pytest
 
 from chalicelib.store.connections import ConnectionRepository
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.models import (
-    ConnectionItem,
-    DeployConfigAttribute,
-    DeploymentItem,
-    NodeItem,
-    utcnow,
-)
+from chalicelib.store.model_base import utcnow
+from chalicelib.store.models import DeployConfigAttribute, DeploymentItem
+from chalicelib.store.node_models import ConnectionItem, NodeItem
 from chalicelib.store.shards import (
     AWAITING_ACK_SHARDS,
     CLOUD_SHARDS,

@@ -12,7 +12,8 @@ from chalicelib.services import registry
 from chalicelib.services.auth import Accounts
 from chalicelib.store.connections import ConnectionRepository
 from chalicelib.store.deployments import DeploymentRepository
-from chalicelib.store.models import ApiKeyItem, ConnectionItem, NodeItem, UserItem
+from chalicelib.store.models import ApiKeyItem, UserItem
+from chalicelib.store.node_models import ConnectionItem, NodeItem
 from chalicelib.store.nodes import NodeRepository
 from chalicelib.store.users import UserRepository, hash_key, key_id
 from tests.functional.conftest import Api

@@ -8,7 +8,8 @@ from chalicelib.services.placement import (
     deploy_message,
     free_gpus,
 )
-from chalicelib.store.models import DeployConfigAttribute, DeploymentItem, GpuAttribute, NodeItem
+from chalicelib.store.models import DeployConfigAttribute, DeploymentItem
+from chalicelib.store.node_models import GpuAttribute, NodeItem
 
 
 def node(node_id, dedicated_to=None, gpus=(), claims=None):

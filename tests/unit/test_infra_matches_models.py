@@ -1,17 +1,8 @@
 """The pynamodb models and infra/resources.json must describe the same tables."""
 
-from chalicelib.store.models import (
-    ApiKeyItem,
-    ConnectionItem,
-    DeploymentItem,
-    LedgerItem,
-    MeterItem,
-    NodeItem,
-    NodeReplyItem,
-    ResourceItem,
-    SecretItem,
-    UserItem,
-)
+from chalicelib.store.meter_models import LedgerItem, MeterItem
+from chalicelib.store.models import ApiKeyItem, DeploymentItem, ResourceItem, SecretItem, UserItem
+from chalicelib.store.node_models import ConnectionItem, NodeItem, NodeReplyItem
 from prism.dev.infra import table_specs
 
 MODELS = {

@@ -7,7 +7,8 @@ from decimal import Decimal
 
 from chalicelib.store.deployments import billing_shard
 from chalicelib.store.metering import LEDGER_PAGE
-from chalicelib.store.models import LedgerEntry, MeterItem
+from chalicelib.store.meter_models import MeterItem
+from chalicelib.store.model_base import LedgerEntry
 
 WRITE_UNIT = 1024
 
