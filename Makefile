@@ -47,7 +47,7 @@ bench: install
 STAGE ?= dev
 package: install
 	rm -rf out/$(STAGE)
-	$(BIN)/python -m prism.dev.infra $(STAGE) out/merge-$(STAGE).json
+	$(BIN)/python -m prism.dev.merge_template $(STAGE) out/merge-$(STAGE).json
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) \
 		--merge-template out/merge-$(STAGE).json out/$(STAGE)
 	$(BIN)/cfn-lint out/$(STAGE)/sam.json

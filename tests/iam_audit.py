@@ -208,7 +208,7 @@ def policy_file(stage: str) -> dict:
 
 def stage_policy(stage: str, template: dict | None = None) -> dict:
     """What the app's functions are granted: the policy file, plus the statements the merge
-    template (prism.dev.infra.merged_template) attaches to their roles, which can name
+    template (prism.dev.merge_template.merged_template) attaches to their roles, which can name
     resources known only at deploy, such as the WebSocket API."""
     policy = policy_file(stage)
     policy["Statement"] += template_statements(stage, template)
@@ -217,7 +217,7 @@ def stage_policy(stage: str, template: dict | None = None) -> dict:
 
 def template_statements(stage: str, template: dict | None = None) -> list[dict]:
     if template is None:
-        from prism.dev.infra import merged_template
+        from prism.dev.merge_template import merged_template
 
         template = merged_template("dev")  # ${Stage} stays a placeholder, resolved below
     names = {"AWS::Partition": "aws", "AWS::Region": "*", "AWS::AccountId": "*"}

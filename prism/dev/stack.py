@@ -21,7 +21,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from prism.dev.infra import REPO_ROOT, merged_template
+from prism.dev.infra import REPO_ROOT
+from prism.dev.merge_template import merged_template
 
 PACKAGE_CACHE = REPO_ROOT / ".prism" / "package"
 KEEP_BUILDS = 3
@@ -33,6 +34,7 @@ PACKAGE_INPUTS = (
     "chalicelib",
     "infra",
     "prism/dev/infra.py",
+    "prism/dev/merge_template.py",
 )
 ACCOUNT = "123456789012"  # moto's default account
 # The template's API ids stand for the local gateway (see LocalAws.url_for).

@@ -17,7 +17,7 @@ from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import DeployConfigAttribute, DeploymentItem, SecretItem
 from chalicelib.store.nodes import NodeRepository
 from chalicelib.store.secrets import SecretStore
-from prism.dev import infra
+from prism.dev import merge_template
 from tests import iam_audit
 from tests.functional.node_sim import NodeSim
 from tests.functional.secrets_scan import (
@@ -234,7 +234,7 @@ FUNCTIONS = (
 def role_policy(function: str) -> dict:
     """What one function's role is granted: the stage policy file plus the merge template's
     policies that name its role (as prism.dev.identities gives it on the local platform)."""
-    template = infra.merged_template("dev")["Resources"]
+    template = merge_template.merged_template("dev")["Resources"]
     role = {"Ref": ("ApiHandler" if function == "APIHandler" else function) + "Role"}
     named = {
         name: body
@@ -297,12 +297,12 @@ def test_each_function_is_granted_the_secret_calls_it_makes_and_no_other_role_ca
     for function in FUNCTIONS:
         policy = role_policy(function)
         for call, allowed in (
-            (decrypt, infra.OPENS_SECRETS),
-            (get, infra.OPENS_SECRETS),
-            (generate, infra.SEALS_SECRETS),
-            (put, infra.SEALS_SECRETS),
-            (delete, infra.ENDS_DEPLOYMENTS),
+            (decrypt, merge_template.OPENS_SECRETS),
+            (get, merge_template.OPENS_SECRETS),
+            (generate, merge_template.SEALS_SECRETS),
+            (put, merge_template.SEALS_SECRETS),
+            (delete, merge_template.ENDS_DEPLOYMENTS),
         ):
             verdict, why = iam_audit.decide(policy, call)
             assert (verdict == "allow") is (function in allowed), (function, call.action, why)
-    assert "APIHandler" not in infra.OPENS_SECRETS  # the internet-facing function never opens
+    assert "APIHandler" not in merge_template.OPENS_SECRETS  # internet-facing: never opens

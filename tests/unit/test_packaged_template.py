@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from prism.dev.infra import (
+from prism.dev.merge_template import (
     ENDS_DEPLOYMENTS,
     OPENS_SECRETS,
     SEALS_SECRETS,
