@@ -17,35 +17,34 @@ snapshot holds while it copies the state, so no snapshot sees half a write.
 import atexit
 import functools
 import gc
-import io
 import logging
 import os
 import pickle
 import signal
-import struct
 import sys
-import tempfile
 import threading
 import time
-import zlib
 from collections import defaultdict
 from pathlib import Path
 
 import moto
-from cryptography.hazmat.primitives import serialization
 from moto.backends import get_backend
-from moto.core.base_backend import BackendDict, backend_lock
+from moto.core.base_backend import BackendDict
 from moto.core.responses import BaseResponse
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType
+
+from prism.dev.moto_snapshot import live_backends, pickle_backends, read_verified, write_atomically
+
+# Snapshots saved before moto_snapshot.py existed name these here: they must still load.
+from prism.dev.moto_snapshot import load_private_key as _load_private_key  # noqa: F401
+from prism.dev.moto_snapshot import new_defaultdict as _new_defaultdict  # noqa: F401
 
 log = logging.getLogger("prism.dev.moto_state")
 
 STATE_FILE = "moto-state.pickle"
 SERVICES = ("dynamodb", "iam", "sts", "ssm", "kms", "sqs")
 FORMAT = 1
-_MAGIC = b"PRISM-MOTO-STATE\n"
-_HEADER = struct.Struct(">IQ")  # crc32 and length of the payload
 _READS = ("Get", "List", "Describe", "Query", "Scan", "BatchGet", "TransactGet", "GenerateDataKey")
 _CRYPTO = {"Encrypt", "Decrypt", "ReEncrypt", "GenerateRandom", "GenerateMac", "VerifyMac", "Sign"}
 _ITEM_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
@@ -117,7 +116,7 @@ class _State:
                 if snapshot is None:
                     return False
                 try:  # outside the lock: the snapshot is a copy, of bytes
-                    _write_atomically(self.path, pickle.dumps(snapshot, pickle.HIGHEST_PROTOCOL))
+                    write_atomically(self.path, pickle.dumps(snapshot, pickle.HIGHEST_PROTOCOL))
                 except BaseException:
                     self._unwritten = True
                     raise
@@ -133,7 +132,7 @@ class _State:
         self._refresh_items()
         for service in sorted(self.changed_services):
             try:
-                self._service_blobs[service] = _pickle_backends(service)
+                self._service_blobs[service] = pickle_backends(service)
                 self.changed_services.discard(service)
             except RuntimeError as error:  # a long-polling ReceiveMessage changed SQS meanwhile
                 log.info("saving %s again next time: %s", service, error)
@@ -150,7 +149,7 @@ class _State:
     def _refresh_items(self) -> None:
         tables = {
             (account, region, name): table
-            for account, region, backend in _backends("dynamodb")
+            for account, region, backend in live_backends("dynamodb")
             for name, table in backend.tables.items()
         }
         if self.reencode_all_items:
@@ -181,7 +180,7 @@ class _State:
         print(f"moto state: {tables} tables, {items} items from {self.path}", file=sys.stderr)
 
     def _load(self) -> tuple[int, int]:
-        snapshot = pickle.loads(_read_verified(self.path))
+        snapshot = pickle.loads(read_verified(self.path))
         if snapshot.get("format") != FORMAT or snapshot.get("moto") != moto.__version__:
             raise ValueError(
                 f"it was saved in format {snapshot.get('format')} by moto "
@@ -320,121 +319,6 @@ def _note_item(state: _State, backend, args: tuple, kwargs: dict) -> None:
         state.reencode_all_items = True
         return
     state.changed_items[(backend.account_id, backend.region_name, table_name)].add(key)
-
-
-# -- pickling moto's backends
-
-
-def _backends(service: str) -> list:
-    with backend_lock:  # backends are created lazily, by requests on other threads
-        return list(get_backend(service).iter_backends())
-
-
-def _pickle_backends(service: str) -> bytes:
-    backends = _backends(service)
-    live_tables = {
-        id(table) for _, _, backend in backends for table in getattr(backend, "tables", {}).values()
-    }
-    buffer = io.BytesIO()
-    _BackendPickler(buffer, live_tables).dump(backends)
-    return buffer.getvalue()
-
-
-class _BackendPickler(pickle.Pickler):
-    """Pickles what moto keeps that plain pickle refuses: locks and conditions (saved as new
-    ones), cryptography private keys (as DER), and defaultdicts whose factory is a lambda. Live
-    DynamoDB tables lose their items here; those are saved item by item."""
-
-    _LOCKS = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
-
-    def __init__(self, file, live_tables: set):
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.live_tables = live_tables
-
-    def reducer_override(self, obj):
-        if type(obj) in self._LOCKS:
-            return self._LOCKS[type(obj)], ()
-        if isinstance(obj, threading.Condition):
-            return threading.Condition, ()
-        if type(obj).__module__.startswith("cryptography") and hasattr(obj, "private_bytes"):
-            der = obj.private_bytes(
-                serialization.Encoding.DER,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            return _load_private_key, (der,)
-        if isinstance(obj, defaultdict):  # a lambda factory, or a subclass whose __init__ differs
-            factory = _picklable_factory(obj.default_factory)
-            state = getattr(obj, "__dict__", None) or None
-            return _new_defaultdict, (type(obj), factory), state, None, iter(obj.items())
-        if id(obj) in self.live_tables:
-            return _without_items(obj)
-        return NotImplemented
-
-
-def _without_items(table):
-    rebuild, args, state, *rest = table.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
-    return (rebuild, args, {**state, "items": defaultdict(dict)}, *rest)
-
-
-def _load_private_key(der: bytes):
-    return serialization.load_der_private_key(der, password=None)
-
-
-def _new_defaultdict(cls, factory):
-    made = defaultdict.__new__(cls)  # not cls(): moto's subclasses take other arguments
-    made.default_factory = factory
-    return made
-
-
-def _picklable_factory(factory):
-    """A picklable stand-in for a lambda factory such as `lambda: defaultdict(dict)`."""
-    if getattr(factory, "__name__", None) != "<lambda>":
-        return factory
-    made = factory()
-    if type(made) is defaultdict:
-        return functools.partial(defaultdict, _picklable_factory(made.default_factory))
-    if type(made) in (dict, list, set):
-        return type(made)
-    raise pickle.PicklingError(f"cannot save a defaultdict whose factory makes {type(made)}")
-
-
-# -- the file
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    """Temp file, fsync, rename, fsync the directory: a crash leaves the old snapshot or the new,
-    never half of one. mkstemp creates the file 0600."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(_MAGIC + _HEADER.pack(zlib.crc32(payload), len(payload)))
-            file.write(payload)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def _read_verified(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if not raw.startswith(_MAGIC):
-        raise ValueError("it is not a PRISM moto state file")
-    header = raw[len(_MAGIC) : len(_MAGIC) + _HEADER.size]
-    payload = raw[len(_MAGIC) + _HEADER.size :]
-    if len(header) < _HEADER.size:
-        raise ValueError("it is damaged: it ends inside its header")
-    crc, length = _HEADER.unpack(header)
-    if len(payload) != length or zlib.crc32(payload) != crc:
-        raise ValueError(f"it is damaged ({len(payload)} of {length} bytes, checksum mismatch)")
-    return payload
 
 
 def _save_then(previous, state: _State):

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import boto3
@@ -16,7 +17,7 @@ import botocore.exceptions
 import pytest
 import requests
 
-from prism.dev import moto_state
+from prism.dev import moto_snapshot, moto_state
 from prism.dev.processes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -183,7 +184,7 @@ def test_kill_9_loses_at_most_the_last_interval_and_idle_servers_do_not_write(se
 )
 def test_a_damaged_snapshot_is_a_clear_error(tmp_path, damage, complaint):
     path = tmp_path / moto_state.STATE_FILE
-    moto_state._write_atomically(path, pickle.dumps({"padding": b"x" * 1000}))
+    moto_snapshot.write_atomically(path, pickle.dumps({"padding": b"x" * 1000}))
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(moto_state.StateUnreadable) as raised:
         moto_state._State(path).restore()
@@ -191,10 +192,21 @@ def test_a_damaged_snapshot_is_a_clear_error(tmp_path, damage, complaint):
     assert str(path) in message and complaint in message and "prism dev up --fresh" in message
 
 
+def test_snapshots_saved_before_the_pickler_moved_still_load():
+    # What the pickler wrote for a defaultdict when it lived in moto_state (protocol 0 opcodes:
+    # the global, a tuple of its two arguments, a call).
+    old = (
+        b"cprism.dev.moto_state\n_new_defaultdict\n"
+        b"(ccollections\ndefaultdict\nc__builtin__\nlist\ntR."
+    )
+    loaded = pickle.loads(old)
+    assert type(loaded) is defaultdict and loaded.default_factory is list
+
+
 def test_a_snapshot_from_another_moto_is_refused(tmp_path):
     path = tmp_path / moto_state.STATE_FILE
     snapshot = {"format": moto_state.FORMAT, "moto": "0.0.1", "services": {}, "items": {}}
-    moto_state._write_atomically(path, pickle.dumps(snapshot))
+    moto_snapshot.write_atomically(path, pickle.dumps(snapshot))
     with pytest.raises(moto_state.StateUnreadable, match="by moto 0.0.1"):
         moto_state._State(path).restore()
 
