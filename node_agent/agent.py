@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from chalicelib.health_probe import probe
 from chalicelib.protocol import (
     DeploymentProgress,
     DeploymentStopped,
@@ -36,7 +37,7 @@ from chalicelib.protocol import (
 from node_agent import __version__, gpus
 from node_agent.deploying import Deploying
 from node_agent.endpoints import Endpoints
-from node_agent.health import HealthTracker, probe
+from node_agent.health import HealthTracker
 from node_agent.proxy import EndpointProxy
 from node_agent.reporting import METRICS_INTERVAL_S
 from node_agent.runtime.base import MODEL_HOST, LaunchError

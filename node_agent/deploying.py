@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+from chalicelib.health_probe import probe
 from chalicelib.protocol import (
     DEFAULT_MODEL_PORT,
     ENGINE_REASON_MAX,
@@ -28,7 +29,7 @@ from node_agent.frameworks import (
     detect_framework,
     fill_placeholders,
 )
-from node_agent.health import HealthTracker, probe
+from node_agent.health import HealthTracker
 from node_agent.ports import free_port, port_is_free
 from node_agent.runtime.base import LaunchError, LaunchSpec
 from node_agent.state import Record
@@ -259,7 +260,7 @@ class Deploying:
                 code = runtime.exit_code(record.handle)
                 self._exited(record, "crash", code, self._exit_message(record, "while starting"))
                 return
-            if probe(url, timeout=1.0).healthy:
+            if probe(url, timeout_s=1.0).healthy:
                 if runtime.serves(record.handle, record.model_port):
                     self._ready(record)
                     return

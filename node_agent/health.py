@@ -1,30 +1,9 @@
-"""Health probes: one HTTP GET, and the pure bookkeeping of consecutive failures."""
+"""The pure bookkeeping of consecutive failed health probes (the probe: chalicelib.health_probe)."""
 
-import time
 from dataclasses import dataclass
 
-import requests
-
+from chalicelib.health_probe import ProbeResult
 from chalicelib.protocol import UNHEALTHY_AFTER
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    healthy: bool
-    latency_ms: float | None
-    detail: str | None = None
-
-
-def probe(url: str, timeout: float = 2.0) -> ProbeResult:
-    started = time.perf_counter()
-    try:
-        response = requests.get(url, timeout=timeout)
-    except requests.RequestException as exc:
-        return ProbeResult(False, None, type(exc).__name__)
-    latency = round((time.perf_counter() - started) * 1000, 2)
-    if 200 <= response.status_code < 300:
-        return ProbeResult(True, latency)
-    return ProbeResult(False, latency, f"HTTP {response.status_code}")
 
 
 @dataclass

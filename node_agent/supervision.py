@@ -14,8 +14,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from chalicelib.health_probe import ProbeResult, probe
 from chalicelib.protocol import DeploymentHealthUpdate
-from node_agent.health import HealthTracker, ProbeResult, probe
+from node_agent.health import HealthTracker
 from node_agent.runtime.process import cap_log
 from node_agent.state import Record
 

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from chalicelib.config import CloudSettings
+from chalicelib.health_probe import probe
 from chalicelib.lifecycle import COMING_UP, Status, can_transition, towards
 from chalicelib.logs import logger
 from chalicelib.metering import charge
@@ -27,9 +28,9 @@ from chalicelib.providers.base import (
     instance_name,
 )
 from chalicelib.services.cloud_instances import (
+    PROBE_TIMEOUT_S,
     launch_spec,
     midpoint,
-    probe,
     runs_agent,
     with_short_rate_limit,
 )
@@ -66,7 +67,6 @@ class CloudService:
         workflows,
         cloud: CloudSettings,
         clock: Callable[[], datetime],
-        probe: Callable[[str], bool] = probe,
         place: Callable[[DeploymentItem], object] = lambda item: item,
         secrets: SecretStore | None = None,
         meters: MeteringRepository | None = None,
@@ -77,7 +77,6 @@ class CloudService:
         self._workflows = workflows
         self._cloud = cloud
         self._clock = clock
-        self._probe = probe
         self._place = place
         self._secrets = secrets or SecretStore()
         self._meters = meters or MeteringRepository()
@@ -142,12 +141,13 @@ class CloudService:
         if runs_agent(item):
             return self._agent_progress(item, state)
         url = item.endpoint_url + item.deploy_config.health_path
-        if self._probe(url):
+        result = probe(url, PROBE_TIMEOUT_S)
+        if result.healthy:
             return state | {"healthy": True}
         if self._clock() > datetime.fromisoformat(state["health_deadline"]):
             raise DeadlineExceeded(
                 f"{url} did not answer within {self._cloud.health_grace_seconds} s of the "
-                "instance coming up"
+                f"instance coming up (last probe: {result.detail})"
             )
         return state | {"healthy": False}
 

@@ -16,12 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from chalicelib.batches import chunked
+from chalicelib.health_probe import probe
 from chalicelib.lifecycle import Status, towards
 from chalicelib.logs import logger
 from chalicelib.protocol import UNHEALTHY_AFTER
 from chalicelib.providers.base import InstanceState, Provider
 from chalicelib.queue import MAX_BATCH, WorkQueue
-from chalicelib.services.cloud_instances import probe, runs_agent
+from chalicelib.services.cloud_instances import PROBE_TIMEOUT_S, runs_agent
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import DeploymentItem
 
@@ -36,14 +37,12 @@ class CloudHealth:
         workflows,
         clock: Callable[[], datetime],
         queue: WorkQueue | None,
-        probe: Callable[[str], bool] = probe,
     ):
         self._deployments = deployments
         self._providers = providers
         self._workflows = workflows
         self._clock = clock
         self._queue = queue
-        self._probe = probe
 
     def enqueue(self) -> int:
         """The tick: the ids to probe go out as the index pages in. Returns how many."""
@@ -94,7 +93,8 @@ class CloudHealth:
         return None
 
     def _check_one(self, item: DeploymentItem) -> None:
-        healthy = self._probe(item.endpoint_url + item.deploy_config.health_path)
+        result = probe(item.endpoint_url + item.deploy_config.health_path, PROBE_TIMEOUT_S)
+        healthy = result.healthy
         if not healthy and self._instance_gone(item):
             self._instance_died(item)
             return
@@ -102,6 +102,7 @@ class CloudHealth:
         changes = {
             "healthy": healthy,
             "health_consecutive_failures": failures,
+            "health_latency_ms": result.latency_ms,
             "health_checked_at": self._clock(),
         }
         if healthy and item.status == Status.UNHEALTHY:

@@ -1,29 +1,18 @@
 """What the cloud steps share about an instance: whether it runs our node agent, what a launch
-asks the provider for, when a provider call took effect, and the probe of an image's endpoint."""
+asks the provider for, when a provider call took effect, how long a probe of its endpoint may
+take."""
 
 import shlex
 import time
 from collections.abc import Callable
 from datetime import datetime
 
-import requests
-
 from chalicelib.providers.base import Instance, LaunchSpec, RateLimited
 from chalicelib.services.node_bootstrap import AgentBootstrap
 from chalicelib.store.models import DeploymentItem
 
 SHORT_RETRY_AFTER_S = 10.0  # a 429 asking for less than this is waited out inside the step
-
-
-def probe(url: str, timeout_s: float = 5.0) -> bool:
-    """Healthy when the endpoint answers below 400. A redirect is its answer, never followed
-    (the model must not steer the control plane's requests elsewhere), and the body is never
-    read."""
-    try:
-        with requests.get(url, timeout=timeout_s, allow_redirects=False, stream=True) as answer:
-            return answer.status_code < 400
-    except requests.RequestException:
-        return False
+PROBE_TIMEOUT_S = 5.0  # an image's endpoint, probed over the internet by the control plane
 
 
 def midpoint(started: datetime, returned: datetime) -> datetime:

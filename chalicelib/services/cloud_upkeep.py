@@ -10,7 +10,7 @@ from chalicelib.config import CloudSettings
 from chalicelib.lifecycle import COMING_UP, Status
 from chalicelib.logs import Unit, logger, metrics
 from chalicelib.providers.base import Instance, Provider, owned_by_stage
-from chalicelib.services.cloud_instances import probe, runs_agent
+from chalicelib.services.cloud_instances import runs_agent
 from chalicelib.store.deployments import DeploymentRepository
 from chalicelib.store.models import DeploymentItem
 
@@ -32,7 +32,6 @@ class CloudUpkeep:
         cloud: CloudSettings,
         clock: Callable[[], datetime],
         provision_failed: Callable[[dict], object],
-        probe: Callable[[str], bool] = probe,
         configured: Callable[[], list[str]] = lambda: [],
     ):
         self._deployments = deployments
@@ -41,7 +40,6 @@ class CloudUpkeep:
         self._cloud = cloud
         self._clock = clock
         self._provision_failed = provision_failed
-        self._probe = probe
         self._configured = configured
 
     # --- the reaper -----------------------------------------------------------------------

@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chalicelib.protocol import GpuInfo
+from chalicelib.health_probe import ProbeResult, probe
+from chalicelib.protocol import UNHEALTHY_AFTER, GpuInfo
 from node_agent import gpus
-from node_agent.health import UNHEALTHY_AFTER, HealthTracker, ProbeResult, probe
+from node_agent.health import HealthTracker
 from node_agent.runtime.base import Handle
 from node_agent.state import Record, StateStore
 
@@ -161,9 +162,18 @@ class _Model(BaseHTTPRequestHandler):
             time.sleep(0.1)
         if self.path == "/hang":
             self.release.wait(3)
-        status = {"/broken": 500, "/missing": 404, "/empty": 204}.get(self.path, 200)
+        if self.path == "/stream":  # a health path whose body never ends
+            self.send_response(200)
+            self.send_header("Content-Length", str(10**9))
+            self.end_headers()
+            self.wfile.write(b"x" * 1024)
+            self.release.wait(3)
+            return
+        status = {"/broken": 500, "/missing": 404, "/empty": 204, "/moved": 301}.get(self.path, 200)
         self.send_response(status)
         self.send_header("Content-Length", "0")
+        if status == 301:
+            self.send_header("Location", "/broken")
         self.end_headers()
 
     def log_message(self, *args):
@@ -203,6 +213,19 @@ def test_any_2xx_is_healthy(model_url):
     assert probe(f"{model_url}/empty").healthy
 
 
+def test_a_redirect_is_an_answer_and_healthy_never_followed(model_url):
+    # As Kubernetes' httpGet probe: 3xx is healthy; its target (here a 500) is never asked.
+    assert probe(f"{model_url}/moved").healthy
+
+
+def test_the_body_is_never_read_so_a_streaming_health_path_answers_at_once(model_url):
+    began = time.monotonic()
+    result = probe(f"{model_url}/stream", timeout_s=1.0)
+
+    assert result.healthy
+    assert time.monotonic() - began < 0.9  # before the timeout: only the headers were awaited
+
+
 def test_latency_covers_the_time_the_model_takes_to_answer(model_url):
     result = probe(f"{model_url}/slow")
 
@@ -219,14 +242,14 @@ def test_an_error_status_is_unhealthy_with_the_status_as_detail(model_url, path,
 
 
 def test_a_closed_port_is_unhealthy_without_a_latency():
-    result = probe(f"http://127.0.0.1:{closed_port()}/healthz", timeout=1)
+    result = probe(f"http://127.0.0.1:{closed_port()}/healthz", timeout_s=1)
 
     assert result == ProbeResult(False, None, "ConnectionError")
 
 
 def test_a_model_that_does_not_answer_in_time_is_unhealthy(model_url):
     began = time.monotonic()
-    result = probe(f"{model_url}/hang", timeout=0.2)
+    result = probe(f"{model_url}/hang", timeout_s=0.2)
 
     assert result == ProbeResult(False, None, "ReadTimeout")
     assert time.monotonic() - began < 1.5

@@ -102,6 +102,7 @@ def test_a_model_that_never_answers_its_health_path_fails_after_the_grace(api, f
     failed = reaches(api, deployment_id, TERMINAL)
     assert failed["failure_reason"] == "provision_error"
     assert "did not answer within" in failed["failure_message"]
+    assert failed["failure_message"].endswith("(last probe: HTTP 500)")  # what it answered
     assert_nothing_leaked_and_billed_exactly(fakes["lambda"], api, [deployment_id])
 
 
@@ -192,7 +193,11 @@ def test_running_cloud_deployments_turn_unhealthy_after_three_failed_probes(api,
         assert detail(api, deployment_id)["status"] == expected
     fakes["lambda"].unhealthy.discard(instance_id)
     registry.cloud_health().check_all()
-    assert detail(api, deployment_id)["status"] == "running"
+    recovered = detail(api, deployment_id)
+    assert recovered["status"] == "running"
+    last_probe = recovered["last_probe"]
+    assert last_probe["healthy"] and last_probe["consecutive_failures"] == 0
+    assert 0 < last_probe["latency_ms"] < 5000  # measured, within the probe's timeout
     api.delete(f"{DEPLOYMENTS}/{deployment_id}")
     reaches(api, deployment_id, TERMINAL)
     assert_nothing_leaked_and_billed_exactly(fakes["lambda"], api, [deployment_id])

@@ -522,10 +522,10 @@ def test_a_failed_integration_is_answered_in_our_shape():
 # --- the control plane's own health probes ----------------------------------------------
 
 
-def test_the_cloud_health_probe_never_follows_a_redirect():
+def test_the_health_probe_never_follows_a_redirect():
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from chalicelib.services.cloud_instances import probe
+    from chalicelib.health_probe import probe
 
     followed = []
 
@@ -546,7 +546,7 @@ def test_the_cloud_health_probe_never_follows_a_redirect():
     try:
         # A 302 answers (below 400: healthy, as Kubernetes reads it); it is never followed,
         # so its target (here failing) is never asked.
-        assert probe(f"http://127.0.0.1:{server.server_address[1]}/health") is True
+        assert probe(f"http://127.0.0.1:{server.server_address[1]}/health").healthy
         assert followed == []
     finally:
         server.shutdown()
