@@ -50,8 +50,10 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -92,7 +94,21 @@ def main() -> None:
         moto.wait()
 
 
-def run(args, log: Path) -> None:
+@dataclass
+class Bench:
+    """What a round needs, made once the local AWS environment is set (chalicelib reads it at
+    import): the clients, the queue, the metering service and the billable deployments."""
+
+    settings: Any
+    ddb: Any
+    sqs: Any
+    queue: Any
+    service: Any
+    metrics: Any
+    billable_ids: list[str]
+
+
+def setup(args) -> Bench:
     from chalicelib import aws
     from chalicelib.config import settings
     from chalicelib.logs import metrics
@@ -101,8 +117,8 @@ def run(args, log: Path) -> None:
     # Metrics are still collected (their cost is part of the worker's) but never printed.
     for emitter in (metrics, metrics.provider):  # the provider prints every 100 values itself
         emitter.flush_metrics = lambda *_, **__: metrics.clear_metrics()
-    from chalicelib.services.metering import METER_THREADS, MeteringService
-    from chalicelib.store.metering import MeteringRepository, stamp
+    from chalicelib.services.metering import MeteringService
+    from chalicelib.store.metering import MeteringRepository
     from prism.dev.infra import create_queues, create_tables
 
     create_tables(aws.client("dynamodb"), settings)
@@ -113,118 +129,147 @@ def run(args, log: Path) -> None:
         f"loaded {args.billable:,} billable + {args.stopped:,} stopped deployments in "
         f"{time.perf_counter() - started:.0f}s"
     )
-
     sqs = aws.client("sqs")
     queue = WorkQueue(sqs, settings.metering_queue)
     service = MeteringService(
         MeteringRepository(), queue, lambda *_: None, lambda: datetime.now(UTC)
     )
-    ddb = aws.client("dynamodb")
+    return Bench(settings, aws.client("dynamodb"), sqs, queue, service, metrics, billable_ids)
 
-    def tick_and_drain():
-        """The tick sends as the index pages in; the worker drains meanwhile, as the SQS
-        trigger would start invocations as soon as messages land."""
-        sent = {}  # "messages" appears when the tick is done
 
-        def drain():
-            drained = 0
-            while "messages" not in sent or drained < sent["messages"]:
-                for message in sqs.receive_message(
-                    QueueUrl=queue.url, MaxNumberOfMessages=10, WaitTimeSeconds=1
-                ).get("Messages", []):
-                    service.work(json.loads(message["Body"]))
-                    metrics.clear_metrics()  # collected, as the worker does, never printed
-                    sqs.delete_message(QueueUrl=queue.url, ReceiptHandle=message["ReceiptHandle"])
-                    drained += 1
+def tick_and_drain(bench: Bench):
+    """The tick sends as the index pages in; the worker drains meanwhile, as the SQS trigger
+    would start invocations as soon as messages land."""
+    sent = {}  # "messages" appears when the tick is done
 
-        started = time.perf_counter()
-        worker = threading.Thread(target=drain)
-        worker.start()
-        report = service.tick()
-        tick_s = time.perf_counter() - started
-        sent["messages"] = report.messages
-        worker.join()
-        return report, tick_s, time.perf_counter() - started
+    def drain():
+        drained = 0
+        while "messages" not in sent or drained < sent["messages"]:
+            for message in bench.sqs.receive_message(
+                QueueUrl=bench.queue.url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+            ).get("Messages", []):
+                bench.service.work(json.loads(message["Body"]))
+                bench.metrics.clear_metrics()  # collected, as the worker does, never printed
+                bench.sqs.delete_message(
+                    QueueUrl=bench.queue.url, ReceiptHandle=message["ReceiptHandle"]
+                )
+                drained += 1
 
-    def timed_reads() -> float:
-        """What the tick reads beyond its index Queries: the meters, 100 a BatchGetItem."""
-        started = time.perf_counter()
-        for start in range(0, len(billable_ids), 100):
-            keys = [{"deployment_id": {"S": d}} for d in billable_ids[start : start + 100]]
-            request = {settings.meters_table: {"Keys": keys, "ConsistentRead": True}}
-            while request:
-                request = ddb.batch_get_item(RequestItems=request).get("UnprocessedKeys")
-        return time.perf_counter() - started
+    started = time.perf_counter()
+    worker = threading.Thread(target=drain)
+    worker.start()
+    report = bench.service.tick()
+    tick_s = time.perf_counter() - started
+    sent["messages"] = report.messages
+    worker.join()
+    return report, tick_s, time.perf_counter() - started
 
-    def timed_updates(request, threads: int) -> float:
-        """One UpdateItem per billable deployment's meter, the same items, `threads` at a time."""
-        now = datetime.now(UTC)
-        started = time.perf_counter()
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda d: ddb.update_item(**request(d, now)), billable_ids))
-        return time.perf_counter() - started
 
-    def bare(deployment_id, now) -> dict:
-        return dict(
-            TableName=settings.meters_table,
-            Key={"deployment_id": {"S": deployment_id}},
-            UpdateExpression="ADD cost_accrued_usd :a SET last_metered_at = :now",
-            ConditionExpression="attribute_exists(billable)",
-            ExpressionAttributeValues={":a": {"N": "0.06"}, ":now": {"S": stamp(now)}},
+def timed_reads(bench: Bench) -> float:
+    """What the tick reads beyond its index Queries: the meters, 100 a BatchGetItem."""
+    ids = bench.billable_ids
+    started = time.perf_counter()
+    for start in range(0, len(ids), 100):
+        keys = [{"deployment_id": {"S": d}} for d in ids[start : start + 100]]
+        request = {bench.settings.meters_table: {"Keys": keys, "ConsistentRead": True}}
+        while request:
+            request = bench.ddb.batch_get_item(RequestItems=request).get("UnprocessedKeys")
+    return time.perf_counter() - started
+
+
+def timed_updates(bench: Bench, request, threads: int) -> float:
+    """One UpdateItem per billable deployment's meter, the same items, `threads` at a time."""
+    from chalicelib.store.metering import stamp
+
+    table, now = bench.settings.meters_table, stamp(datetime.now(UTC))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(
+            pool.map(lambda d: bench.ddb.update_item(**request(table, d, now)), bench.billable_ids)
         )
+    return time.perf_counter() - started
 
-    def worker_shaped(deployment_id, now) -> dict:
-        """The UpdateItem the worker sends (ledger entry appended, three-clause condition)."""
-        entry = "|".join([stamp(now), stamp(now), "0.06", "3.6", "1"])
-        return dict(
-            TableName=settings.meters_table,
-            Key={"deployment_id": {"S": deployment_id}},
-            UpdateExpression="ADD #c :a SET #m = :now, #t = list_append(#t, :entry)",
-            ConditionExpression="#m < :now AND attribute_exists(#b) AND size(#t) < :page",
-            ExpressionAttributeNames={
-                "#c": "cost_accrued_usd",
-                "#m": "last_metered_at",
-                "#t": "ledger_tail",
-                "#b": "billable",
-            },
-            ExpressionAttributeValues={
-                ":a": {"N": "0.06"},
-                ":now": {"S": stamp(now)},
-                ":entry": {"L": [{"S": entry}]},
-                ":page": {"N": "1000"},
-            },
-        )
 
+def bare_update(table: str, deployment_id: str, now: str) -> dict:
+    return dict(
+        TableName=table,
+        Key={"deployment_id": {"S": deployment_id}},
+        UpdateExpression="ADD cost_accrued_usd :a SET last_metered_at = :now",
+        ConditionExpression="attribute_exists(billable)",
+        ExpressionAttributeValues={":a": {"N": "0.06"}, ":now": {"S": now}},
+    )
+
+
+def worker_update(table: str, deployment_id: str, now: str) -> dict:
+    """The UpdateItem the worker sends (ledger entry appended, three-clause condition)."""
+    entry = "|".join([now, now, "0.06", "3.6", "1"])
+    return dict(
+        TableName=table,
+        Key={"deployment_id": {"S": deployment_id}},
+        UpdateExpression="ADD #c :a SET #m = :now, #t = list_append(#t, :entry)",
+        ConditionExpression="#m < :now AND attribute_exists(#b) AND size(#t) < :page",
+        ExpressionAttributeNames={
+            "#c": "cost_accrued_usd",
+            "#m": "last_metered_at",
+            "#t": "ledger_tail",
+            "#b": "billable",
+        },
+        ExpressionAttributeValues={
+            ":a": {"N": "0.06"},
+            ":now": {"S": now},
+            ":entry": {"L": [{"S": entry}]},
+            ":page": {"N": "1000"},
+        },
+    )
+
+
+def run(args, log: Path) -> None:
+    from chalicelib.services.metering import METER_THREADS
+
+    bench = setup(args)
     ratios = {"bare": [], "bare_parallel": [], "worker_write": []}
     for round_ in range(1, args.rounds + 1):  # alternating, so drift hits all alike
         before = calls(log)
-        report, tick_s, tick_drain = tick_and_drain()
+        report, tick_s, tick_drain = tick_and_drain(bench)
         if round_ == 1:
             used = calls(log) - before
-        reads = timed_reads()
+        reads = timed_reads(bench)
         times = {
-            "bare": reads + timed_updates(bare, 1),
-            "bare_parallel": reads + timed_updates(bare, METER_THREADS),
+            "bare": reads + timed_updates(bench, bare_update, 1),
+            "bare_parallel": reads + timed_updates(bench, bare_update, METER_THREADS),
         }
         if args.diagnose:
-            times["worker_write"] = reads + timed_updates(worker_shaped, METER_THREADS)
+            times["worker_write"] = reads + timed_updates(bench, worker_update, METER_THREADS)
         for name, seconds in times.items():
             ratios[name].append(tick_drain / seconds)
-        print(
-            f"round {round_}: tick + drain {tick_drain:.1f}s (the tick alone {tick_s:.1f}s) "
-            f"for {report.deployments:,} deployments in {report.messages} messages; "
-            f"bare BatchGetItem x{math.ceil(len(billable_ids) / 100)} ({reads:.1f}s) + "
-            f"conditional UpdateItem x{len(billable_ids):,}: one at a time "
-            f"{times['bare']:.1f}s (ratio {ratios['bare'][-1]:.2f}x), {METER_THREADS} at a time "
-            f"{times['bare_parallel']:.1f}s (ratio {ratios['bare_parallel'][-1]:.2f}x)"
-            + (
-                f"; the worker's own UpdateItem, {METER_THREADS} at a time "
-                f"{times['worker_write']:.1f}s (ratio {ratios['worker_write'][-1]:.2f}x)"
-                if args.diagnose
-                else ""
-            ),
-            flush=True,
+        print_round(
+            round_, report, tick_s, tick_drain, reads, times, ratios, len(bench.billable_ids)
         )
+    print_summary(args, ratios, used, report, len(bench.billable_ids))
+
+
+def print_round(round_, report, tick_s, tick_drain, reads, times, ratios, billable) -> None:
+    from chalicelib.services.metering import METER_THREADS
+
+    worker = (
+        f"; the worker's own UpdateItem, {METER_THREADS} at a time "
+        f"{times['worker_write']:.1f}s (ratio {ratios['worker_write'][-1]:.2f}x)"
+        if "worker_write" in times
+        else ""
+    )
+    print(
+        f"round {round_}: tick + drain {tick_drain:.1f}s (the tick alone {tick_s:.1f}s) "
+        f"for {report.deployments:,} deployments in {report.messages} messages; "
+        f"bare BatchGetItem x{math.ceil(billable / 100)} ({reads:.1f}s) + "
+        f"conditional UpdateItem x{billable:,}: one at a time "
+        f"{times['bare']:.1f}s (ratio {ratios['bare'][-1]:.2f}x), {METER_THREADS} at a time "
+        f"{times['bare_parallel']:.1f}s (ratio {ratios['bare_parallel'][-1]:.2f}x)" + worker,
+        flush=True,
+    )
+
+
+def print_summary(args, ratios, used: Counter, report, billable: int) -> None:
+    from chalicelib.services.metering import METER_THREADS
 
     n = report.deployments
     writes = sum(used[f"DynamoHandler {w}"] for w in WRITE_CALLS)
@@ -232,7 +277,7 @@ def run(args, log: Path) -> None:
     sqs_calls = sum(v for k, v in used.items() if k.startswith("SQSResponse"))
     # What the tick's Queries returned, beyond the deployments that really are billable (the
     # stopped ones seeded beside them must never come back from the sparse index).
-    not_billable = report.deployments - len(billable_ids)
+    not_billable = report.deployments - billable
     print(
         f"median ratio to the bare calls (the reads, then the updates one at a time): "
         f"{statistics.median(ratios['bare']):.2f}x over {args.rounds} rounds (goal <= 1.5x)"
