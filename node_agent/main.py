@@ -88,14 +88,9 @@ def run_agent(
     threads = [threading.Thread(target=agent.supervise, args=(stop,), daemon=True)]
     if connection is not None:
         threads.append(threading.Thread(target=connection.run, args=(disconnect,), daemon=True))
-    server = None
-    if local_api is not None:
-        server = make_server(agent, *local_api, local_token(state_dir))
+    server = None if local_api is None else _local_api(agent, local_api, state_dir)
+    if server is not None:
         threads.append(threading.Thread(target=server.serve_forever, daemon=True))
-        host, port = server.server_address[:2]
-        print(
-            f"local API on http://{host}:{port} (token in {state_dir / 'local-token'})", flush=True
-        )
     for thread in threads:
         thread.start()
     if config is not None:
@@ -112,3 +107,10 @@ def run_agent(
     if connection is not None:
         connection.close()
     (state_dir / "agent.pid").unlink(missing_ok=True)
+
+
+def _local_api(agent: Agent, address: tuple[str, int], state_dir: Path):
+    server = make_server(agent, *address, local_token(state_dir))
+    host, port = server.server_address[:2]
+    print(f"local API on http://{host}:{port} (token in {state_dir / 'local-token'})", flush=True)
+    return server

@@ -92,84 +92,94 @@ def local_token(state_dir: Path) -> str:
 
 
 def make_server(agent: Agent, host: str, port: int, token: str) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def _reply(self, status: int, body) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    return _AgentServer((host, port), agent, token)
 
-        def _error(self, status: int, code: str, message: str) -> None:
-            self._reply(status, {"error": {"code": code, "message": message}})
 
-        def _authorized(self) -> bool:
-            given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            if secrets.compare_digest(given, token):
-                return True
-            self._error(401, "unauthorized", "send 'Authorization: Bearer <local token>'")
-            return False
+class _AgentServer(ThreadingHTTPServer):
+    daemon_threads = True
 
-        def _deployment_id(self) -> str | None:
-            parts = self.path.split("?", 1)[0].strip("/").split("/")
-            return parts[1] if len(parts) == 2 and parts[0] == "deployments" else None
+    def __init__(self, address: tuple[str, int], agent: Agent, token: str):
+        super().__init__(address, _Handler)
+        self.agent = agent
+        self.token = token
 
-        def do_GET(self):  # noqa: N802
-            if not self._authorized():
-                return
-            path = self.path.split("?", 1)[0].rstrip("/")
-            if path == "/health":
-                self._reply(200, {"status": "ok", "node_id": agent.settings.node_id})
-            elif path == "/deployments":
-                self._reply(200, {"items": agent.describe_all()})
-            elif (deployment_id := self._deployment_id()) is not None:
-                found = agent.describe(deployment_id)
-                if found is None:
-                    self._error(404, "not_found", f"no deployment {deployment_id} here")
-                else:
-                    self._reply(200, found)
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _AgentServer
+
+    def _reply(self, status: int, body) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, code: str, message: str) -> None:
+        self._reply(status, {"error": {"code": code, "message": message}})
+
+    def _authorized(self) -> bool:
+        given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if secrets.compare_digest(given, self.server.token):
+            return True
+        self._error(401, "unauthorized", "send 'Authorization: Bearer <local token>'")
+        return False
+
+    def _deployment_id(self) -> str | None:
+        parts = self.path.split("?", 1)[0].strip("/").split("/")
+        return parts[1] if len(parts) == 2 and parts[0] == "deployments" else None
+
+    def do_GET(self):  # noqa: N802
+        if not self._authorized():
+            return
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path == "/health":
+            self._reply(200, {"status": "ok", "node_id": self.server.agent.settings.node_id})
+        elif path == "/deployments":
+            self._reply(200, {"items": self.server.agent.describe_all()})
+        elif (deployment_id := self._deployment_id()) is not None:
+            found = self.server.agent.describe(deployment_id)
+            if found is None:
+                self._error(404, "not_found", f"no deployment {deployment_id} here")
             else:
-                self._error(404, "not_found", "unknown path")
+                self._reply(200, found)
+        else:
+            self._error(404, "not_found", "unknown path")
 
-        def do_POST(self):  # noqa: N802
-            if not self._authorized():
-                return
-            if self.path.rstrip("/") != "/deploy":
-                self._error(404, "not_found", "unknown path")
-                return
-            try:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                request = DeployRequest.model_validate_json(raw or b"{}")
-            except (ValidationError, ValueError) as exc:
-                self._error(400, "validation_error", _summary(exc))
-                return
-            if not (request.weights_source or request.image or request.command):
-                self._error(400, "validation_error", "give weights_source, image or command")
-                return
-            key = new_endpoint_key() if request.auth == "key" else None
-            if agent.deploy(request.to_message(key)) is None:
-                self._error(409, "conflict", f"{request.deployment_id} is already deployed")
-                return
-            accepted = agent.describe(request.deployment_id)
-            self._reply(202, accepted | ({"endpoint_key": key} if key else {}))
+    def do_POST(self):  # noqa: N802
+        if not self._authorized():
+            return
+        if self.path.rstrip("/") != "/deploy":
+            self._error(404, "not_found", "unknown path")
+            return
+        try:
+            raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            request = DeployRequest.model_validate_json(raw or b"{}")
+        except (ValidationError, ValueError) as exc:
+            self._error(400, "validation_error", _summary(exc))
+            return
+        if not (request.weights_source or request.image or request.command):
+            self._error(400, "validation_error", "give weights_source, image or command")
+            return
+        key = new_endpoint_key() if request.auth == "key" else None
+        if self.server.agent.deploy(request.to_message(key)) is None:
+            self._error(409, "conflict", f"{request.deployment_id} is already deployed")
+            return
+        accepted = self.server.agent.describe(request.deployment_id)
+        self._reply(202, accepted | ({"endpoint_key": key} if key else {}))
 
-        def do_DELETE(self):  # noqa: N802
-            if not self._authorized():
-                return
-            deployment_id = self._deployment_id()
-            if deployment_id is None or agent.describe(deployment_id) is None:
-                self._error(404, "not_found", "no such deployment here")
-                return
-            threading.Thread(target=agent.stop, args=(deployment_id,), daemon=True).start()
-            self._reply(202, {"deployment_id": deployment_id, "status": "stopping"})
+    def do_DELETE(self):  # noqa: N802
+        if not self._authorized():
+            return
+        deployment_id = self._deployment_id()
+        if deployment_id is None or self.server.agent.describe(deployment_id) is None:
+            self._error(404, "not_found", "no such deployment here")
+            return
+        threading.Thread(target=self.server.agent.stop, args=(deployment_id,), daemon=True).start()
+        self._reply(202, {"deployment_id": deployment_id, "status": "stopping"})
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    def log_message(self, *args):
+        pass
 
 
 def _summary(exc: Exception) -> str:
