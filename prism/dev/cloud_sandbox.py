@@ -15,7 +15,8 @@ from chalicelib.config import settings
 from chalicelib.services import registry
 from chalicelib.services.catalog import CatalogService
 from chalicelib.store.resources import ResourceRepository
-from prism.dev.fakes.lambda_cloud import FakeLambdaCloud, priced_instance_types
+from prism.dev.fakes.lambda_catalog import priced_instance_types
+from prism.dev.fakes.lambda_cloud import FakeLambdaCloud
 from prism.dev.fakes.runpod import FakeRunPod, priced_gpu_types
 from prism.dev.infra import create_queues, create_state_machines, create_tables
 from prism.dev.lambda_router import SFN_CONFIG, route_lambda_to_app

@@ -1,4 +1,5 @@
-"""The real huggingface_hub library against tests/fakes/hf_hub.py: downloads, errors and faults."""
+"""The real huggingface_hub library against the fake Hub (prism/dev/fakes/hf_hub.py): downloads,
+errors and faults."""
 
 import hashlib
 import os
@@ -17,7 +18,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from prism.dev.fakes.hf_hub import LFS_THRESHOLD, FakeHfHub
+from prism.dev.fakes.hf_hub import FakeHfHub
+from prism.dev.fakes.hf_repos import LFS_THRESHOLD
 
 MiB = 1024 * 1024
 FILES = {

@@ -10,7 +10,8 @@ from huggingface_hub.constants import DOWNLOAD_CHUNK_SIZE
 
 from node_agent.weights import PullError, WeightsCache, fetch
 from node_agent.weights.base import PARTS
-from prism.dev.fakes.hf_hub import CHUNK, LFS_THRESHOLD, FakeHfHub
+from prism.dev.fakes.hf_hub import FakeHfHub
+from prism.dev.fakes.hf_repos import CHUNK, LFS_THRESHOLD
 from tests.e2e.conftest import REPO
 
 FILES = {

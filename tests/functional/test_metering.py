@@ -18,8 +18,8 @@ from chalicelib.services import metering as metering_service
 from chalicelib.services import registry
 from chalicelib.services.metering import METER_THREADS, MeteringService
 from chalicelib.store.deployments import BILLING_SHARDS, DeploymentRepository
-from chalicelib.store.metering import LEDGER_PAGE, BillableEntry, MeteringRepository
 from chalicelib.store.meter_models import LedgerItem, MeterItem
+from chalicelib.store.metering import LEDGER_PAGE, BillableEntry, MeteringRepository
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 DEPLOYMENTS = "/api/v1/compute/deployments"

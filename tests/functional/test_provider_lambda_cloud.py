@@ -19,7 +19,8 @@ from chalicelib.providers.base import (
     TransientError,
 )
 from chalicelib.providers.lambda_cloud import LambdaCloudProvider, _retry_after, _serves
-from prism.dev.fakes.lambda_cloud import FakeLambdaCloud, instance_type_entry
+from prism.dev.fakes.lambda_catalog import instance_type_entry
+from prism.dev.fakes.lambda_cloud import FakeLambdaCloud
 
 KEY = "lambda_secret_k3y_0123456789"
 USER_DATA = "#cloud-config\nwrite_files: [{path: /etc/prism/token, content: node-secret}]\n"

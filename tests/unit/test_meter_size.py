@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from chalicelib.store.deployments import billing_shard
-from chalicelib.store.metering import LEDGER_PAGE
 from chalicelib.store.meter_models import MeterItem
+from chalicelib.store.metering import LEDGER_PAGE
 from chalicelib.store.model_base import LedgerEntry
 
 WRITE_UNIT = 1024

@@ -11,7 +11,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from prism.dev.fakes.hf_hub import FakeHfHub
-from prism.dev.fakes.lambda_cloud import FakeLambdaCloud, priced_instance_types
+from prism.dev.fakes.lambda_catalog import priced_instance_types
+from prism.dev.fakes.lambda_cloud import FakeLambdaCloud
 from prism.dev.fakes.runpod import FakeRunPod, priced_gpu_types
 from prism.dev.tiny_embedder import tiny_embedder_files
 

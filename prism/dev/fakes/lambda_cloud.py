@@ -24,32 +24,35 @@ bootstrap really starts our agent, and /vm/{id}/{port}/... then forwards to its 
 
 Faults (counters decrement per request): capacity_failures, no_capacity, rate_limit_next
 (+ retry_after_s), server_error_next, terminate_failures, never_boot, unhealthy, quota.
+
+This module holds the instances and the API's logic; the regions and instance types are in
+prism/dev/fakes/lambda_catalog.py, the HTTP handler and error answers in
+prism/dev/fakes/lambda_http.py.
 """
 
-import contextlib
 import copy
-import json
-import sys
 import threading
 import time
 import uuid
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
+from prism.dev.fakes.http_server import json_answer, serve_in_background
 from prism.dev.fakes.instances import InstanceHost
+from prism.dev.fakes.lambda_catalog import REGIONS, default_instance_types, price_per_hour
+from prism.dev.fakes.lambda_http import (
+    API_PREFIX,
+    ApiError,
+    LambdaHandler,
+    LambdaServer,
+    insufficient_capacity,
+    internal_error,
+    invalid,
+    not_found,
+)
 
-API_PREFIX = "/api/v1"
 FAKE_IP = "127.0.0.1"
-
-REGIONS = {
-    "us-east-1": "Virginia, USA",
-    "us-west-1": "California, USA",
-    "us-west-2": "Arizona, USA",
-    "us-west-3": "Utah, USA",
-    "europe-central-1": "Germany",
-}
 
 _INSTANCE_KEYS = (  # what GET /instances/{id} shows; the rest of a record is the fake's own
     "id",
@@ -66,107 +69,6 @@ _INSTANCE_KEYS = (  # what GET /instances/{id} shows; the rest of a record is th
     "jupyter_url",
     "is_reserved",
 )
-
-
-def instance_type_entry(
-    name: str,
-    gpu_description: str,
-    price_cents_per_hour: int,
-    regions: list[str],
-    *,
-    gpus: int = 1,
-    vcpus: int = 30,
-    memory_gib: int = 200,
-    storage_gib: int = 512,
-) -> dict[str, Any]:
-    """One value of GET /instance-types' `data`, as Lambda shapes it."""
-    return {
-        "instance_type": {
-            "name": name,
-            "description": f"{gpus}x {gpu_description}",
-            "gpu_description": gpu_description,
-            "price_cents_per_hour": price_cents_per_hour,
-            "specs": {
-                "vcpus": vcpus,
-                "memory_gib": memory_gib,
-                "storage_gib": storage_gib,
-                "gpus": gpus,
-            },
-        },
-        "regions_with_capacity_available": [
-            {"name": r, "description": REGIONS.get(r, r)} for r in regions
-        ],
-    }
-
-
-def default_instance_types() -> dict[str, dict[str, Any]]:
-    entries = [
-        instance_type_entry(
-            "gpu_1x_a100_sxm4", "A100 (40 GB SXM4)", 129, ["us-east-1", "us-west-1"]
-        ),
-        instance_type_entry(
-            "gpu_1x_h100_pcie", "H100 (80 GB PCIe)", 249, ["us-west-3"], vcpus=26, storage_gib=1024
-        ),
-        instance_type_entry(
-            "gpu_8x_a100_80gb_sxm4",
-            "A100 (80 GB SXM4)",
-            1432,
-            ["us-east-1"],
-            gpus=8,
-            vcpus=240,
-            memory_gib=1800,
-            storage_gib=19500,
-        ),
-        instance_type_entry("gpu_1x_a10", "A10 (24 GB PCIe)", 75, ["us-east-1", "us-west-1"]),
-    ]
-    return {e["instance_type"]["name"]: e for e in entries}
-
-
-class _ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        suggestion: str | None = None,
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.suggestion, self.headers = suggestion, headers or {}
-
-    def body(self) -> dict[str, Any]:
-        error = {"code": self.code, "message": self.message}
-        if self.suggestion:
-            error["suggestion"] = self.suggestion
-        return {"error": error}
-
-
-def _invalid(message: str) -> _ApiError:
-    return _ApiError(400, "global/invalid-parameters", message)
-
-
-def _not_found(message: str = "Specified instance does not exist.") -> _ApiError:
-    return _ApiError(404, "global/object-does-not-exist", message)
-
-
-def _no_capacity() -> _ApiError:
-    return _ApiError(
-        400,
-        "instance-operations/launch/insufficient-capacity",
-        "Not enough capacity to fulfill launch request.",
-        "Choose an instance type with more availability, or try again later.",
-    )
-
-
-def priced_instance_types(price: float | None) -> dict | None:
-    """Every instance type at one price per hour (None: the default prices)."""
-    if price is None:
-        return None
-    types = default_instance_types()
-    for entry in types.values():
-        entry["instance_type"]["price_cents_per_hour"] = round(price * 100)
-    return types
 
 
 class FakeLambdaCloud:
@@ -206,20 +108,17 @@ class FakeLambdaCloud:
         self._instances: dict[str, dict] = {}
         self.machines = instances or InstanceHost()  # VMs run their user data
         self._lock = threading.RLock()
-        self._server: _Server | None = None
+        self._server: LambdaServer | None = None
         self._thread: threading.Thread | None = None
         self.base_url: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> "FakeLambdaCloud":
-        self._server = _Server(("127.0.0.1", self._port), _Handler)
+        self._server = LambdaServer(("127.0.0.1", self._port), LambdaHandler)
         self._server.cloud = self
         self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._thread = serve_in_background(self._server, poll_interval=0.05)
         return self
 
     def stop(self) -> None:
@@ -265,7 +164,7 @@ class FakeLambdaCloud:
         record = self._instances[instance_id]
         end = record["terminated_at"] or (self.clock() if now is None else now)
         seconds = Decimal(max(0.0, end - record["launched_at"]))
-        return _price(record["instance_type"]) * seconds / 3600
+        return price_per_hour(record["instance_type"]) * seconds / 3600
 
     def total_bill(self) -> Decimal:
         return sum((self.bill(i) for i in list(self._instances)), Decimal(0))
@@ -281,9 +180,9 @@ class FakeLambdaCloud:
             try:
                 self._inject_faults()
                 if token != self.api_key:
-                    raise _ApiError(401, "global/invalid-api-key", "API key was invalid.")
+                    raise ApiError(401, "global/invalid-api-key", "API key was invalid.")
                 return 200, {"data": self._route(method, path, body)}, {}
-            except _ApiError as err:
+            except ApiError as err:
                 return err.status, err.body(), err.headers
 
     def handle_vm(
@@ -299,24 +198,24 @@ class FakeLambdaCloud:
         with self._lock:
             record = self._instances.get(instance_id)
             if record is None or self._refresh(record)["status"] != "active":
-                return _json(502, {"ok": False, "error": "instance not reachable"})
+                return json_answer(502, {"ok": False, "error": "instance not reachable"})
             if instance_id in self.unhealthy or "*" in self.unhealthy:
-                return _json(500, {"ok": False, "instance": instance_id})
+                return json_answer(500, {"ok": False, "instance": instance_id})
         if self.machines.runs_agent(instance_id):
             return self.machines.forward(method, port, path, body, authorization)
-        return _json(200, {"ok": True, "instance": instance_id})
+        return json_answer(200, {"ok": True, "instance": instance_id})
 
     def _inject_faults(self) -> None:
         if self.rate_limit_next > 0:
             self.rate_limit_next -= 1
             retry = self.retry_after_s
             header = str(int(retry)) if float(retry).is_integer() else str(retry)
-            raise _ApiError(
+            raise ApiError(
                 429, "global/too-many-requests", "Too many requests.", None, {"Retry-After": header}
             )
         if self.server_error_next > 0:
             self.server_error_next -= 1
-            raise _ApiError(500, "global/internal-error", "Internal server error.")
+            raise internal_error()
 
     def _route(self, method: str, path: str, body: Any) -> Any:
         parts = [unquote(p) for p in path.strip("/").split("/")]
@@ -331,7 +230,7 @@ class FakeLambdaCloud:
                 return self._launch(body)
             case "POST", ["instance-operations", "terminate"]:
                 return self._terminate(body)
-        raise _ApiError(404, "global/not-found", f"No route for {method} {path}.")
+        raise ApiError(404, "global/not-found", f"No route for {method} {path}.")
 
     def _instance_types(self) -> dict[str, Any]:
         answer = copy.deepcopy(self.instance_types)
@@ -348,12 +247,12 @@ class FakeLambdaCloud:
         type_name = entry["instance_type"]["name"]
         if self.capacity_failures > 0 or (type_name, region) in self.no_capacity:
             self.capacity_failures = max(0, self.capacity_failures - 1)
-            raise _no_capacity()
+            raise insufficient_capacity()
         if region not in {r["name"] for r in entry["regions_with_capacity_available"]}:
-            raise _no_capacity()
+            raise insufficient_capacity()
         live = [r for r in self._known() if r["terminated_at"] is None]
         if self.quota is not None and len(live) >= self.quota:
-            raise _ApiError(
+            raise ApiError(
                 400,
                 "global/quota-exceeded",
                 "Launching would exceed your instance quota.",
@@ -366,25 +265,25 @@ class FakeLambdaCloud:
 
     def _check_launch(self, body: Any) -> tuple[dict, str]:
         if not isinstance(body, dict):
-            raise _invalid("Request body must be a JSON object.")
+            raise invalid("Request body must be a JSON object.")
         entry = self.instance_types.get(body.get("instance_type_name"))
         if entry is None:
-            raise _invalid("Invalid instance type.")
+            raise invalid("Invalid instance type.")
         region = body.get("region_name")
         if region not in REGIONS:
-            raise _invalid("Invalid region.")
+            raise invalid("Invalid region.")
         keys = body.get("ssh_key_names")
         if not (isinstance(keys, list) and len(keys) == 1 and isinstance(keys[0], str)):
-            raise _invalid("Exactly one SSH key name is required.")
+            raise invalid("Exactly one SSH key name is required.")
         if body.get("quantity", 1) != 1:
-            raise _invalid("Quantity must be 1.")
+            raise invalid("Quantity must be 1.")
         name = body.get("name")
         if name is not None and not (isinstance(name, str) and len(name) <= 64):
-            raise _invalid("Name must be a string of at most 64 characters.")
+            raise invalid("Name must be a string of at most 64 characters.")
         if len(body.get("file_system_names") or []) > 1:
-            raise _invalid("At most one file system can be attached.")
+            raise invalid("At most one file system can be attached.")
         if not isinstance(body.get("user_data", ""), str):
-            raise _invalid("user_data must be a string.")
+            raise invalid("user_data must be a string.")
         return entry, region
 
     def _new_record(self, body: dict, entry: dict, region: str) -> dict[str, Any]:
@@ -411,11 +310,11 @@ class FakeLambdaCloud:
     def _terminate(self, body: Any) -> dict[str, Any]:
         ids = body.get("instance_ids") if isinstance(body, dict) else None
         if not (isinstance(ids, list) and ids and all(isinstance(i, str) for i in ids)):
-            raise _invalid("instance_ids must be a non-empty list of instance ids.")
+            raise invalid("instance_ids must be a non-empty list of instance ids.")
         records = [self._find(i) for i in ids]  # all known, or nothing is terminated
         if self.terminate_failures > 0:
             self.terminate_failures -= 1
-            raise _ApiError(500, "global/internal-error", "Internal server error.")
+            raise internal_error()
         now = self.clock()
         for record in records:
             if record["terminated_at"] is None:  # again: a no-op, as the real API is idempotent
@@ -439,7 +338,7 @@ class FakeLambdaCloud:
         for record in self._known():
             if record["id"] == instance_id:
                 return record
-        raise _not_found()
+        raise not_found()
 
     def _refresh(self, record: dict) -> dict:
         now = self.clock()
@@ -462,84 +361,3 @@ class FakeLambdaCloud:
     @staticmethod
     def _view(record: dict) -> dict[str, Any]:
         return {k: copy.deepcopy(record[k]) for k in _INSTANCE_KEYS}
-
-
-def _json(status: int, body: dict) -> tuple[int, bytes, str]:
-    return status, json.dumps(body).encode(), "application/json"
-
-
-def _price(instance_type: dict[str, Any]) -> Decimal:
-    return Decimal(instance_type["price_cents_per_hour"]) / 100
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # keep-alive handler threads must not block stop()
-    cloud: FakeLambdaCloud
-
-    def handle_error(self, request, client_address) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client gone from keep-alive
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    protocol_version = "HTTP/1.1"  # keep-alive: requests.Session reuses its connection
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._handle("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._handle("POST")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._handle("DELETE")
-
-    def _handle(self, method: str) -> None:
-        cloud = self.server.cloud
-        path = urlsplit(self.path).path
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if path.startswith("/vm/"):
-            parts = path.split("/", 4)  # "", "vm", id, port, rest
-            if len(parts) < 4 or not parts[3].isdigit():
-                return self._reply(404, {"ok": False, "error": "no such port"})
-            rest = "/" + (parts[4] if len(parts) > 4 else "")
-            status, data, content_type = cloud.handle_vm(
-                method,
-                unquote(parts[2]),
-                int(parts[3]),
-                rest,
-                raw,
-                self.headers.get("Authorization"),
-            )
-            return self._send(status, data, content_type, {})
-        if not path.startswith(API_PREFIX + "/"):
-            return self._reply(404, {"error": {"code": "global/not-found", "message": "Not found"}})
-        try:
-            payload = json.loads(raw) if raw else None
-        except ValueError:
-            return self._reply(400, _invalid("Request body is not valid JSON.").body())
-        status, body, headers = cloud.handle_api(
-            method, path[len(API_PREFIX) :], self._token(), payload
-        )
-        self._reply(status, body, headers)
-
-    def _token(self) -> str | None:
-        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
-        return token.strip() if scheme.lower() == "bearer" else None
-
-    def _reply(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
-        self._send(*_json(status, body), headers)
-
-    def _send(self, status: int, data: bytes, content_type: str, headers: dict | None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        with contextlib.suppress(OSError):  # the client gave up (timeout tests)
-            self.wfile.write(data)
