@@ -61,6 +61,35 @@ def tiny_embedder_files(
         mlp_width or 4 * dimensions,
         max_position_embeddings,
     )
+    config = {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "hidden_size": dimensions,
+        "num_hidden_layers": layers,
+        "intermediate_size": mlp_width or 4 * dimensions,
+        "max_position_embeddings": max_position_embeddings,
+        "vocab_size": len(words),
+        "type_vocab_size": 2,
+        "pad_token_id": 0,
+    }
+    return {
+        "onnx/model.onnx": graph.SerializeToString(),
+        "tokenizer.json": _tokenizer(words).to_str().encode(),
+        "config.json": _json(config),
+        "modules.json": _json(_modules(normalize)),
+        "1_Pooling/config.json": _json(_pooling_config(dimensions, pooling)),
+        "config_sentence_transformers.json": _json(
+            {"__version__": {"sentence_transformers": "3.0.0"}, "similarity_fn_name": "cosine"}
+        ),
+        "sentence_bert_config.json": _json(
+            {"max_seq_length": max_seq_length, "do_lower_case": False}
+        ),
+        "README.md": b"A tiny random sentence-transformers model for tests (prism.dev).\n",
+    }
+
+
+def _modules(normalize: bool) -> list[dict]:
+    """modules.json: the transformer, its pooling and (maybe) normalization, in order."""
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {
@@ -73,37 +102,16 @@ def tiny_embedder_files(
     if normalize:  # sentence-transformers keeps an empty 2_Normalize/; the listing is what counts
         normalizer = "sentence_transformers.models.Normalize"
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": normalizer})
-    config = {
-        "architectures": ["BertModel"],
-        "model_type": "bert",
-        "hidden_size": dimensions,
-        "num_hidden_layers": layers,
-        "intermediate_size": mlp_width or 4 * dimensions,
-        "max_position_embeddings": max_position_embeddings,
-        "vocab_size": len(words),
-        "type_vocab_size": 2,
-        "pad_token_id": 0,
-    }
-    pooling_config = {
+    return modules
+
+
+def _pooling_config(dimensions: int, pooling: str) -> dict:
+    return {
         "word_embedding_dimension": dimensions,
         "pooling_mode_cls_token": pooling == "cls",
         "pooling_mode_mean_tokens": pooling == "mean",
         "pooling_mode_max_tokens": pooling == "max",
         "pooling_mode_mean_sqrt_len_tokens": pooling == "mean_sqrt_len",
-    }
-    return {
-        "onnx/model.onnx": graph.SerializeToString(),
-        "tokenizer.json": _tokenizer(words).to_str().encode(),
-        "config.json": _json(config),
-        "modules.json": _json(modules),
-        "1_Pooling/config.json": _json(pooling_config),
-        "config_sentence_transformers.json": _json(
-            {"__version__": {"sentence_transformers": "3.0.0"}, "similarity_fn_name": "cosine"}
-        ),
-        "sentence_bert_config.json": _json(
-            {"max_seq_length": max_seq_length, "do_lower_case": False}
-        ),
-        "README.md": b"A tiny random sentence-transformers model for tests (prism.dev).\n",
     }
 
 
