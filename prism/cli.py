@@ -173,18 +173,16 @@ def deploy_create(
     }
     if target:
         body["target"] = TARGETS[target]
-    config = {
-        "port": port,
-        "health_path": health_path,
-        "weights_allow_patterns": list(allow_pattern) or None,
-        "weights_ignore_patterns": list(ignore_pattern) or None,
-        "restart": restart,
-        "max_restarts": max_restarts,
-        "unhealthy_timeout_s": unhealthy_timeout,
-        "auth": "public" if public else None,
-    }
-    if any(v is not None for v in config.values()):
-        body["deploy_config"] = {k: v for k, v in config.items() if v is not None}
+    body["deploy_config"] = _deploy_config(
+        port=port,
+        health_path=health_path,
+        weights_allow_patterns=list(allow_pattern) or None,
+        weights_ignore_patterns=list(ignore_pattern) or None,
+        restart=restart,
+        max_restarts=max_restarts,
+        unhealthy_timeout_s=unhealthy_timeout,
+        auth="public" if public else None,
+    )
     if env_pairs:
         body["env_vars"] = _env(env_pairs)
     if allow_http:
@@ -204,6 +202,12 @@ def deploy_create(
             click.echo(f"endpoint key (shown once): {key['endpoint_key']}", err=True)
         created = _settled(follow(client, created["id"], timeout) | key, as_json)
     emit_json(created) if as_json else deployment_detail(created)
+
+
+def _deploy_config(**given) -> dict | None:
+    """The options given (None: left to the server's defaults), or None when there are none."""
+    config = {name: value for name, value in given.items() if value is not None}
+    return config or None
 
 
 @deploy.command("list")
