@@ -100,7 +100,7 @@ class Settings:
     connections_table: str
     node_replies_table: str
     ledger_table: str
-    meters_table: str  # each cloud deployment's billing state (store/models.py MeterItem)
+    meters_table: str  # each cloud deployment's billing state (store/meter_models.py MeterItem)
     # A deployment's secrets, sealed (store/secrets.py) under this KMS key (an alias, a key id
     # or an ARN): infra/resources.json's SecretsKey, named by its alias.
     secrets_table: str

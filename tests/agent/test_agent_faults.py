@@ -10,9 +10,14 @@ import time
 
 import pytest
 
-from chalicelib.protocol import STOP_MESSAGE_MAX, DeployConfig, DeployModel, parse_node_message
+from chalicelib.protocol import (
+    STOP_MESSAGE_MAX,
+    UNHEALTHY_AFTER,
+    DeployConfig,
+    DeployModel,
+    parse_node_message,
+)
 from node_agent.agent import Agent, AgentSettings
-from node_agent.health import UNHEALTHY_AFTER
 from node_agent.ports import free_port
 from node_agent.runtime.process import ProcessRuntime
 

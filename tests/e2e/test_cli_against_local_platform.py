@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from prism.dev.platform import STAGE
+from prism.dev.stack import build
 from tests.e2e.conftest import PRISM, alive, descendants, port_in_use, start_platform, stop_platform
 
 pytestmark = pytest.mark.e2e
@@ -149,13 +151,19 @@ def test_raw_http_errors_keep_the_json_shape(platform):
     assert response.json()["error"]["code"] == "validation_error"
 
 
+def packaged_functions() -> int:
+    """The Lambda functions of the package the platform runs (built once, then cached)."""
+    template = json.loads((build(STAGE) / "sam.json").read_text())
+    return sum(r["Type"] == "AWS::Serverless::Function" for r in template["Resources"].values())
+
+
 def test_ctrl_c_stops_everything_and_frees_the_ports(tmp_path):
     platform = start_platform(tmp_path)
     ports = (platform.api_port, platform.aws_port, platform.ws_port, platform.management_port)
     assert all(port_in_use(port) for port in ports)
     # moto, the Lambda service (with the REST gateway) and its container per function, and the
     # WebSocket gateway; the service starts the containers in the background, so wait for them
-    expected = 3 + 17
+    expected = 3 + packaged_functions()
     deadline = time.monotonic() + 60
     children = descendants(platform.process.pid)
     while len(children) < expected and time.monotonic() < deadline:
