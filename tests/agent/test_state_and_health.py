@@ -220,10 +220,10 @@ def test_a_redirect_is_an_answer_and_healthy_never_followed(model_url):
 
 def test_the_body_is_never_read_so_a_streaming_health_path_answers_at_once(model_url):
     began = time.monotonic()
-    result = probe(f"{model_url}/stream", timeout_s=1.0)
+    result = probe(f"{model_url}/stream", timeout_s=2.0)
 
-    assert result.healthy
-    assert time.monotonic() - began < 0.9  # before the timeout: only the headers were awaited
+    assert result.healthy  # reading the body would have ended in a ReadTimeout
+    assert time.monotonic() - began < 1.5  # before the timeout: only the headers were awaited
 
 
 def test_latency_covers_the_time_the_model_takes_to_answer(model_url):
