@@ -15,7 +15,9 @@ import boto3
 import pytest
 import requests
 
+from prism.dev.platform import STAGE
 from prism.dev.processes import free_port
+from prism.dev.stack import build
 
 REPO = Path(__file__).resolve().parents[2]
 PRISM = [sys.executable, "-m", "prism"]
@@ -185,3 +187,9 @@ def platform(tmp_path_factory):
     yield started
     if started.process.poll() is None:
         stop_platform(started)
+
+
+def packaged_functions() -> int:
+    """The Lambda functions of the package the platform runs (built once, then cached)."""
+    template = json.loads((build(STAGE) / "sam.json").read_text())
+    return sum(r["Type"] == "AWS::Serverless::Function" for r in template["Resources"].values())

@@ -13,9 +13,7 @@ import websocket
 from botocore.exceptions import ClientError
 
 from prism.dev.stack import LocalAws, Stack
-from tests.e2e.conftest import descendants, start_platform, stop_platform
-
-FUNCTIONS = 18  # the packaged template's Lambda functions, each in a container of its own
+from tests.e2e.conftest import descendants, packaged_functions, start_platform, stop_platform
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +53,12 @@ def _environ(pid_argv_handler: str, platform) -> dict[str, str]:
 
 
 def test_every_function_runs_isolated_from_the_package_with_its_template_environment(platform):
+    functions = packaged_functions()  # each in a container of its own
     deadline = time.monotonic() + 60
-    while len(_containers(platform)) < FUNCTIONS and time.monotonic() < deadline:
+    while len(_containers(platform)) < functions and time.monotonic() < deadline:
         time.sleep(0.5)
     containers = _containers(platform)
-    assert len(containers) == FUNCTIONS
+    assert len(containers) == functions
     runtime = next(iter(containers.values()))[4]
     assert all(argv[1:3] == ["-I", "-S"] for argv in containers.values())  # no site-packages
     management = f"http://127.0.0.1:{platform.management_port}/api"

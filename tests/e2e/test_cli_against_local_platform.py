@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from prism.dev.platform import STAGE
-from prism.dev.stack import build
-from tests.e2e.conftest import PRISM, alive, descendants, port_in_use, start_platform, stop_platform
+from tests.e2e.conftest import (
+    PRISM,
+    alive,
+    descendants,
+    packaged_functions,
+    port_in_use,
+    start_platform,
+    stop_platform,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -149,12 +155,6 @@ def test_raw_http_errors_keep_the_json_shape(platform):
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "validation_error"
-
-
-def packaged_functions() -> int:
-    """The Lambda functions of the package the platform runs (built once, then cached)."""
-    template = json.loads((build(STAGE) / "sam.json").read_text())
-    return sum(r["Type"] == "AWS::Serverless::Function" for r in template["Resources"].values())
 
 
 def test_ctrl_c_stops_everything_and_frees_the_ports(tmp_path):
