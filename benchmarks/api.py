@@ -66,24 +66,15 @@ def handler_durations(log: Path, skip: int) -> list[float]:
 
 def load(owners: list[str], total: int) -> list[tuple[str, str]]:
     """Batch-write `total` deployments round-robin over owners; returns (owner, id) pairs."""
-    from chalicelib.services.deployments import new_deployment_id
-    from chalicelib.store.deployments import owner_status_key
-    from chalicelib.store.models import DeployConfigAttribute, DeploymentItem
+    import seeding  # beside this script
+
+    from chalicelib.store.models import DeploymentItem
 
     made = []
     with DeploymentItem.batch_write() as batch:
         for i in range(total):
             owner, status = owners[i % len(owners)], STATUSES[(i // len(owners)) % 8]
-            item = DeploymentItem(
-                id=new_deployment_id(),
-                owner_id=owner,
-                name=f"m{i}",
-                target="prism_node",
-                status=status,
-                owner_status=owner_status_key(owner, status),
-                image="nginx:1.27",
-                deploy_config=DeployConfigAttribute(port=8000, health_path="/health"),
-            )
+            item = seeding.image_deployment(owner, f"m{i}", status)
             batch.save(item)
             made.append((owner, item.id))
     return made

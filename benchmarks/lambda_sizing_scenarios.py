@@ -32,27 +32,15 @@ QUICK = Sizes(billable=500, stopped=1_000, cloud=50, listed=100)
 
 def seed_owner_deployments(owner_id: str, total: int) -> None:
     """`total` prism_node deployments of one owner over every status (as benchmarks/api.py)."""
+    import seeding  # beside this script
+
     from chalicelib.lifecycle import Status
-    from chalicelib.services.deployments import new_deployment_id
-    from chalicelib.store.deployments import owner_status_key
-    from chalicelib.store.models import DeployConfigAttribute, DeploymentItem
+    from chalicelib.store.models import DeploymentItem
 
     statuses = [s.value for s in Status]
     with DeploymentItem.batch_write() as batch:
         for i in range(total):
-            status = statuses[i % len(statuses)]
-            batch.save(
-                DeploymentItem(
-                    id=new_deployment_id(),
-                    owner_id=owner_id,
-                    name=f"m{i}",
-                    target="prism_node",
-                    status=status,
-                    owner_status=owner_status_key(owner_id, status),
-                    image="nginx:1.27",
-                    deploy_config=DeployConfigAttribute(port=8000, health_path="/health"),
-                )
-            )
+            batch.save(seeding.image_deployment(owner_id, f"m{i}", statuses[i % len(statuses)]))
 
 
 def api_event(method: str, api_key: str, query: dict | None = None, body=None, headers=None):

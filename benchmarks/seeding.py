@@ -35,6 +35,24 @@ def start_moto(env: dict | None = None) -> tuple[subprocess.Popen, str]:
     raise SystemExit("moto did not start")
 
 
+def image_deployment(owner_id: str, name: str, status: str):
+    """A prism_node deployment of an image, as the API and sizing benchmarks list them."""
+    from chalicelib.services.deployments import new_deployment_id
+    from chalicelib.store.deployments import owner_status_key
+    from chalicelib.store.models import DeployConfigAttribute, DeploymentItem
+
+    return DeploymentItem(
+        id=new_deployment_id(),
+        owner_id=owner_id,
+        name=name,
+        target="prism_node",
+        status=status,
+        owner_status=owner_status_key(owner_id, status),
+        image="nginx:1.27",
+        deploy_config=DeployConfigAttribute(port=8000, health_path="/health"),
+    )
+
+
 def billing_deployments(billable: int, stopped: int) -> list[str]:
     """`billable` running cloud deployments, each with its meter last metered a minute ago (as
     billing starts: see DeploymentRepository.record_instance), and `stopped` ones (no meter)
